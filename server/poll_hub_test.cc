@@ -1,0 +1,624 @@
+#include "server/poll_hub.h"
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "gtest/gtest.h"
+#include "server/clock.h"
+#include "server/metrics.h"
+
+namespace videotask {
+namespace {
+
+using videotask::v1::VideoTask;
+using videotask::v1::VideoTaskStatus;
+using videotask::v1::WatchVideoTaskResponse;
+constexpr auto kQueued = videotask::v1::VIDEO_TASK_STATUS_QUEUED;
+constexpr auto kProcessing = videotask::v1::VIDEO_TASK_STATUS_PROCESSING;
+constexpr auto kCompleted = videotask::v1::VIDEO_TASK_STATUS_COMPLETED;
+constexpr auto kFailed = videotask::v1::VIDEO_TASK_STATUS_FAILED;
+constexpr auto kUnspecified = videotask::v1::VIDEO_TASK_STATUS_UNSPECIFIED;
+constexpr auto kSnapshot = WatchVideoTaskResponse::EVENT_TYPE_SNAPSHOT;
+constexpr auto kTransition = WatchVideoTaskResponse::EVENT_TYPE_TRANSITION;
+constexpr auto kHeartbeat = WatchVideoTaskResponse::EVENT_TYPE_HEARTBEAT;
+
+// An upstream whose requests stay open until the test answers them.
+class FakeUpstream : public UpstreamClient {
+ public:
+  void Fetch(const std::string& id, Callback done) override {
+    absl::MutexLock lock(&mu_);
+    pending_.push_back({id, std::move(done)});
+    ++counts_[id];
+    ++total_;
+  }
+  void Reply(const std::string& id, UpstreamResult result) {
+    Callback cb;
+    {
+      absl::MutexLock lock(&mu_);
+      for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+        if (it->first == id) {
+          cb = std::move(it->second);
+          pending_.erase(it);
+          break;
+        }
+      }
+    }
+    ASSERT_TRUE(cb) << "no request in flight for " << id;
+    std::move(cb)(std::move(result));
+  }
+  std::vector<std::string> PendingIds() {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> ids;
+    for (const auto& p : pending_) ids.push_back(p.first);
+    return ids;
+  }
+  int Count(const std::string& id) {
+    absl::MutexLock lock(&mu_);
+    return counts_[id];
+  }
+  int Total() {
+    absl::MutexLock lock(&mu_);
+    return total_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::deque<std::pair<std::string, Callback>> pending_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> counts_ ABSL_GUARDED_BY(mu_);
+  int total_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+UpstreamResult Ok(VideoTaskStatus status) {
+  UpstreamResult r;
+  r.outcome = UpstreamOutcome::kOk;
+  r.code = "200";
+  r.task.set_status(status);
+  if (status == kCompleted) r.task.set_video_url("https://cdn.invalid/v.mp4");
+  return r;
+}
+
+UpstreamResult Outcome(UpstreamOutcome outcome, std::string code) {
+  UpstreamResult r;
+  r.outcome = outcome;
+  r.code = std::move(code);
+  r.detail = "simulated";
+  return r;
+}
+
+struct Seen {
+  WatchVideoTaskResponse::EventType type;
+  VideoTaskStatus status;
+  VideoTaskStatus previous;
+};
+
+class RecordingSink : public WatchSink {
+ public:
+  void OnEvent(std::shared_ptr<const TaskEvent> event) override {
+    absl::MutexLock lock(&mu_);
+    ASSERT_FALSE(ended_) << "event after the end of the watch";
+    events_.push_back({event->response.type(), event->response.task().status(),
+                       event->response.previous_status()});
+    VideoTask parsed;
+    EXPECT_TRUE(parsed.ParseFromString(event->serialized));
+    if (event->terminal()) ended_ = true;
+  }
+  void OnError(const absl::Status& status) override {
+    absl::MutexLock lock(&mu_);
+    ASSERT_FALSE(ended_) << "error after the end of the watch";
+    error_ = status;
+    ended_ = true;
+  }
+  std::vector<Seen> events() {
+    absl::MutexLock lock(&mu_);
+    return events_;
+  }
+  absl::Status error() {
+    absl::MutexLock lock(&mu_);
+    return error_;
+  }
+  bool ended() {
+    absl::MutexLock lock(&mu_);
+    return ended_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<Seen> events_ ABSL_GUARDED_BY(mu_);
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+class PollHubTest : public ::testing::Test {
+ protected:
+  void MakeHub(PollHubOptions options = {}) {
+    auto hub = PollHub::CreateForTest(options, &upstream_, &clock_, &metrics_, 42);
+    ASSERT_TRUE(hub.ok()) << hub.status();
+    hub_ = std::move(*hub);
+  }
+  std::shared_ptr<RecordingSink> WatchOk(const std::string& id) {
+    auto sink = std::make_shared<RecordingSink>();
+    auto wid = hub_->Watch(id, sink);
+    EXPECT_TRUE(wid.ok()) << wid.status();
+    last_watch_ = wid.ok() ? *wid : 0;
+    return sink;
+  }
+  void Advance(absl::Duration d) {
+    clock_.Advance(d);
+    hub_->RunDue();
+  }
+  // Advances the clock to the hub's next wakeup and runs it.
+  absl::Duration AdvanceToNextWakeup() {
+    const absl::Time next = hub_->NextWakeup();
+    EXPECT_NE(next, absl::InfiniteFuture());
+    const absl::Duration d = next - clock_.Now();
+    clock_.SetTime(next);
+    hub_->RunDue();
+    return d;
+  }
+
+  SimulatedClock clock_;
+  FakeUpstream upstream_;
+  MetricsRegistry metrics_;
+  std::unique_ptr<PollHub> hub_;
+  PollHub::WatchId last_watch_ = 0;
+};
+
+TEST_F(PollHubTest, FirstPollAtOnceThenEveryIntervalWithinJitter) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(30);
+  o.poll_jitter = 0.1;
+  MakeHub(o);
+  WatchOk("t1");
+  hub_->RunDue();
+  ASSERT_EQ(upstream_.Count("t1"), 1);  // at once, no clock movement
+  upstream_.Reply("t1", Ok(kQueued));
+  for (int i = 0; i < 20; ++i) {
+    const absl::Duration wait = AdvanceToNextWakeup();
+    // Heartbeats (15 s) may wake the hub in between; only count polls.
+    if (upstream_.PendingIds().empty()) continue;
+    upstream_.Reply("t1", Ok(kQueued));
+    (void)wait;
+  }
+  EXPECT_GT(upstream_.Count("t1"), 5);
+}
+
+TEST_F(PollHubTest, JitterKeepsPollsWithinBoundsAndOutOfLockStep) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(30);
+  o.poll_jitter = 0.1;
+  o.max_upstream_qps = 1000;
+  o.max_inflight = 1000;
+  o.heartbeat_interval = absl::Hours(1);
+  MakeHub(o);
+  const absl::Time start = clock_.Now();
+  for (int i = 0; i < 50; ++i) WatchOk("t" + std::to_string(i));
+  hub_->RunDue();
+  ASSERT_EQ(upstream_.Total(), 50);
+  for (int i = 0; i < 50; ++i) upstream_.Reply("t" + std::to_string(i), Ok(kQueued));
+  // Walk time in 100 ms steps and record when each task is polled again.
+  std::map<std::string, absl::Duration> second_poll;
+  while (second_poll.size() < 50 && clock_.Now() - start < absl::Seconds(40)) {
+    Advance(absl::Milliseconds(100));
+    for (const std::string& id : upstream_.PendingIds()) {
+      second_poll[id] = clock_.Now() - start;
+      upstream_.Reply(id, Ok(kQueued));
+    }
+  }
+  ASSERT_EQ(second_poll.size(), 50u);
+  std::set<int64_t> distinct;
+  for (const auto& [id, d] : second_poll) {
+    EXPECT_GE(d, absl::Seconds(27)) << id;
+    EXPECT_LE(d, absl::Seconds(33) + absl::Milliseconds(100)) << id;
+    distinct.insert(absl::ToInt64Milliseconds(d));
+  }
+  EXPECT_GT(distinct.size(), 10u) << "polls are in lock-step";
+}
+
+TEST_F(PollHubTest, ManyWatchersOneRequestAndEveryTransitionInOrder) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  MakeHub(o);
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 100; ++i) sinks.push_back(WatchOk("same"));
+  hub_->RunDue();
+  EXPECT_EQ(upstream_.Count("same"), 1);
+  upstream_.Reply("same", Ok(kQueued));
+  // A late watcher gets the current state at once.
+  auto late = WatchOk("same");
+  ASSERT_EQ(late->events().size(), 1u);
+  EXPECT_EQ(late->events()[0].type, kSnapshot);
+  for (VideoTaskStatus s : {kProcessing, kProcessing, kCompleted}) {
+    Advance(absl::Milliseconds(1100));
+    ASSERT_EQ(upstream_.PendingIds().size(), 1u);
+    upstream_.Reply("same", Ok(s));
+  }
+  EXPECT_EQ(upstream_.Count("same"), 4);
+  sinks.push_back(late);
+  for (auto& sink : sinks) {
+    const auto ev = sink->events();
+    ASSERT_EQ(ev.size(), 3u);
+    EXPECT_EQ(ev[0].type, kSnapshot);
+    EXPECT_EQ(ev[0].status, kQueued);
+    EXPECT_EQ(ev[1].type, kTransition);
+    EXPECT_EQ(ev[1].status, kProcessing);
+    EXPECT_EQ(ev[1].previous, kQueued);
+    EXPECT_EQ(ev[2].type, kTransition);
+    EXPECT_EQ(ev[2].status, kCompleted);
+    EXPECT_EQ(ev[2].previous, kProcessing);
+    EXPECT_TRUE(sink->ended());
+  }
+  // Terminal: never polled again.
+  Advance(absl::Seconds(60));
+  EXPECT_EQ(upstream_.Count("same"), 4);
+  EXPECT_EQ(hub_->GetStats().active_watches, 0);
+}
+
+TEST_F(PollHubTest, RateCapHoldsInEverySlidingWindowAndEarliestGoFirst) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  o.max_upstream_qps = 5;
+  o.max_inflight = 100;
+  MakeHub(o);
+  for (int i = 0; i < 20; ++i) {
+    WatchOk("t" + std::to_string(i));
+    clock_.Advance(absl::Milliseconds(1));  // t0 is due earliest
+  }
+  std::vector<absl::Time> starts;
+  std::vector<std::string> order;
+  const absl::Time start = clock_.Now();
+  while (clock_.Now() - start < absl::Seconds(10)) {
+    hub_->RunDue();
+    for (const std::string& id : upstream_.PendingIds()) {
+      starts.push_back(clock_.Now());
+      order.push_back(id);
+      upstream_.Reply(id, Ok(kQueued));
+    }
+    clock_.Advance(absl::Milliseconds(50));
+  }
+  ASSERT_GT(starts.size(), 40u);
+  for (size_t i = 5; i < starts.size(); ++i) {
+    EXPECT_GE(starts[i] - starts[i - 5], absl::Seconds(1)) << "request " << i;
+  }
+  // The first 20 requests cover every task once, earliest due first.
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(order[i], "t" + std::to_string(i));
+  // Nobody starves: each task was polled at least twice in 10 s.
+  for (int i = 0; i < 20; ++i) EXPECT_GE(upstream_.Count("t" + std::to_string(i)), 2);
+}
+
+TEST_F(PollHubTest, MaxInflightBoundsConcurrentRequests) {
+  PollHubOptions o;
+  o.max_upstream_qps = 100;
+  o.max_inflight = 3;
+  MakeHub(o);
+  for (int i = 0; i < 10; ++i) WatchOk("t" + std::to_string(i));
+  hub_->RunDue();
+  EXPECT_EQ(upstream_.PendingIds().size(), 3u);
+  upstream_.Reply("t0", Ok(kQueued));
+  hub_->RunDue();
+  EXPECT_EQ(upstream_.PendingIds().size(), 3u);
+  EXPECT_EQ(upstream_.Total(), 4);
+}
+
+TEST_F(PollHubTest, RateLimitPausesAllTrafficForRetryAfter) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  o.max_upstream_qps = 1;
+  MakeHub(o);
+  WatchOk("a");
+  WatchOk("b");
+  hub_->RunDue();
+  ASSERT_EQ(upstream_.PendingIds(), std::vector<std::string>{"a"});
+  UpstreamResult r = Outcome(UpstreamOutcome::kRateLimited, "429");
+  r.retry_after = absl::Seconds(2);
+  upstream_.Reply("a", r);
+  EXPECT_EQ(hub_->NextWakeup(), clock_.Now() + absl::Seconds(2));
+  for (int i = 0; i < 19; ++i) {
+    Advance(absl::Milliseconds(100));
+    EXPECT_EQ(upstream_.Total(), 1) << "request during the pause";
+  }
+  Advance(absl::Milliseconds(100));
+  EXPECT_EQ(upstream_.Total(), 2);
+  EXPECT_EQ(metrics_.GetCounter("videotask_rate_limited_total", "")->value(), 1u);
+}
+
+TEST_F(PollHubTest, RateLimitWithoutRetryAfterBacksOffExponentially) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  MakeHub(o);
+  WatchOk("a");
+  hub_->RunDue();
+  std::vector<absl::Duration> pauses;
+  for (int i = 0; i < 3; ++i) {
+    upstream_.Reply("a", Outcome(UpstreamOutcome::kRateLimited, "429"));
+    pauses.push_back(AdvanceToNextWakeup());
+    ASSERT_EQ(upstream_.PendingIds().size(), 1u);
+  }
+  EXPECT_GE(pauses[0], absl::Seconds(4));
+  EXPECT_LE(pauses[0], absl::Seconds(6));
+  EXPECT_GE(pauses[1], absl::Seconds(8));
+  EXPECT_LE(pauses[1], absl::Seconds(12));
+  EXPECT_GE(pauses[2], absl::Seconds(16));
+  EXPECT_LE(pauses[2], absl::Seconds(24));
+}
+
+TEST_F(PollHubTest, TransientErrorsBackOffAndWatchersOnlySeeHeartbeats) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.heartbeat_interval = absl::Seconds(5);
+  o.backoff_max = absl::Seconds(60);
+  MakeHub(o);
+  auto sink = WatchOk("t");
+  hub_->RunDue();
+  upstream_.Reply("t", Ok(kQueued));
+  Advance(absl::Seconds(11));
+  ASSERT_EQ(upstream_.PendingIds().size(), 1u);
+  const absl::Time failed_at = clock_.Now();
+  upstream_.Reply("t", Outcome(UpstreamOutcome::kTransient, "503"));
+  // Next poll after 10 s * 2 (+-20%), not after the interval.
+  absl::Time next_poll = absl::InfiniteFuture();
+  while (clock_.Now() - failed_at < absl::Seconds(30)) {
+    Advance(absl::Milliseconds(250));
+    if (!upstream_.PendingIds().empty()) {
+      next_poll = clock_.Now();
+      break;
+    }
+  }
+  EXPECT_GE(next_poll - failed_at, absl::Seconds(16));
+  EXPECT_LE(next_poll - failed_at, absl::Seconds(24) + absl::Milliseconds(250));
+  upstream_.Reply("t", Outcome(UpstreamOutcome::kTransient, "timeout"));
+  const absl::Duration second = AdvanceToNextWakeup();
+  (void)second;
+  for (const Seen& s : sink->events()) {
+    EXPECT_TRUE(s.type == kSnapshot || s.type == kHeartbeat);
+    EXPECT_EQ(s.status, kQueued);
+  }
+  EXPECT_GE(sink->events().size(), 3u) << "heartbeats continue during backoff";
+  EXPECT_FALSE(sink->ended());
+}
+
+TEST_F(PollHubTest, CappedBackoff) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.heartbeat_interval = absl::Hours(1);
+  o.backoff_max = absl::Seconds(30);
+  MakeHub(o);
+  WatchOk("t");
+  hub_->RunDue();
+  for (int i = 0; i < 6; ++i) {
+    upstream_.Reply("t", Outcome(UpstreamOutcome::kTransient, "500"));
+    const absl::Duration wait = AdvanceToNextWakeup();
+    EXPECT_LE(wait, absl::Seconds(36));
+    ASSERT_EQ(upstream_.PendingIds().size(), 1u);
+  }
+}
+
+TEST_F(PollHubTest, HeartbeatsAtTheConfiguredInterval) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(30);
+  o.heartbeat_interval = absl::Seconds(15);
+  MakeHub(o);
+  auto sink = WatchOk("t");
+  hub_->RunDue();
+  upstream_.Reply("t", Ok(kProcessing));
+  Advance(absl::Seconds(14));
+  EXPECT_EQ(sink->events().size(), 1u);
+  Advance(absl::Seconds(1));
+  ASSERT_EQ(sink->events().size(), 2u);
+  EXPECT_EQ(sink->events()[1].type, kHeartbeat);
+  EXPECT_EQ(sink->events()[1].status, kProcessing);
+  Advance(absl::Seconds(15));
+  EXPECT_EQ(sink->events().size(), 3u);
+}
+
+TEST_F(PollHubTest, TerminalIsStickyCachedAndServedWithoutUpstream) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  o.terminal_cache_ttl = absl::Minutes(10);
+  MakeHub(o);
+  WatchOk("t");
+  hub_->RunDue();
+  upstream_.Reply("t", Ok(kFailed));
+  Advance(absl::Seconds(5));
+  EXPECT_EQ(upstream_.Count("t"), 1);
+  // A later watcher: one SNAPSHOT, then done.
+  auto late = WatchOk("t");
+  ASSERT_EQ(late->events().size(), 1u);
+  EXPECT_EQ(late->events()[0].status, kFailed);
+  EXPECT_TRUE(late->ended());
+  // Get: no upstream request.
+  absl::StatusOr<VideoTask> got;
+  hub_->Get("t", [&](absl::StatusOr<VideoTask> r) { got = std::move(r); });
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->status(), kFailed);
+  EXPECT_EQ(upstream_.Count("t"), 1);
+  EXPECT_EQ(hub_->GetStats().tasks, 1);
+  // Expiry releases it.
+  Advance(absl::Minutes(10));
+  EXPECT_EQ(hub_->GetStats().tasks, 0);
+}
+
+TEST_F(PollHubTest, StatusNeverMovesBackward) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  MakeHub(o);
+  auto sink = WatchOk("t");
+  hub_->RunDue();
+  upstream_.Reply("t", Ok(kProcessing));
+  Advance(absl::Seconds(2));
+  upstream_.Reply("t", Ok(kQueued));
+  Advance(absl::Seconds(2));
+  upstream_.Reply("t", Ok(kCompleted));
+  const auto ev = sink->events();
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[1].previous, kProcessing);
+  EXPECT_EQ(ev[1].status, kCompleted);
+}
+
+TEST_F(PollHubTest, NotFoundIsConfirmedOnceThenEndsEveryWatcher) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(30);
+  MakeHub(o);
+  auto a = WatchOk("gone");
+  auto b = WatchOk("gone");
+  hub_->RunDue();
+  upstream_.Reply("gone", Outcome(UpstreamOutcome::kNotFound, "404"));
+  EXPECT_FALSE(a->ended());
+  AdvanceToNextWakeup();
+  ASSERT_EQ(upstream_.Count("gone"), 2);
+  upstream_.Reply("gone", Outcome(UpstreamOutcome::kNotFound, "404"));
+  EXPECT_EQ(a->error().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(b->error().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(hub_->GetStats().tasks, 0);
+  EXPECT_EQ(hub_->GetStats().active_watches, 0);
+}
+
+TEST_F(PollHubTest, RejectedCredentialsEndWatchersWithFailedPrecondition) {
+  MakeHub();
+  auto a = WatchOk("t");
+  hub_->RunDue();
+  upstream_.Reply("t", Outcome(UpstreamOutcome::kRejected, "401"));
+  EXPECT_EQ(a->error().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(hub_->GetStats().active_watches, 0);
+}
+
+TEST_F(PollHubTest, LastWatcherLeavingStopsPollingAndReleasesMemory) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  MakeHub(o);
+  WatchOk("t");
+  const auto w1 = last_watch_;
+  WatchOk("t");
+  const auto w2 = last_watch_;
+  hub_->RunDue();
+  upstream_.Reply("t", Ok(kQueued));
+  hub_->Unwatch(w1);
+  Advance(absl::Seconds(2));
+  EXPECT_EQ(upstream_.Count("t"), 2) << "one watcher left: still polled";
+  upstream_.Reply("t", Ok(kQueued));
+  hub_->Unwatch(w2);
+  EXPECT_EQ(hub_->GetStats().tasks, 0);
+  Advance(absl::Seconds(10));
+  EXPECT_EQ(upstream_.Count("t"), 2);
+  EXPECT_EQ(hub_->NextWakeup(), absl::InfiniteFuture());
+}
+
+TEST_F(PollHubTest, UnwatchWhileInFlightReleasesAfterTheAnswer) {
+  MakeHub();
+  WatchOk("t");
+  hub_->RunDue();
+  hub_->Unwatch(last_watch_);
+  EXPECT_EQ(hub_->GetStats().tasks, 1);
+  upstream_.Reply("t", Ok(kQueued));
+  EXPECT_EQ(hub_->GetStats().tasks, 0);
+  EXPECT_EQ(hub_->GetStats().inflight, 0);
+}
+
+TEST_F(PollHubTest, GetOfUnwatchedIdMakesOneRequestAndStartsNoPolling) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  MakeHub(o);
+  int answers = 0;
+  absl::StatusOr<VideoTask> got;
+  auto cb = [&](absl::StatusOr<VideoTask> r) {
+    ++answers;
+    got = std::move(r);
+  };
+  hub_->Get("t", cb);
+  hub_->Get("t", cb);  // shares the request
+  hub_->RunDue();
+  ASSERT_EQ(upstream_.Count("t"), 1);
+  upstream_.Reply("t", Ok(kProcessing));
+  EXPECT_EQ(answers, 2);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->status(), kProcessing);
+  EXPECT_EQ(got->id(), "t");
+  Advance(absl::Seconds(30));
+  EXPECT_EQ(upstream_.Count("t"), 1);
+  EXPECT_EQ(hub_->GetStats().tasks, 0);
+}
+
+TEST_F(PollHubTest, GetOfWatchedIdUsesTheHubState) {
+  MakeHub();
+  WatchOk("t");
+  hub_->RunDue();
+  upstream_.Reply("t", Ok(kProcessing));
+  absl::StatusOr<VideoTask> got;
+  hub_->Get("t", [&](absl::StatusOr<VideoTask> r) { got = std::move(r); });
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(upstream_.Count("t"), 1);
+}
+
+TEST_F(PollHubTest, GetErrorsMapToStatusCodes) {
+  MakeHub();
+  std::map<std::string, absl::StatusCode> codes;
+  for (auto [id, outcome] : std::vector<std::pair<std::string, UpstreamOutcome>>{
+           {"nf", UpstreamOutcome::kNotFound},
+           {"rej", UpstreamOutcome::kRejected},
+           {"tr", UpstreamOutcome::kTransient}}) {
+    hub_->Get(id, [&codes, id = id](absl::StatusOr<VideoTask> r) { codes[id] = r.status().code(); });
+    hub_->RunDue();
+    upstream_.Reply(id, Outcome(outcome, "x"));
+  }
+  EXPECT_EQ(codes["nf"], absl::StatusCode::kNotFound);
+  EXPECT_EQ(codes["rej"], absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(codes["tr"], absl::StatusCode::kUnavailable);
+}
+
+TEST_F(PollHubTest, DrainEndsWatchesWithUnavailableAndRefusesNewOnes) {
+  MakeHub();
+  auto a = WatchOk("t");
+  hub_->RunDue();
+  upstream_.Reply("t", Ok(kQueued));
+  hub_->Drain();
+  EXPECT_EQ(a->error().code(), absl::StatusCode::kUnavailable);
+  auto refused = hub_->Watch("u", std::make_shared<RecordingSink>());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(hub_->GetStats().active_watches, 0);
+}
+
+TEST_F(PollHubTest, MaxWatchesRefusesWithResourceExhausted) {
+  PollHubOptions o;
+  o.max_watches = 2;
+  MakeHub(o);
+  WatchOk("a");
+  WatchOk("b");
+  auto refused = hub_->Watch("c", std::make_shared<RecordingSink>());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(PollHubTest, InvalidOptionsAreRejected) {
+  PollHubOptions o;
+  o.max_upstream_qps = 0;
+  EXPECT_FALSE(PollHub::CreateForTest(o, &upstream_, &clock_, nullptr, 1).ok());
+  o = {};
+  o.poll_jitter = 1.5;
+  EXPECT_FALSE(PollHub::CreateForTest(o, &upstream_, &clock_, nullptr, 1).ok());
+}
+
+TEST(PollHubThreadTest, SchedulerThreadPollsOnItsOwn) {
+  // The real scheduler thread with the real clock and a short interval.
+  FakeUpstream upstream;
+  PollHubOptions o;
+  o.poll_interval = absl::Milliseconds(20);
+  auto hub = PollHub::Create(o, &upstream, RealClock::Get(), nullptr);
+  ASSERT_TRUE(hub.ok());
+  auto sink = std::make_shared<RecordingSink>();
+  ASSERT_TRUE((*hub)->Watch("t", sink).ok());
+  for (int i = 0; i < 3; ++i) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (upstream.PendingIds().empty() && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    upstream.Reply("t", Ok(i < 2 ? kQueued : kCompleted));
+  }
+  EXPECT_TRUE(sink->ended());
+  (*hub)->Shutdown();
+}
+
+}  // namespace
+}  // namespace videotask
