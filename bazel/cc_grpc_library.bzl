@@ -12,13 +12,15 @@ def _grpc_sources_impl(ctx):
     proto = ctx.attr.proto[ProtoInfo]
     outs = []
     srcs = []
+    root = ctx.label.workspace_root + "/" if ctx.label.workspace_root else ""
+    pkg = root + ctx.label.package + "/" if ctx.label.package else root
     for src in proto.direct_sources:
-        if src.owner.package != ctx.label.package:
-            fail("cc_grpc_library must live in the package of its .proto files")
-        base = src.basename[:-len(".proto")]
-        outs.append(ctx.actions.declare_file(base + ".grpc.pb.h"))
-        outs.append(ctx.actions.declare_file(base + ".grpc.pb.cc"))
-        srcs.append(src.short_path if src.owner.workspace_name == "" else src.path)
+        if src.owner.workspace_root != ctx.label.workspace_root or not src.path.startswith(pkg):
+            fail("cc_grpc_library must live in the package of its .proto files (or above)")
+        rel = src.path[len(pkg):-len(".proto")]
+        outs.append(ctx.actions.declare_file(rel + ".grpc.pb.h"))
+        outs.append(ctx.actions.declare_file(rel + ".grpc.pb.cc"))
+        srcs.append(src.path[len(root):])  # the import path
     descriptors = proto.transitive_descriptor_sets
     args = ctx.actions.args()
     args.add("--plugin=protoc-gen-grpc=" + ctx.executable._plugin.path)

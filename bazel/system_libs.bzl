@@ -166,12 +166,25 @@ def _grpc_impl(ctx):
     health = ctx.path("/usr/share/grpc-proto/grpc/health/v1/health.proto")
     if not health.exists:
         fail("grpc/health/v1/health.proto is missing: run ./dev (grpc-proto)")
-    ctx.symlink(health, "src/proto/grpc/health/v1/health.proto")
+    ctx.symlink(health, "grpc/health/v1/health.proto")
+    text = 'load("@videotask//bazel:cc_grpc_library.bzl", "cc_grpc_library")\n' + text
     text += """
 proto_library(
     name = "health_proto",
-    srcs = ["src/proto/grpc/health/v1/health.proto"],
-    strip_import_prefix = "src/proto",
+    srcs = ["grpc/health/v1/health.proto"],
+    visibility = ["//visibility:public"],
+)
+
+cc_proto_library(
+    name = "health_cc_proto",
+    deps = [":health_proto"],
+    visibility = ["//visibility:public"],
+)
+
+cc_grpc_library(
+    name = "health_cc_grpc",
+    srcs = [":health_proto"],
+    deps = [":health_cc_proto"],
     visibility = ["//visibility:public"],
 )
 """
@@ -187,8 +200,10 @@ grpc_system_repository = repository_rule(
 def _simple_impl(ctx):
     ctx.file("WORKSPACE", 'workspace(name = "%s")\n' % ctx.name)
     for header in ctx.attr.headers:
-        if not ctx.path("/usr/include/" + header).exists:
-            fail("/usr/include/%s is missing: run ./dev to install the build dependencies" % header)
+        # Debian puts some headers under /usr/include/<multiarch triplet>/.
+        found = ctx.execute(["sh", "-c", 'ls /usr/include/"$1" /usr/include/*/"$1" 2>/dev/null', "-", header])
+        if not found.stdout.strip():
+            fail("%s is missing from /usr/include: run ./dev to install the build dependencies" % header)
     text = 'load("@rules_cc//cc:defs.bzl", "cc_library")\n'
     for target, spec in ctx.attr.targets.items():
         parts = spec.split(" ") if spec else []

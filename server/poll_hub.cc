@@ -374,7 +374,8 @@ void PollHub::OnResult(const std::string& id, UpstreamResult result) {
     const absl::Time now = clock_->Now();
     const bool polling = !task->watchers.empty() && !draining_;
     if (result.outcome != UpstreamOutcome::kRateLimited) rate_limit_streak_ = 0;
-    if (result.outcome != UpstreamOutcome::kOk && result.outcome != UpstreamOutcome::kRateLimited) {
+    if (result.outcome != UpstreamOutcome::kOk && result.outcome != UpstreamOutcome::kRateLimited &&
+        !draining_) {
       LogEvent(result.outcome == UpstreamOutcome::kRejected ? LogLevel::kError : LogLevel::kWarning,
                "upstream_error",
                {{"task", id},

@@ -1,0 +1,160 @@
+// videotask: command-line client of the videotask sidecar, for Airflow
+// (BashOperator, KubernetesPodOperator), Argo container steps, scripts and
+// humans.
+//
+//   videotask watch ID    one JSON object per event on stdout (JSON Lines)
+//   videotask get ID      the task as JSON
+//   videotask health      exit 0 when the sidecar is SERVING
+//
+// Exit codes: 0 completed (or healthy), 1 video failed, 2 usage or invalid
+// id, 3 not found, 4 timed out, 5 sidecar unavailable after retries,
+// 6 upstream rejected credentials, 7 other error.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "google/protobuf/util/json_util.h"
+#include "plugin/client.h"
+
+ABSL_FLAG(std::string, target, "",
+          "Sidecar address (host:port or unix:PATH). Default: $VIDEOTASK_TARGET, else "
+          "127.0.0.1:50051.");
+ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
+          "Overall time limit (0: none for watch, 10s for get and health). Exit code 4 when "
+          "it passes.");
+ABSL_FLAG(absl::Duration, give_up_after, absl::Seconds(60),
+          "watch: exit 5 when the sidecar stays unreachable this long.");
+ABSL_FLAG(bool, quiet, false, "No human-readable lines on stderr.");
+
+namespace {
+
+using videotask::v1::VideoTask;
+using videotask::v1::WatchVideoTaskResponse;
+
+enum ExitCode {
+  kCompleted = 0,
+  kVideoFailed = 1,
+  kUsage = 2,
+  kNotFound = 3,
+  kTimedOut = 4,
+  kUnavailable = 5,
+  kRejected = 6,
+  kOther = 7,
+};
+
+int ExitFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+      return kUsage;
+    case absl::StatusCode::kNotFound:
+      return kNotFound;
+    case absl::StatusCode::kDeadlineExceeded:
+      return kTimedOut;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kResourceExhausted:
+      return kUnavailable;
+    case absl::StatusCode::kFailedPrecondition:
+      return kRejected;
+    default:
+      return kOther;
+  }
+}
+
+std::string Json(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.always_print_primitive_fields = false;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  return out;
+}
+
+std::string Short(videotask::v1::VideoTaskStatus s) {
+  std::string name = videotask::v1::VideoTaskStatus_Name(s);
+  const std::string prefix = "VIDEO_TASK_STATUS_";
+  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
+  for (char& c : name) c = static_cast<char>(std::tolower(c));
+  return name;
+}
+
+int Fail(const absl::Status& status, bool quiet) {
+  if (!quiet || status.code() == absl::StatusCode::kInvalidArgument) {
+    std::cerr << "videotask: " << absl::StatusCodeToString(status.code()) << ": "
+              << status.message() << "\n";
+  }
+  return ExitFor(status);
+}
+
+int Usage() {
+  std::cerr << "usage: videotask [--target=ADDR] [--timeout=DUR] [--quiet] "
+               "watch ID | get ID | health\n";
+  return kUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "videotask watch ID | get ID | health\n"
+      "Exit codes: 0 completed, 1 video failed, 2 usage or invalid id, 3 not found, "
+      "4 timed out, 5 sidecar unavailable, 6 upstream rejected credentials, 7 other.");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  std::string target = absl::GetFlag(FLAGS_target);
+  if (target.empty()) {
+    const char* env = std::getenv("VIDEOTASK_TARGET");
+    target = env != nullptr && *env != '\0' ? env : "127.0.0.1:50051";
+  }
+  const bool quiet = absl::GetFlag(FLAGS_quiet);
+  const absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
+  if (args.size() < 2) return Usage();
+  const std::string command = args[1];
+  auto client = videotask::VideoTaskClient::Create(target);
+  const absl::Duration short_timeout = timeout > absl::ZeroDuration() ? timeout : absl::Seconds(10);
+
+  if (command == "health") {
+    if (args.size() != 2) return Usage();
+    absl::Status st = client->Health(short_timeout);
+    if (!st.ok()) {
+      if (!quiet) std::cerr << "videotask: not healthy: " << st.message() << "\n";
+      return kUnavailable;
+    }
+    if (!quiet) std::cerr << "videotask: sidecar at " << target << " is SERVING\n";
+    return kCompleted;
+  }
+  if (args.size() != 3 || (command != "watch" && command != "get")) return Usage();
+  const std::string id = args[2];
+
+  if (command == "get") {
+    absl::StatusOr<VideoTask> task = client->Get(id, short_timeout);
+    if (!task.ok()) return Fail(task.status(), quiet);
+    std::cout << Json(*task) << std::endl;
+    return kCompleted;
+  }
+
+  const bool human = !quiet && isatty(STDERR_FILENO);
+  videotask::AwaitOptions options;
+  if (timeout > absl::ZeroDuration()) options.timeout = timeout;
+  options.give_up_after = absl::GetFlag(FLAGS_give_up_after);
+  options.on_event = [human](const WatchVideoTaskResponse& e) {
+    std::cout << Json(e) << std::endl;  // flushed: consumers read line by line
+    if (human) {
+      std::string line = absl::StrCat(
+          WatchVideoTaskResponse::EventType_Name(e.type()).substr(sizeof("EVENT_TYPE_") - 1),
+          " ", e.task().id(), " ", Short(e.task().status()));
+      if (!e.task().video_url().empty()) absl::StrAppend(&line, " ", e.task().video_url());
+      if (!e.task().error().empty()) absl::StrAppend(&line, " error: ", e.task().error());
+      std::cerr << line << "\n";
+    }
+  };
+  absl::StatusOr<VideoTask> task = client->Await(id, options);
+  if (!task.ok()) return Fail(task.status(), quiet);
+  return task->status() == videotask::v1::VIDEO_TASK_STATUS_COMPLETED ? kCompleted : kVideoFailed;
+}

@@ -1,0 +1,262 @@
+#include "server/sidecar.h"
+
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "httplib.h"
+#include "server/api_key.h"
+#include "server/curl_upstream_client.h"
+#include "server/log.h"
+
+namespace videotask {
+namespace {
+
+struct UrlParts {
+  std::string scheme;
+  std::string host;
+};
+
+absl::StatusOr<UrlParts> ParseUrl(absl::string_view url) {
+  UrlParts parts;
+  const size_t sep = url.find("://");
+  if (sep == absl::string_view::npos) {
+    return absl::InvalidArgumentError("--upstream_url must start with https://");
+  }
+  parts.scheme = std::string(url.substr(0, sep));
+  absl::string_view rest = url.substr(sep + 3);
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  if (const size_t at = rest.rfind('@'); at != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        "--upstream_url must not carry credentials; use --api_key_file or VIDEOTASK_API_KEY");
+  }
+  if (absl::StartsWith(rest, "[")) {
+    parts.host = std::string(rest.substr(1, rest.find(']') - 1));
+  } else {
+    parts.host = std::string(rest.substr(0, rest.find(':')));
+  }
+  if (parts.host.empty()) return absl::InvalidArgumentError("--upstream_url has no host");
+  return parts;
+}
+
+// "host:port" or "[v6]:port" -> (host, port).
+absl::StatusOr<std::pair<std::string, int>> SplitHostPort(absl::string_view flag,
+                                                          absl::string_view addr) {
+  const size_t colon = addr.rfind(':');
+  int port = -1;
+  if (colon == absl::string_view::npos || !absl::SimpleAtoi(addr.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " must be host:port (port 0-65535), got \"", addr, "\""));
+  }
+  std::string host(addr.substr(0, colon));
+  if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " has no host"));
+  }
+  return std::make_pair(host, port);
+}
+
+std::string Secs(absl::Duration d) { return absl::FormatDuration(d); }
+
+}  // namespace
+
+bool IsLoopbackHost(const std::string& host) {
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
+  if (c.listen.empty()) return absl::InvalidArgumentError("--listen must not be empty");
+  if (absl::StartsWith(c.listen, "unix:")) {
+    if (c.listen.size() <= 5) return absl::InvalidArgumentError("--listen unix: needs a path");
+  } else if (auto hp = SplitHostPort("listen", c.listen); !hp.ok()) {
+    return hp.status();
+  }
+  if (!c.metrics_listen.empty()) {
+    if (auto hp = SplitHostPort("metrics_listen", c.metrics_listen); !hp.ok()) return hp.status();
+  }
+  absl::StatusOr<UrlParts> url = ParseUrl(c.upstream_url);
+  if (!url.ok()) return url.status();
+  if (url->scheme != "https" && url->scheme != "http") {
+    return absl::InvalidArgumentError("--upstream_url must be an https:// URL");
+  }
+  if (url->scheme == "http" && !IsLoopbackHost(url->host) && !c.allow_insecure_upstream) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--upstream_url is plain http:// to non-loopback host ", url->host,
+        ": the API key would travel in clear text (use https://, or "
+        "--allow_insecure_upstream if you really mean it)"));
+  }
+  if (c.upstream_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--upstream_timeout must be positive");
+  }
+  if (c.upstream_connect_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--upstream_connect_timeout must be positive");
+  }
+  if (c.service.slow_watcher_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--slow_watcher_timeout must be positive");
+  }
+  if (absl::Status s = ValidatePollHubOptions(c.hub); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
+  if (absl::Status s = ValidateSidecarConfig(config); !s.ok()) return s;
+  if (config.clock == nullptr) config.clock = RealClock::Get();
+  std::unique_ptr<Sidecar> sc(new Sidecar());
+  sc->config_ = config;
+
+  absl::StatusOr<std::unique_ptr<ApiKeySource>> key =
+      config.api_key_file.empty() ? ApiKeySource::FromEnv(config.api_key_env)
+                                  : ApiKeySource::FromFile(config.api_key_file, config.clock);
+  if (!key.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no usable API key (set --api_key_file or ", config.api_key_env, "): ",
+        key.status().message()));
+  }
+  CurlUpstreamClient::Options copts;
+  copts.base_url = config.upstream_url;
+  copts.timeout = config.upstream_timeout;
+  copts.connect_timeout = config.upstream_connect_timeout;
+  auto client = CurlUpstreamClient::Create(copts, std::move(*key), config.clock);
+  if (!client.ok()) return client.status();
+  sc->client_ = std::move(*client);
+
+  auto hub = PollHub::Create(config.hub, sc->client_.get(), config.clock, &sc->metrics_);
+  if (!hub.ok()) return hub.status();
+  sc->hub_ = std::move(*hub);
+  PollHub* h = sc->hub_.get();
+  sc->metrics_.AddGauge("videotask_active_watches", "Open watches registered with the poll hub.",
+                        [h] { return static_cast<double>(h->GetStats().active_watches); });
+  sc->metrics_.AddGauge("videotask_watched_tasks", "Tasks with at least one watcher.",
+                        [h] { return static_cast<double>(h->GetStats().watched_tasks); });
+  sc->metrics_.AddGauge("videotask_cached_tasks", "Tasks in memory, cached terminal ones too.",
+                        [h] { return static_cast<double>(h->GetStats().tasks); });
+  sc->service_ = std::make_unique<VideoTaskServiceImpl>(h, config.clock, &sc->metrics_,
+                                                        config.service);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  // Long-lived streams: ping idle connections so dead peers are noticed,
+  // accept client keepalive pings down to 10 s, and allow as many streams
+  // on one connection as the sidecar allows watches.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(std::min<int64_t>(config.hub.max_watches + 1000,
+                                                                 1 << 30)));
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &sc->grpc_port_);
+  builder.RegisterService(sc->service_.get());
+  sc->server_ = builder.BuildAndStart();
+  if (sc->server_ == nullptr || (!absl::StartsWith(config.listen, "unix:") && sc->grpc_port_ == 0)) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on --listen=", config.listen));
+  }
+  if (absl::StartsWith(config.listen, "unix:")) {
+    sc->target_ = config.listen;
+    sc->grpc_port_ = 0;
+  } else {
+    auto hp = SplitHostPort("listen", config.listen);
+    std::string host = hp->first == "0.0.0.0" || hp->first == "::" ? "127.0.0.1" : hp->first;
+    if (absl::StrContains(host, ':')) host = absl::StrCat("[", host, "]");
+    sc->target_ = absl::StrCat(host, ":", sc->grpc_port_);
+  }
+  grpc::HealthCheckServiceInterface* health = sc->server_->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kServiceName, true);
+
+  if (!config.metrics_listen.empty()) {
+    auto hp = SplitHostPort("metrics_listen", config.metrics_listen);
+    sc->metrics_server_ = std::make_unique<httplib::Server>();
+    MetricsRegistry* registry = &sc->metrics_;
+    sc->metrics_server_->Get("/metrics", [registry](const httplib::Request&, httplib::Response& res) {
+      res.set_content(registry->Render(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    httplib::Server* ms = sc->metrics_server_.get();
+    ms->new_task_queue = [] { return new httplib::ThreadPool(2); };
+    if (hp->second == 0) {
+      sc->metrics_port_ = ms->bind_to_any_port(hp->first);
+    } else {
+      sc->metrics_port_ = ms->bind_to_port(hp->first, hp->second) ? hp->second : -1;
+    }
+    if (sc->metrics_port_ <= 0) {
+      sc->server_->Shutdown();
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on --metrics_listen=", config.metrics_listen));
+    }
+    sc->metrics_thread_ = std::thread([ms] { ms->listen_after_bind(); });
+  }
+
+  LogEvent(LogLevel::kInfo, "sidecar_started",
+           {{"listen", config.listen},
+            {"grpc_target", sc->target_},
+            {"metrics_port", absl::StrCat(sc->metrics_port_)},
+            {"upstream_url", config.upstream_url},
+            {"api_key_source", config.api_key_file.empty()
+                                   ? absl::StrCat("env:", config.api_key_env)
+                                   : absl::StrCat("file:", config.api_key_file)},
+            {"poll_interval", Secs(config.hub.poll_interval)},
+            {"heartbeat_interval", Secs(config.hub.heartbeat_interval)},
+            {"upstream_timeout", Secs(config.upstream_timeout)},
+            {"max_upstream_qps", absl::StrCat(config.hub.max_upstream_qps)},
+            {"max_inflight", absl::StrCat(config.hub.max_inflight)},
+            {"max_watches", absl::StrCat(config.hub.max_watches)},
+            {"terminal_cache_ttl", Secs(config.hub.terminal_cache_ttl)}});
+  if (config.allow_insecure_upstream) {
+    auto url = ParseUrl(config.upstream_url);
+    if (url.ok() && url->scheme == "http" && !IsLoopbackHost(url->host)) {
+      LogEvent(LogLevel::kError, "insecure_upstream",
+               {{"upstream_url", config.upstream_url},
+                {"warning", "the API key is sent in clear text (--allow_insecure_upstream)"}});
+    }
+  }
+  return sc;
+}
+
+void Sidecar::Drain() {
+  if (server_ != nullptr) {
+    server_->GetHealthCheckService()->SetServingStatus("", false);
+    server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
+  }
+  if (hub_ != nullptr) hub_->Drain();
+}
+
+void Sidecar::Shutdown(absl::Duration grace) {
+  if (stopped_) return;
+  stopped_ = true;
+  Drain();
+  // Streams have been ended by Drain(); the deadline bounds anything left.
+  if (server_ != nullptr) {
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      absl::ToChronoMilliseconds(std::max(grace, absl::ZeroDuration())));
+    server_->Wait();
+  }
+  if (hub_ != nullptr) hub_->Shutdown();
+  client_.reset();  // completes outstanding requests while the hub exists
+  if (metrics_server_ != nullptr) {
+    metrics_server_->stop();
+    if (metrics_thread_.joinable()) metrics_thread_.join();
+  }
+  LogEvent(LogLevel::kInfo, "sidecar_stopped");
+}
+
+Sidecar::~Sidecar() {
+  Shutdown(absl::ZeroDuration());
+  // Destroy the server and service before the hub they point to.
+  server_.reset();
+  service_.reset();
+  hub_.reset();
+}
+
+}  // namespace videotask

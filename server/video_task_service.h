@@ -1,0 +1,71 @@
+// VideoTaskServiceImpl: the videotask.v1.VideoTaskService gRPC service on
+// the callback API, backed by a PollHub.
+//
+// WatchVideoTask streams without a thread per stream: each stream is a
+// reactor with at most one write in flight. Transitions queue in order;
+// heartbeats are dropped while anything is queued (they carry nothing new).
+// Each event is serialized once by the hub and its bytes are shared by every
+// stream. A stream whose write has been stuck longer than `slow_watcher_timeout`
+// (the client is not reading) is ended with RESOURCE_EXHAUSTED and counted in
+// videotask_slow_watchers_total; queued events are never dropped silently.
+// An error from the hub ends the stream after the events queued before it.
+// Bad ids are INVALID_ARGUMENT before the hub sees them. Cancellation and
+// deadlines unsubscribe at once.
+#ifndef VIDEOTASK_SERVER_VIDEO_TASK_SERVICE_H_
+#define VIDEOTASK_SERVER_VIDEO_TASK_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/videotask/v1/video_task.grpc.pb.h"
+#include "server/clock.h"
+#include "server/metrics.h"
+#include "server/poll_hub.h"
+
+namespace videotask {
+
+// The same code and message as a grpc::Status.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+struct VideoTaskServiceOptions {
+  absl::Duration slow_watcher_timeout = absl::Seconds(60);
+};
+
+class VideoTaskServiceImpl final
+    : public videotask::v1::VideoTaskService::WithRawCallbackMethod_WatchVideoTask<
+          videotask::v1::VideoTaskService::WithCallbackMethod_GetVideoTask<
+              videotask::v1::VideoTaskService::Service>> {
+ public:
+  // `hub`, `clock` and `metrics` (may be null) must outlive the service.
+  VideoTaskServiceImpl(PollHub* hub, Clock* clock, MetricsRegistry* metrics,
+                       VideoTaskServiceOptions options = {});
+
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchVideoTask(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
+
+  grpc::ServerUnaryReactor* GetVideoTask(grpc::CallbackServerContext* context,
+                                         const videotask::v1::GetVideoTaskRequest* request,
+                                         videotask::v1::VideoTask* response) override;
+
+  // Open WatchVideoTask streams (reactors not yet done).
+  int64_t open_streams() const { return open_streams_.load(); }
+
+ private:
+  class WatchReactor;
+  friend class WatchReactor;
+
+  PollHub* const hub_;
+  Clock* const clock_;
+  const VideoTaskServiceOptions options_;
+  std::unique_ptr<MetricsRegistry> own_metrics_;  // when none was given
+  Counter* events_sent_[4] = {};
+  Counter* slow_watchers_ = nullptr;
+  std::atomic<int64_t> open_streams_{0};
+};
+
+}  // namespace videotask
+
+#endif  // VIDEOTASK_SERVER_VIDEO_TASK_SERVICE_H_

@@ -1,0 +1,146 @@
+// videotask_sidecar: the gRPC sidecar. Flags below; each flag can also be set
+// by the environment variable VIDEOTASK_<FLAG_IN_CAPS> (a flag given on the
+// command line wins). SIGTERM/SIGINT drain and exit 0 within --shutdown_grace.
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "server/log.h"
+#include "server/sidecar.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "gRPC listen address: host:port (port 0 picks a free one) or unix:PATH.");
+ABSL_FLAG(std::string, upstream_url, videotask::kDefaultUpstreamUrl,
+          "The vendor's API base; the sidecar polls {upstream_url}/result/{id}. Must be "
+          "https:// unless the host is loopback.");
+ABSL_FLAG(std::string, api_key_file, "",
+          "File holding the vendor API key (e.g. a mounted Secret); re-read when it changes. "
+          "When empty the key is read from the environment variable VIDEOTASK_API_KEY.");
+ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(30),
+          "Time between upstream polls of one task (+-10% jitter). The vendor asks for 30-60s.");
+ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(15),
+          "A HEARTBEAT repeats a task's state to its watchers this often while nothing changes.");
+ABSL_FLAG(absl::Duration, upstream_timeout, absl::Seconds(10),
+          "Total time limit of one upstream request.");
+ABSL_FLAG(absl::Duration, upstream_connect_timeout, absl::Seconds(5),
+          "Connection time limit of one upstream request.");
+ABSL_FLAG(int32_t, max_upstream_qps, 5,
+          "At most this many upstream requests start in any one-second window, all tasks "
+          "together.");
+ABSL_FLAG(int32_t, max_inflight, 16, "At most this many upstream requests run at once.");
+ABSL_FLAG(absl::Duration, terminal_cache_ttl, absl::Hours(1),
+          "How long a completed or failed task is remembered and served without upstream "
+          "requests.");
+ABSL_FLAG(absl::Duration, max_backoff, absl::Minutes(5),
+          "Cap of the per-task backoff after transient upstream errors (poll_interval * 2^n) "
+          "and of 429 pauses without Retry-After.");
+ABSL_FLAG(int64_t, max_watches, 100000,
+          "Open watches beyond this are refused with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(absl::Duration, slow_watcher_timeout, absl::Seconds(60),
+          "A watch stream whose client has not taken a message for this long is ended with "
+          "RESOURCE_EXHAUSTED.");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "Prometheus /metrics listen address (host:port); empty disables it.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
+          "On SIGTERM/SIGINT: drain, and exit 0 within this time.");
+ABSL_FLAG(std::string, log_format, "text", "Log line format on stderr: text or json.");
+ABSL_FLAG(bool, allow_insecure_upstream, false,
+          "Allow a plain http:// upstream on a non-loopback host (sends the key in clear "
+          "text; logged loudly).");
+
+namespace {
+
+// Every flag above, for the VIDEOTASK_<FLAG> environment variables.
+const char* const kEnvFlags[] = {
+    "listen",           "upstream_url",       "api_key_file",        "poll_interval",
+    "heartbeat_interval", "upstream_timeout", "upstream_connect_timeout", "max_upstream_qps",
+    "max_inflight",     "terminal_cache_ttl", "max_backoff",         "max_watches",
+    "slow_watcher_timeout", "metrics_listen", "shutdown_grace",      "log_format",
+    "allow_insecure_upstream"};
+
+[[noreturn]] void Die(const std::string& message) {
+  std::fprintf(stderr, "videotask_sidecar: %s\n", message.c_str());
+  std::exit(2);
+}
+
+// Applied before argv is parsed, so that flags on the command line win.
+void ApplyEnvironment() {
+  for (const char* name : kEnvFlags) {
+    const std::string var = absl::StrCat("VIDEOTASK_", absl::AsciiStrToUpper(name));
+    const char* value = std::getenv(var.c_str());
+    if (value == nullptr) continue;
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    std::string error;
+    if (flag == nullptr || !flag->ParseFrom(value, &error)) {
+      Die(absl::StrCat("bad value in ", var, ": ", error));
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "videotask gRPC sidecar: polls the video vendor once per task and streams status "
+      "transitions to every WatchVideoTask caller.\n"
+      "Every flag can also be set by VIDEOTASK_<FLAG_IN_CAPS> (flags win); the API key comes "
+      "from --api_key_file or VIDEOTASK_API_KEY.\nUsage: videotask_sidecar [flags]");
+  ApplyEnvironment();
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) Die(absl::StrCat("unexpected argument: ", rest[1]));
+
+  const std::string log_format = absl::GetFlag(FLAGS_log_format);
+  if (log_format == "json") {
+    videotask::SetLogFormat(videotask::LogFormat::kJson);
+  } else if (log_format != "text") {
+    Die("--log_format must be text or json");
+  }
+  const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
+  if (grace < absl::ZeroDuration()) Die("--shutdown_grace must not be negative");
+
+  videotask::SidecarConfig config;
+  config.listen = absl::GetFlag(FLAGS_listen);
+  config.upstream_url = absl::GetFlag(FLAGS_upstream_url);
+  config.api_key_file = absl::GetFlag(FLAGS_api_key_file);
+  config.allow_insecure_upstream = absl::GetFlag(FLAGS_allow_insecure_upstream);
+  config.upstream_timeout = absl::GetFlag(FLAGS_upstream_timeout);
+  config.upstream_connect_timeout = absl::GetFlag(FLAGS_upstream_connect_timeout);
+  config.hub.poll_interval = absl::GetFlag(FLAGS_poll_interval);
+  config.hub.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
+  config.hub.max_upstream_qps = absl::GetFlag(FLAGS_max_upstream_qps);
+  config.hub.max_inflight = absl::GetFlag(FLAGS_max_inflight);
+  config.hub.terminal_cache_ttl = absl::GetFlag(FLAGS_terminal_cache_ttl);
+  config.hub.backoff_max = absl::GetFlag(FLAGS_max_backoff);
+  config.hub.max_watches = absl::GetFlag(FLAGS_max_watches);
+  config.service.slow_watcher_timeout = absl::GetFlag(FLAGS_slow_watcher_timeout);
+  config.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+
+  // Signals are taken by sigwait below; block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  absl::StatusOr<std::unique_ptr<videotask::Sidecar>> sidecar =
+      videotask::Sidecar::Start(config);
+  if (!sidecar.ok()) Die(std::string(sidecar.status().message()));
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  videotask::LogEvent(videotask::LogLevel::kInfo, "drain",
+                      {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
+                       {"grace", absl::FormatDuration(grace)}});
+  (*sidecar)->Shutdown(grace);
+  sidecar->reset();
+  return 0;
+}

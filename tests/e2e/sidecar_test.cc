@@ -1,0 +1,478 @@
+// End-to-end tests of the sidecar in process: the real Sidecar (gRPC server,
+// poll hub, libcurl client, metrics endpoint) against the simulated upstream
+// over loopback, driven by a real gRPC client.
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "proto/videotask/v1/video_task.grpc.pb.h"
+#include "server/sidecar.h"
+#include "tests/sim/sim_upstream.h"
+
+namespace videotask {
+namespace {
+
+using sim::Fault;
+using sim::FaultKind;
+using sim::SimUpstream;
+using sim::TaskScript;
+using v1::VideoTask;
+using v1::WatchVideoTaskResponse;
+
+constexpr char kKey[] = "sk-e2e-SECRET-7f3a";
+
+struct WatchResult {
+  std::vector<WatchVideoTaskResponse> events;
+  std::vector<absl::Time> times;
+  grpc::Status status;
+};
+
+class SidecarTest : public ::testing::Test {
+ protected:
+  void SetUp() override { setenv("VIDEOTASK_E2E_KEY", kKey, 1); }
+
+  void StartAll(SidecarConfig config = DefaultConfig(), SimUpstream::Options sim_options = {}) {
+    sim_options.api_key = kKey;
+    auto sim = SimUpstream::Start(sim_options);
+    ASSERT_TRUE(sim.ok()) << sim.status();
+    sim_ = std::move(*sim);
+    config.upstream_url = sim_->base_url();
+    auto sidecar = Sidecar::Start(config);
+    ASSERT_TRUE(sidecar.ok()) << sidecar.status();
+    sidecar_ = std::move(*sidecar);
+    channel_ = grpc::CreateChannel(sidecar_->target(), grpc::InsecureChannelCredentials());
+    stub_ = v1::VideoTaskService::NewStub(channel_);
+  }
+
+  static SidecarConfig DefaultConfig() {
+    SidecarConfig c;
+    c.listen = "127.0.0.1:0";
+    c.metrics_listen = "127.0.0.1:0";
+    c.api_key_env = "VIDEOTASK_E2E_KEY";
+    c.hub.poll_interval = absl::Milliseconds(200);
+    c.hub.heartbeat_interval = absl::Milliseconds(300);
+    c.hub.max_upstream_qps = 100;
+    c.hub.max_inflight = 64;
+    c.hub.backoff_max = absl::Seconds(1);
+    c.upstream_timeout = absl::Seconds(2);
+    return c;
+  }
+
+  WatchResult Watch(const std::string& id, absl::Duration deadline = absl::Seconds(20),
+                    grpc::ClientContext* given = nullptr) {
+    grpc::ClientContext local;
+    grpc::ClientContext* ctx = given != nullptr ? given : &local;
+    ctx->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(deadline));
+    v1::WatchVideoTaskRequest req;
+    req.set_id(id);
+    auto reader = stub_->WatchVideoTask(ctx, req);
+    WatchResult out;
+    WatchVideoTaskResponse msg;
+    while (reader->Read(&msg)) {
+      out.events.push_back(msg);
+      out.times.push_back(absl::Now());
+    }
+    out.status = reader->Finish();
+    return out;
+  }
+
+  grpc::Status Get(const std::string& id, VideoTask* task) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::GetVideoTaskRequest req;
+    req.set_id(id);
+    return stub_->GetVideoTask(&ctx, req, task);
+  }
+
+  std::string Metrics() {
+    httplib::Client cli("127.0.0.1", sidecar_->metrics_port());
+    auto res = cli.Get("/metrics");
+    if (!res || res->status != 200) return "";
+    return res->body;
+  }
+
+  // Waits (bounded) until `pred` holds; for conditions set by other threads.
+  template <typename Pred>
+  bool Eventually(Pred pred, absl::Duration limit = absl::Seconds(10)) {
+    const absl::Time end = absl::Now() + limit;
+    while (absl::Now() < end) {
+      if (pred()) return true;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return pred();
+  }
+
+  std::unique_ptr<SimUpstream> sim_;
+  std::unique_ptr<Sidecar> sidecar_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::VideoTaskService::Stub> stub_;
+};
+
+TaskScript Script(int queued, int processing, bool fails = false) {
+  TaskScript s;
+  s.queued_polls = queued;
+  s.processing_polls = processing;
+  s.fails = fails;
+  return s;
+}
+
+TEST_F(SidecarTest, FullLifecycleWithVideoUrlAndDuration) {
+  StartAll();
+  TaskScript s = Script(2, 2);
+  s.video_url = "https://cdn.invalid/out/full.mp4";
+  s.actual_duration = 12.5;
+  sim_->SetTask("full", s);
+  WatchResult r = Watch("full");
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  std::vector<WatchVideoTaskResponse> changes;
+  for (const auto& e : r.events) {
+    if (e.type() != WatchVideoTaskResponse::EVENT_TYPE_HEARTBEAT) changes.push_back(e);
+  }
+  ASSERT_EQ(changes.size(), 3u);
+  EXPECT_EQ(changes[0].type(), WatchVideoTaskResponse::EVENT_TYPE_SNAPSHOT);
+  EXPECT_EQ(changes[0].task().status(), v1::VIDEO_TASK_STATUS_QUEUED);
+  EXPECT_EQ(changes[0].task().model(), "videos");
+  EXPECT_EQ(changes[0].task().create_time().seconds(), 1761635478);
+  EXPECT_EQ(changes[1].type(), WatchVideoTaskResponse::EVENT_TYPE_TRANSITION);
+  EXPECT_EQ(changes[1].previous_status(), v1::VIDEO_TASK_STATUS_QUEUED);
+  EXPECT_EQ(changes[1].task().status(), v1::VIDEO_TASK_STATUS_PROCESSING);
+  EXPECT_EQ(changes[2].previous_status(), v1::VIDEO_TASK_STATUS_PROCESSING);
+  const VideoTask& done = changes[2].task();
+  EXPECT_EQ(done.status(), v1::VIDEO_TASK_STATUS_COMPLETED);
+  EXPECT_EQ(done.id(), "full");
+  EXPECT_EQ(done.video_url(), "https://cdn.invalid/out/full.mp4");
+  EXPECT_EQ(done.actual_duration().seconds(), 12);
+  EXPECT_EQ(done.actual_duration().nanos(), 500000000);
+  EXPECT_GT(done.observe_time().seconds(), 0);
+  EXPECT_EQ(r.events.back().task().status(), v1::VIDEO_TASK_STATUS_COMPLETED) << "terminal is last";
+  EXPECT_EQ(sim_->RequestCount("full"), 5);
+}
+
+TEST_F(SidecarTest, FailedVideoIsAnEventNotAnRpcError) {
+  StartAll();
+  TaskScript s = Script(1, 1, /*fails=*/true);
+  s.error = "prompt rejected";
+  sim_->SetTask("bad", s);
+  WatchResult r = Watch("bad");
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_FALSE(r.events.empty());
+  EXPECT_EQ(r.events.back().task().status(), v1::VIDEO_TASK_STATUS_FAILED);
+  EXPECT_EQ(r.events.back().task().error(), "prompt rejected");
+  EXPECT_TRUE(r.events.back().task().video_url().empty());
+}
+
+TEST_F(SidecarTest, TwoHundredWatchersCostTheUpstreamWhatOneCosts) {
+  StartAll();
+  sim_->SetTask("alone", Script(2, 3));
+  sim_->SetTask("shared", Script(2, 3));
+  WatchResult alone = Watch("alone");
+  ASSERT_TRUE(alone.status.ok());
+  std::vector<WatchResult> results(200);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 200; ++i) {
+    threads.emplace_back([&, i] { results[i] = Watch("shared"); });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& r : results) {
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.events.back().task().status(), v1::VIDEO_TASK_STATUS_COMPLETED);
+  }
+  EXPECT_EQ(sim_->RequestCount("shared"), sim_->RequestCount("alone"));
+  EXPECT_EQ(sim_->RequestCount("shared"), 6);
+}
+
+TEST_F(SidecarTest, ThreeHundredTasksNeverExceedTheRateCap) {
+  SidecarConfig c = DefaultConfig();
+  c.hub.max_upstream_qps = 20;
+  c.hub.poll_interval = absl::Milliseconds(500);
+  StartAll(c);
+  TaskScript hold;
+  hold.advances = false;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 300; ++i) {
+    const std::string id = absl::StrCat("cap", i);
+    sim_->SetTask(id, hold);
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    grpc::ClientContext* ctx = contexts.back().get();
+    threads.emplace_back([this, id, ctx] { Watch(id, absl::Seconds(30), ctx); });
+  }
+  absl::SleepFor(absl::Seconds(5));
+  for (auto& ctx : contexts) ctx->TryCancel();
+  for (auto& t : threads) t.join();
+  std::vector<absl::Time> times = sim_->RequestTimes();
+  std::sort(times.begin(), times.end());
+  ASSERT_GE(times.size(), 60u);
+  // Requests are counted on arrival; allow 50 ms of loopback skew.
+  for (size_t i = 20; i < times.size(); ++i) {
+    EXPECT_GE(times[i] - times[i - 20], absl::Milliseconds(950)) << "window ending at " << i;
+  }
+}
+
+TEST_F(SidecarTest, RateLimitWithRetryAfterSilencesAllTraffic) {
+  StartAll();
+  TaskScript hold;
+  hold.advances = false;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 5; ++i) {
+    const std::string id = absl::StrCat("rl", i);
+    sim_->SetTask(id, hold);
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    grpc::ClientContext* ctx = contexts.back().get();
+    threads.emplace_back([this, id, ctx] { Watch(id, absl::Seconds(30), ctx); });
+  }
+  ASSERT_TRUE(Eventually([&] { return sim_->TotalRequests() >= 10; }));
+  const size_t before = sim_->RequestTimes().size();
+  Fault f;
+  f.kind = FaultKind::kRateLimit;
+  f.retry_after_header = "2";
+  sim_->InjectFault("", f);
+  absl::SleepFor(absl::Seconds(3));
+  for (auto& ctx : contexts) ctx->TryCancel();
+  for (auto& t : threads) t.join();
+  std::vector<absl::Time> times = sim_->RequestTimes();
+  std::sort(times.begin(), times.end());
+  ASSERT_GT(times.size(), before + 1);
+  const absl::Time limited = times[before];  // the request answered with 429
+  int during = 0;
+  for (size_t i = before + 1; i < times.size(); ++i) {
+    if (times[i] < limited + absl::Milliseconds(1950)) ++during;
+  }
+  EXPECT_EQ(during, 0) << "requests during the 2 s pause";
+  EXPECT_GT(times.size(), before + 3) << "traffic resumed after the pause";
+  EXPECT_TRUE(absl::StrContains(Metrics(), "videotask_rate_limited_total 1"));
+}
+
+TEST_F(SidecarTest, BadResponsesEndInCompletedOnceUpstreamRecovers) {
+  SidecarConfig c = DefaultConfig();
+  c.upstream_timeout = absl::Milliseconds(500);
+  StartAll(c);
+  std::vector<std::pair<std::string, Fault>> cases;
+  Fault f;
+  f.kind = FaultKind::kServerError;
+  f.http_status = 503;
+  cases.push_back({"f503", f});
+  f = {};
+  f.kind = FaultKind::kMalformedJson;
+  cases.push_back({"fmalformed", f});
+  f = {};
+  f.kind = FaultKind::kHtml;
+  cases.push_back({"fhtml", f});
+  f = {};
+  f.kind = FaultKind::kOversized;
+  f.body_bytes = 4 << 20;
+  cases.push_back({"foversized", f});
+  f = {};
+  f.kind = FaultKind::kHang;
+  f.delay = absl::Seconds(30);
+  cases.push_back({"fhang", f});
+  f = {};
+  f.kind = FaultKind::kUnknownStatus;
+  cases.push_back({"funknown", f});
+  for (auto& [id, fault] : cases) {
+    sim_->SetTask(id, Script(1, 1));
+    fault.count = 2;
+    sim_->InjectFault(id, fault);
+  }
+  std::vector<WatchResult> results(cases.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    threads.emplace_back([&, i] { results[i] = Watch(cases[i].first, absl::Seconds(30)); });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(cases[i].first);
+    ASSERT_TRUE(results[i].status.ok()) << results[i].status.error_message();
+    for (const auto& e : results[i].events) {
+      EXPECT_NE(e.task().status(), v1::VIDEO_TASK_STATUS_UNSPECIFIED);
+    }
+    EXPECT_EQ(results[i].events.back().task().status(), v1::VIDEO_TASK_STATUS_COMPLETED);
+    EXPECT_EQ(sim_->RequestCount(cases[i].first), 5) << "2 faults + 3 good answers";
+  }
+  const std::string metrics = Metrics();
+  EXPECT_TRUE(absl::StrContains(metrics, "code=\"503\"")) << metrics;
+  EXPECT_TRUE(absl::StrContains(metrics, "code=\"timeout\"")) << metrics;
+  EXPECT_TRUE(absl::StrContains(metrics, "code=\"body_too_large\"")) << metrics;
+  // Memory is bounded: only the finished tasks' cached states remain.
+  EXPECT_EQ(sidecar_->hub()->GetStats().active_watches, 0);
+  EXPECT_LE(sidecar_->hub()->GetStats().tasks, static_cast<int64_t>(cases.size()));
+}
+
+TEST_F(SidecarTest, UnknownIdEndsWithNotFoundAfterOneConfirmingRetry) {
+  StartAll();
+  WatchResult r = Watch("nobody-knows");
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::NOT_FOUND) << r.status.error_message();
+  EXPECT_TRUE(r.events.empty());
+  EXPECT_EQ(sim_->RequestCount("nobody-knows"), 2);
+  VideoTask t;
+  EXPECT_EQ(Get("nobody-at-all", &t).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(SidecarTest, RejectedKeyIsFailedPrecondition) {
+  SimUpstream::Options so;
+  StartAll(DefaultConfig(), so);
+  // Restart the sidecar with a wrong key against the same upstream.
+  setenv("VIDEOTASK_E2E_WRONG_KEY", "sk-wrong", 1);
+  SidecarConfig c = DefaultConfig();
+  c.api_key_env = "VIDEOTASK_E2E_WRONG_KEY";
+  c.upstream_url = sim_->base_url();
+  auto wrong = Sidecar::Start(c);
+  ASSERT_TRUE(wrong.ok());
+  auto stub = v1::VideoTaskService::NewStub(
+      grpc::CreateChannel((*wrong)->target(), grpc::InsecureChannelCredentials()));
+  sim_->SetTask("k", Script(1, 1));
+  grpc::ClientContext ctx;
+  v1::WatchVideoTaskRequest req;
+  req.set_id("k");
+  auto reader = stub->WatchVideoTask(&ctx, req);
+  WatchVideoTaskResponse msg;
+  while (reader->Read(&msg)) {
+  }
+  const grpc::Status st = reader->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_FALSE(absl::StrContains(st.error_message(), "sk-wrong"));
+}
+
+TEST_F(SidecarTest, BadIdsAreInvalidArgumentWithoutUpstreamRequests) {
+  StartAll();
+  for (const std::string& id : {std::string("../admin"), std::string("a/b"), std::string("%2F"),
+                                std::string(""), std::string(1000, 'a'), std::string("a b"),
+                                std::string("x\ny"), std::string("..")}) {
+    WatchResult r = Watch(id);
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << id;
+    EXPECT_TRUE(r.events.empty());
+    VideoTask t;
+    EXPECT_EQ(Get(id, &t).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << id;
+  }
+  EXPECT_EQ(sim_->TotalRequests(), 0);
+}
+
+TEST_F(SidecarTest, HeartbeatsAtTheConfiguredInterval) {
+  StartAll();
+  TaskScript hold;
+  hold.advances = false;
+  sim_->SetTask("hb", hold);
+  WatchResult r = Watch("hb", absl::Milliseconds(1700));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  ASSERT_GE(r.events.size(), 4u);
+  EXPECT_EQ(r.events[0].type(), WatchVideoTaskResponse::EVENT_TYPE_SNAPSHOT);
+  for (size_t i = 1; i < r.events.size(); ++i) {
+    EXPECT_EQ(r.events[i].type(), WatchVideoTaskResponse::EVENT_TYPE_HEARTBEAT);
+    EXPECT_EQ(r.events[i].task().status(), v1::VIDEO_TASK_STATUS_QUEUED);
+    const absl::Duration gap = r.times[i] - r.times[i - 1];
+    EXPECT_GE(gap, absl::Milliseconds(150)) << i;
+    EXPECT_LE(gap, absl::Milliseconds(600)) << i;
+  }
+  EXPECT_LE(r.events.size(), 7u);
+}
+
+TEST_F(SidecarTest, PollingStopsWhenAllWatchersCancel) {
+  StartAll();
+  TaskScript hold;
+  hold.advances = false;
+  sim_->SetTask("quit", hold);
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    grpc::ClientContext* ctx = contexts.back().get();
+    threads.emplace_back([this, ctx] { Watch("quit", absl::Seconds(30), ctx); });
+  }
+  ASSERT_TRUE(Eventually([&] { return sim_->RequestCount("quit") >= 3; }));
+  for (auto& ctx : contexts) ctx->TryCancel();
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(Eventually([&] { return sidecar_->hub()->GetStats().active_watches == 0; }));
+  const int after_cancel = sim_->RequestCount("quit");
+  absl::SleepFor(absl::Seconds(1));  // five poll intervals
+  EXPECT_LE(sim_->RequestCount("quit"), after_cancel + 1) << "at most the poll in flight";
+  EXPECT_EQ(sidecar_->hub()->GetStats().tasks, 0);
+}
+
+TEST_F(SidecarTest, GetOfFinishedTaskMakesNoUpstreamRequest) {
+  StartAll();
+  sim_->SetTask("fin", Script(1, 1));
+  ASSERT_TRUE(Watch("fin").status.ok());
+  const int polls = sim_->RequestCount("fin");
+  VideoTask t;
+  ASSERT_TRUE(Get("fin", &t).ok());
+  EXPECT_EQ(t.status(), v1::VIDEO_TASK_STATUS_COMPLETED);
+  EXPECT_EQ(sim_->RequestCount("fin"), polls);
+  // A watcher of the finished task gets one SNAPSHOT and OK.
+  WatchResult again = Watch("fin");
+  ASSERT_TRUE(again.status.ok());
+  ASSERT_EQ(again.events.size(), 1u);
+  EXPECT_EQ(again.events[0].type(), WatchVideoTaskResponse::EVENT_TYPE_SNAPSHOT);
+  EXPECT_EQ(sim_->RequestCount("fin"), polls);
+}
+
+TEST_F(SidecarTest, GetOfUnwatchedIdMakesOneRequestAndNoPolling) {
+  StartAll();
+  sim_->SetTask("once", Script(5, 5));
+  VideoTask t;
+  ASSERT_TRUE(Get("once", &t).ok());
+  EXPECT_EQ(t.status(), v1::VIDEO_TASK_STATUS_QUEUED);
+  absl::SleepFor(absl::Milliseconds(800));
+  EXPECT_EQ(sim_->RequestCount("once"), 1);
+}
+
+TEST_F(SidecarTest, HealthIsServing) {
+  StartAll();
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  for (const std::string& service : {std::string(""), std::string(kServiceName)}) {
+    grpc::ClientContext ctx;
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(service);
+    grpc::health::v1::HealthCheckResponse res;
+    ASSERT_TRUE(health->Check(&ctx, req, &res).ok());
+    EXPECT_EQ(res.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
+  }
+  sidecar_->Drain();
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse res;
+  ASSERT_TRUE(health->Check(&ctx, req, &res).ok());
+  EXPECT_EQ(res.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+}
+
+TEST_F(SidecarTest, MetricsCountRequests) {
+  StartAll();
+  sim_->SetTask("m", Script(1, 1));
+  ASSERT_TRUE(Watch("m").status.ok());
+  const std::string m = Metrics();
+  EXPECT_TRUE(absl::StrContains(m, "videotask_upstream_requests_total{code=\"200\"} 3")) << m;
+  for (const char* name :
+       {"videotask_upstream_request_duration_seconds_bucket", "videotask_active_watches",
+        "videotask_watched_tasks", "videotask_events_sent_total{type=\"transition\"} 2",
+        "videotask_rate_limited_total"}) {
+    EXPECT_TRUE(absl::StrContains(m, name)) << name;
+  }
+}
+
+TEST_F(SidecarTest, DrainEndsOpenWatchesWithUnavailable) {
+  StartAll();
+  TaskScript hold;
+  hold.advances = false;
+  sim_->SetTask("d", hold);
+  WatchResult r;
+  std::thread watcher([&] { r = Watch("d"); });
+  ASSERT_TRUE(Eventually([&] { return sidecar_->hub()->GetStats().active_watches == 1; }));
+  sidecar_->Shutdown(absl::Seconds(2));
+  watcher.join();
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << r.status.error_message();
+  EXPECT_FALSE(r.events.empty());
+}
+
+}  // namespace
+}  // namespace videotask
