@@ -21,9 +21,13 @@ bool IsTerminal(VideoTaskStatus s) {
          s == videotask::v1::VIDEO_TASK_STATUS_FAILED;
 }
 
+// Worth a new stream: the sidecar restarting or draining (UNAVAILABLE, or
+// CANCELLED when it closed the connection), a slow-watcher cut
+// (RESOURCE_EXHAUSTED), or a stream that ended without a terminal state.
+// A cancellation by the caller is handled before this is asked.
 bool Retryable(grpc::StatusCode code) {
   return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
-         code == grpc::StatusCode::OK;  // a stream that ended without a terminal state
+         code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::OK;
 }
 
 std::chrono::system_clock::time_point ToChrono(absl::Time t) {

@@ -173,7 +173,8 @@ CurlUpstreamClient::CurlUpstreamClient(Options options,
     : options_(std::move(options)),
       key_(std::move(key)),
       clock_(clock),
-      multi_(multi) {
+      multi_(multi),
+      https_(absl::StartsWithIgnoreCase(options_.base_url, "https://")) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -306,7 +307,11 @@ void CurlUpstreamClient::StartTransfer(std::unique_ptr<Request> request) {
       static_cast<curl_off_t>(options_.max_body_bytes));
   set(CURLOPT_ACCEPT_ENCODING, "");  // what libcurl can decode; capped below
   set(CURLOPT_TCP_KEEPALIVE, 1L);
-  set(CURLOPT_PIPEWAIT, 1L);
+  // Over TLS, wait for ALPN to tell whether an opening connection can
+  // multiplex rather than open more. Not for plain http, which never
+  // multiplexes here: there a hanging first response would hold back the
+  // rest.
+  if (https_) set(CURLOPT_PIPEWAIT, 1L);
   // HTTP/2 when the server offers it in TLS; HTTP/1.1 otherwise.
   if (ok && curl_easy_setopt(easy, CURLOPT_HTTP_VERSION,
                              static_cast<long>(CURL_HTTP_VERSION_2TLS)) != CURLE_OK) {

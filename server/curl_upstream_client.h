@@ -121,6 +121,7 @@ class CurlUpstreamClient : public UpstreamClient {
   const std::shared_ptr<ApiKeySource> key_;
   Clock* const clock_;
   void* const multi_;  // CURLM*
+  const bool https_;
 
   // I/O thread only.
   std::vector<void*> idle_easy_;  // pooled CURL* handles

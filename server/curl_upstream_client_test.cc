@@ -86,6 +86,7 @@ class RawServer {
 
   explicit RawServer(Handler handler) {
     server_.set_keep_alive_timeout(1);
+    server_.set_tcp_nodelay(true);
     server_.Get(R"(/kyyReactApiServer/v1/result/([^/]+))",
                 [this, handler](const httplib::Request& req,
                                 httplib::Response& res) {
@@ -369,6 +370,28 @@ TEST(CurlUpstreamClientRawTest, TimeoutOnHangingResponse) {
   EXPECT_EQ(r.code, "timeout") << r.detail;
   EXPECT_LT(took, absl::Seconds(3));
   EXPECT_GE(r.latency, absl::Milliseconds(250));
+}
+
+TEST(CurlUpstreamClientRawTest, HangingRequestDoesNotHoldBackOthers) {
+  RawServer server([&](const httplib::Request& req, httplib::Response& res) {
+    if (req.matches[1] == "proj_hang") {
+      server.release().WaitForNotificationWithTimeout(absl::Seconds(30));
+    }
+    res.set_content(TaskBody(req.matches[1], "queued"), "application/json");
+  });
+  auto client = MakeClient(server.base_url());
+  absl::Notification hung_done;
+  client->Fetch("proj_hang", [&](UpstreamResult r) {
+    CheckNoSecrets(r);
+    hung_done.Notify();
+  });
+  for (int i = 0; i < 3; ++i) {
+    UpstreamResult r = Fetch(*client, absl::StrCat("proj_other", i));
+    EXPECT_EQ(r.outcome, UpstreamOutcome::kOk) << r.detail;
+  }
+  EXPECT_FALSE(hung_done.HasBeenNotified());
+  client.reset();  // completes the hanging one
+  EXPECT_TRUE(hung_done.HasBeenNotified());
 }
 
 TEST(CurlUpstreamClientRawTest, ConnectErrorOnClosedPort) {

@@ -318,17 +318,19 @@ void PollHub::RunDue() {
 std::vector<std::string> PollHub::StartDueLocked(absl::Time now) {
   std::vector<std::string> fetches;
   if (now < paused_until_) return fetches;
-  // Sliding window: a request started at t counts against [t, t + 1 s).
+  // Sliding window, counted conservatively: a request holds a slot from its
+  // start until 1 s after it ends. The vendor sees arrivals, which may lag
+  // starts (a busy I/O thread, a slow connect); this way no arrival pattern
+  // can put more than max_upstream_qps requests into any one second.
   while (!window_.empty() && window_.front() + kRateWindow <= now) window_.pop_front();
   while (!due_.empty() && due_.begin()->first <= now &&
-         window_.size() < static_cast<size_t>(options_.max_upstream_qps) &&
+         inflight_ + window_.size() < static_cast<size_t>(options_.max_upstream_qps) &&
          inflight_ < options_.max_inflight) {
     const std::string id = due_.begin()->second;
     Task* task = FindTask(id);
     SetTimer(due_, task->next_poll, id, absl::InfiniteFuture());
     task->inflight = true;
     ++inflight_;
-    window_.push_back(now);
     fetches.push_back(id);
   }
   return fetches;
@@ -339,10 +341,15 @@ absl::Time PollHub::NextWakeup() {
   absl::Time t = absl::InfiniteFuture();
   if (!expiry_.empty()) t = std::min(t, expiry_.begin()->first);
   if (!heartbeats_.empty()) t = std::min(t, heartbeats_.begin()->first);
-  if (!due_.empty() && !draining_ && inflight_ < options_.max_inflight) {
+  const size_t qps = options_.max_upstream_qps;
+  // With max_upstream_qps or max_inflight requests in flight, only a
+  // completion (which kicks the scheduler) can free a slot.
+  if (!due_.empty() && !draining_ && inflight_ < options_.max_inflight &&
+      static_cast<size_t>(inflight_) < qps) {
     absl::Time d = std::max(due_.begin()->first, paused_until_);
-    if (window_.size() >= static_cast<size_t>(options_.max_upstream_qps)) {
-      d = std::max(d, window_[window_.size() - options_.max_upstream_qps] + kRateWindow);
+    if (static_cast<size_t>(inflight_) + window_.size() >= qps) {
+      // The window entry whose expiry frees the first slot.
+      d = std::max(d, window_[inflight_ + window_.size() - qps] + kRateWindow);
     }
     t = std::min(t, d);
   }
@@ -367,6 +374,7 @@ void PollHub::OnResult(const std::string& id, UpstreamResult result) {
   {
     absl::MutexLock lock(&mu_);
     --inflight_;
+    window_.push_back(clock_->Now());
     Kick();
     Task* task = FindTask(id);
     if (task == nullptr) return;  // not reachable: tasks stay while in flight

@@ -6,7 +6,9 @@
 //   at once. A Get of a watched id uses the hub's state.
 // - At most `max_upstream_qps` requests start in any sliding one-second
 //   window and at most `max_inflight` run at once; due tasks go earliest
-//   first, so none starves. A 429 pauses all upstream traffic.
+//   first, so none starves. A request counts against the window from its
+//   start until one second after its end, so requests that reach the vendor
+//   late cannot bunch up there either. A 429 pauses all upstream traffic.
 // - Every watcher sees, in order: one SNAPSHOT, then every status change as
 //   a TRANSITION, with HEARTBEATs while nothing changes; the terminal event
 //   is its last, or an error ends it (NOT_FOUND, FAILED_PRECONDITION,
@@ -209,7 +211,8 @@ class PollHub {
   TimerSet due_ ABSL_GUARDED_BY(mu_);
   TimerSet heartbeats_ ABSL_GUARDED_BY(mu_);
   TimerSet expiry_ ABSL_GUARDED_BY(mu_);
-  std::deque<absl::Time> window_ ABSL_GUARDED_BY(mu_);  // request starts, last 1 s
+  // End times of the requests that ended within the last second.
+  std::deque<absl::Time> window_ ABSL_GUARDED_BY(mu_);
   absl::Time paused_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   int rate_limit_streak_ ABSL_GUARDED_BY(mu_) = 0;
   int inflight_ ABSL_GUARDED_BY(mu_) = 0;

@@ -290,6 +290,26 @@ TEST_F(PollHubTest, RateCapHoldsInEverySlidingWindowAndEarliestGoFirst) {
   for (int i = 0; i < 20; ++i) EXPECT_GE(upstream_.Count("t" + std::to_string(i)), 2);
 }
 
+TEST_F(PollHubTest, ARequestHoldsItsRateSlotUntilOneSecondAfterItEnds) {
+  PollHubOptions o;
+  o.max_upstream_qps = 2;
+  o.max_inflight = 10;
+  MakeHub(o);
+  WatchOk("a");
+  WatchOk("b");
+  WatchOk("c");
+  hub_->RunDue();
+  EXPECT_EQ(upstream_.Total(), 2);
+  Advance(absl::Milliseconds(1500));
+  EXPECT_EQ(upstream_.Total(), 2) << "both slots are held while in flight";
+  upstream_.Reply("a", Ok(kQueued));
+  hub_->RunDue();
+  EXPECT_EQ(upstream_.Total(), 2) << "a's slot is held for 1 s after it ended";
+  EXPECT_EQ(hub_->NextWakeup(), clock_.Now() + absl::Seconds(1));
+  Advance(absl::Seconds(1));
+  EXPECT_EQ(upstream_.Total(), 3);
+}
+
 TEST_F(PollHubTest, MaxInflightBoundsConcurrentRequests) {
   PollHubOptions o;
   o.max_upstream_qps = 100;

@@ -66,6 +66,10 @@ absl::StatusOr<std::pair<std::string, int>> SplitHostPort(absl::string_view flag
 
 std::string Secs(absl::Duration d) { return absl::FormatDuration(d); }
 
+// How long Shutdown() lets clients close their connections after the last
+// stream has ended.
+constexpr absl::Duration kCloseConnections = absl::Milliseconds(200);
+
 }  // namespace
 
 bool IsLoopbackHost(const std::string& host) {
@@ -126,6 +130,9 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   copts.base_url = config.upstream_url;
   copts.timeout = config.upstream_timeout;
   copts.connect_timeout = config.upstream_connect_timeout;
+  // One connection per request the hub may run at once, so no request waits
+  // inside libcurl: the hub's rate window then sees true start times.
+  copts.max_host_connections = config.hub.max_inflight;
   auto client = CurlUpstreamClient::Create(copts, std::move(*key), config.clock);
   if (!client.ok()) return client.status();
   sc->client_ = std::move(*client);
@@ -213,6 +220,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
             {"max_inflight", absl::StrCat(config.hub.max_inflight)},
             {"max_watches", absl::StrCat(config.hub.max_watches)},
             {"terminal_cache_ttl", Secs(config.hub.terminal_cache_ttl)}});
+  sc->stopped_ = false;
   if (config.allow_insecure_upstream) {
     auto url = ParseUrl(config.upstream_url);
     if (url.ok() && url->scheme == "http" && !IsLoopbackHost(url->host)) {
@@ -236,10 +244,16 @@ void Sidecar::Shutdown(absl::Duration grace) {
   if (stopped_) return;
   stopped_ = true;
   Drain();
-  // Streams have been ended by Drain(); the deadline bounds anything left.
+  const absl::Time end = absl::Now() + std::max(grace, absl::ZeroDuration());
+  // Drain() has ended every watch; let their UNAVAILABLE reach the clients
+  // before connections close, within the grace.
+  while (service_ != nullptr && service_->open_streams() > 0 && absl::Now() < end) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
   if (server_ != nullptr) {
-    server_->Shutdown(std::chrono::system_clock::now() +
-                      absl::ToChronoMilliseconds(std::max(grace, absl::ZeroDuration())));
+    // Idle client connections would hold Shutdown until the deadline; no
+    // stream is left to protect, so give them only a moment.
+    server_->Shutdown(absl::ToChronoTime(std::min(end, absl::Now() + kCloseConnections)));
     server_->Wait();
   }
   if (hub_ != nullptr) hub_->Shutdown();

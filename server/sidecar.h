@@ -83,7 +83,7 @@ class Sidecar {
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   std::string target_;
-  bool stopped_ = false;
+  bool stopped_ = true;  // until Start() succeeds
 };
 
 }  // namespace videotask
