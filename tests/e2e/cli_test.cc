@@ -1,0 +1,152 @@
+// The `videotask` CLI end to end: the real binary against an in-process
+// sidecar and the simulated upstream; every documented exit code.
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/sidecar.h"
+#include "tests/sim/sim_upstream.h"
+#include "tests/testing/subprocess.h"
+
+namespace videotask {
+namespace {
+
+using testing::Runfile;
+using testing::Subprocess;
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    setenv("VIDEOTASK_CLI_TEST_KEY", "sk-cli-test", 1);
+    setenv("VIDEOTASK_CLI_WRONG_KEY", "sk-wrong", 1);
+    sim::SimUpstream::Options o;
+    o.api_key = "sk-cli-test";
+    auto sim = sim::SimUpstream::Start(o);
+    ASSERT_TRUE(sim.ok());
+    sim_ = std::move(*sim);
+    sidecar_ = StartSidecar("VIDEOTASK_CLI_TEST_KEY");
+  }
+
+  std::unique_ptr<Sidecar> StartSidecar(const std::string& key_env) {
+    SidecarConfig c;
+    c.listen = "127.0.0.1:0";
+    c.metrics_listen = "";
+    c.upstream_url = sim_->base_url();
+    c.api_key_env = key_env;
+    c.hub.poll_interval = absl::Milliseconds(100);
+    c.hub.heartbeat_interval = absl::Milliseconds(150);
+    c.hub.max_upstream_qps = 100;
+    auto sc = Sidecar::Start(c);
+    EXPECT_TRUE(sc.ok()) << sc.status();
+    return sc.ok() ? std::move(*sc) : nullptr;
+  }
+
+  struct Run {
+    int code = -1;
+    std::string out, err;
+  };
+  Run Cli(std::vector<std::string> args, const std::string& target = "") {
+    std::vector<std::string> argv = {Runfile("plugin/videotask")};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto p = Subprocess::Start(argv, {{"VIDEOTASK_TARGET",
+                                       target.empty() ? sidecar_->target() : target}});
+    Run r;
+    if (!p.ok()) return r;
+    auto code = p->Wait(absl::Seconds(30));
+    r.code = code.value_or(-1);
+    r.out = p->Stdout();
+    r.err = p->Stderr();
+    return r;
+  }
+
+  std::unique_ptr<sim::SimUpstream> sim_;
+  std::unique_ptr<Sidecar> sidecar_;
+};
+
+TEST_F(CliTest, WatchPrintsJsonLinesAndExitsZeroOnCompletion) {
+  sim::TaskScript s;
+  s.queued_polls = 1;
+  s.processing_polls = 2;
+  s.video_url = "https://cdn.invalid/cli.mp4";
+  sim_->SetTask("cli-ok", s);
+  Run r = Cli({"watch", "cli-ok"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  std::vector<std::string> lines = absl::StrSplit(r.out, '\n', absl::SkipEmpty());
+  ASSERT_GE(lines.size(), 3u);
+  std::vector<std::string> changes;
+  for (const std::string& line : lines) {
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << line;
+    ASSERT_TRUE(j.contains("type") && j.contains("task")) << line;
+    if (j["type"] != "EVENT_TYPE_HEARTBEAT") changes.push_back(j["task"]["status"]);
+  }
+  EXPECT_EQ(changes, (std::vector<std::string>{"VIDEO_TASK_STATUS_QUEUED",
+                                               "VIDEO_TASK_STATUS_PROCESSING",
+                                               "VIDEO_TASK_STATUS_COMPLETED"}));
+  nlohmann::json last = nlohmann::json::parse(lines.back());
+  EXPECT_EQ(last["task"]["videoUrl"], "https://cdn.invalid/cli.mp4");
+  EXPECT_EQ(last["previousStatus"], "VIDEO_TASK_STATUS_PROCESSING");
+  EXPECT_TRUE(r.err.empty()) << "stderr is not a terminal here: no human lines: " << r.err;
+}
+
+TEST_F(CliTest, FailedVideoExitsOne) {
+  sim::TaskScript s;
+  s.fails = true;
+  sim_->SetTask("cli-fail", s);
+  EXPECT_EQ(Cli({"watch", "cli-fail"}).code, 1);
+}
+
+TEST_F(CliTest, UsageAndInvalidIdExitTwo) {
+  EXPECT_EQ(Cli({"watch", "../etc"}).code, 2);
+  EXPECT_EQ(Cli({"watch"}).code, 2);
+  EXPECT_EQ(Cli({"frobnicate", "x"}).code, 2);
+  EXPECT_EQ(sim_->TotalRequests(), 0);
+}
+
+TEST_F(CliTest, NotFoundExitsThree) {
+  EXPECT_EQ(Cli({"watch", "cli-missing"}).code, 3);
+  EXPECT_EQ(Cli({"get", "cli-missing"}).code, 3);
+}
+
+TEST_F(CliTest, TimeoutExitsFour) {
+  sim::TaskScript hold;
+  hold.advances = false;
+  sim_->SetTask("cli-hold", hold);
+  Run r = Cli({"--timeout=500ms", "watch", "cli-hold"});
+  EXPECT_EQ(r.code, 4) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "EVENT_TYPE_SNAPSHOT"));
+}
+
+TEST_F(CliTest, UnreachableSidecarExitsFive) {
+  EXPECT_EQ(Cli({"--give_up_after=500ms", "watch", "x"}, "127.0.0.1:1").code, 5);
+  EXPECT_EQ(Cli({"--timeout=500ms", "health"}, "127.0.0.1:1").code, 5);
+}
+
+TEST_F(CliTest, RejectedCredentialsExitSix) {
+  auto wrong = StartSidecar("VIDEOTASK_CLI_WRONG_KEY");
+  sim_->SetTask("cli-key", sim::TaskScript{});
+  Run r = Cli({"watch", "cli-key"}, wrong->target());
+  EXPECT_EQ(r.code, 6) << r.err;
+  EXPECT_FALSE(absl::StrContains(r.out + r.err, "sk-wrong"));
+}
+
+TEST_F(CliTest, GetPrintsTheTaskAndHealthChecksTheSidecar) {
+  sim_->SetTask("cli-get", sim::TaskScript{});
+  Run r = Cli({"get", "cli-get"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  EXPECT_EQ(j["id"], "cli-get");
+  EXPECT_EQ(j["status"], "VIDEO_TASK_STATUS_QUEUED");
+  EXPECT_EQ(Cli({"health"}).code, 0);
+  sidecar_->Drain();
+  EXPECT_EQ(Cli({"health"}).code, 5) << "NOT_SERVING while draining";
+}
+
+}  // namespace
+}  // namespace videotask
