@@ -73,7 +73,7 @@ runtime_packages() {
       for (s = 1; s <= stage; s++) if (name[s] == "runtime") pick = s
       print buf[pick]
     }
-  ' | tr ';&|' '\n\n\n' | awk '
+  ' | sed -e 's/&&/\n/g' -e 's/||/\n/g' -e 's/;/\n/g' | awk '
     {
       for (i = 1; i <= NF; i++) {
         if ($i == "apt-get" || $i == "apt") { cmd = 1; continue }
@@ -153,8 +153,11 @@ for pkg in "${listed[@]}"; do
     fail "runtime stage names $pkg, which is no Debian package known here"
   fi
 done
-[ "$has_ca" -eq 1 ] && ok "ca-certificates is installed (HTTPS upstream)" \
-  || fail "runtime stage lacks ca-certificates: the sidecar's upstream is HTTPS"
+if [ "$has_ca" -eq 1 ]; then
+  ok "ca-certificates is installed (HTTPS upstream)"
+else
+  fail "runtime stage lacks ca-certificates: the sidecar's upstream is HTTPS"
+fi
 
 declare -A direct_ok=() closure_ok=()
 for pkg in "${listed[@]}" "${BASE_PACKAGES[@]}"; do direct_ok[$pkg]=1; done

@@ -1,13 +1,25 @@
 #include "tests/sim/sim_upstream.h"
 
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <atomic>
+#include <cstdlib>
 #include <deque>
+#include <iostream>
+#include <limits>
 #include <map>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -20,30 +32,40 @@ namespace {
 using json = nlohmann::json;
 
 constexpr char kResultPrefix[] = "/kyyReactApiServer/v1/result/";
+constexpr size_t kMaxBodyBytes = size_t{256} << 20;  // admin-set oversized bodies
+
+enum class Phase { kQueued, kProcessing, kDone };
 
 struct TaskState {
   TaskScript script;
-  int answered = 0;  // script answers given (faults excluded)
-  absl::Time first_request = absl::InfiniteFuture();
+  Phase phase = Phase::kQueued;
+  int phase_polls = 0;  // script answers given in the current phase
+  absl::Time phase_start = absl::InfiniteFuture();
   std::string forced;  // "completed" / "failed" once Complete()/Fail() ran
   std::string forced_error;
+  absl::Time terminal_served = absl::InfiniteFuture();
 };
 
 struct PendingFault {
   std::string id;
   Fault fault;
-  int left;
+  int left;  // -1: until ClearFaults()
 };
 
 std::optional<FaultKind> ParseKind(const std::string& s) {
-  static const std::map<std::string, FaultKind> kinds = {
-      {"rate_limit", FaultKind::kRateLimit},       {"server_error", FaultKind::kServerError},
-      {"malformed_json", FaultKind::kMalformedJson}, {"html", FaultKind::kHtml},
-      {"oversized", FaultKind::kOversized},         {"unknown_status", FaultKind::kUnknownStatus},
-      {"not_found", FaultKind::kNotFound},          {"unauthorized", FaultKind::kUnauthorized},
-      {"slow", FaultKind::kSlow},                   {"hang", FaultKind::kHang}};
-  auto it = kinds.find(s);
-  if (it == kinds.end()) return std::nullopt;
+  static const auto* const kinds = new std::map<std::string, FaultKind>{
+      {"rate_limit", FaultKind::kRateLimit},
+      {"server_error", FaultKind::kServerError},
+      {"malformed_json", FaultKind::kMalformedJson},
+      {"html", FaultKind::kHtml},
+      {"oversized", FaultKind::kOversized},
+      {"unknown_status", FaultKind::kUnknownStatus},
+      {"not_found", FaultKind::kNotFound},
+      {"unauthorized", FaultKind::kUnauthorized},
+      {"slow", FaultKind::kSlow},
+      {"hang", FaultKind::kHang}};
+  auto it = kinds->find(s);
+  if (it == kinds->end()) return std::nullopt;
   return it->second;
 }
 
@@ -53,12 +75,87 @@ void JsonError(httplib::Response& res, int status, const std::string& message) {
                   "application/json");
 }
 
+// Parses an optional JSON object body ("" => {}); nullopt when it is not one.
+std::optional<json> ObjectBody(const std::string& body) {
+  json j = json::parse(body.empty() ? std::string("{}") : body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return std::nullopt;
+  return j;
+}
+
+// Typed optional fields of an admin body; throw std::invalid_argument with a
+// readable message on a wrong type or range.
+int64_t IntField(const json& j, const char* name, int64_t def, int64_t lo, int64_t hi) {
+  if (!j.contains(name) || j[name].is_null()) return def;
+  const json& v = j[name];
+  int64_t n;
+  if (v.is_number_integer()) {
+    n = v.get<int64_t>();
+  } else if (v.is_number_float() && std::abs(v.get<double>()) < 9e15 &&
+             v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>()))) {
+    n = static_cast<int64_t>(v.get<double>());
+  } else {
+    throw std::invalid_argument(absl::StrCat("\"", name, "\" must be an integer"));
+  }
+  if (n < lo || n > hi) {
+    throw std::invalid_argument(absl::StrCat("\"", name, "\" must be in [", lo, ", ", hi, "]"));
+  }
+  return n;
+}
+double NumberField(const json& j, const char* name, double def) {
+  if (!j.contains(name) || j[name].is_null()) return def;
+  if (!j[name].is_number()) throw std::invalid_argument(absl::StrCat("\"", name, "\" must be a number"));
+  return j[name].get<double>();
+}
+bool BoolField(const json& j, const char* name, bool def) {
+  if (!j.contains(name) || j[name].is_null()) return def;
+  if (!j[name].is_boolean()) throw std::invalid_argument(absl::StrCat("\"", name, "\" must be true or false"));
+  return j[name].get<bool>();
+}
+std::string StringField(const json& j, const char* name, const std::string& def) {
+  if (!j.contains(name) || j[name].is_null()) return def;
+  if (!j[name].is_string()) throw std::invalid_argument(absl::StrCat("\"", name, "\" must be a string"));
+  return j[name].get<std::string>();
+}
+
+// Shuts down (without closing: their threads still own them) the accepted
+// sockets of the server listening on `port`, found through /proc/self/fd.
+// httplib 0.11 keeps a worker in its keep-alive wait on an idle connection
+// until the keep-alive timeout even after stop(); this ends those waits.
+void ShutdownConnectionsOnPort(int port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return;
+  const int self = dirfd(dir);
+  while (struct dirent* e = readdir(dir)) {
+    int fd;
+    if (!absl::SimpleAtoi(e->d_name, &fd) || fd == self) continue;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage addr;
+    socklen_t len = sizeof(addr);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) continue;
+    int local_port = -1;
+    if (addr.ss_family == AF_INET) {
+      local_port = ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+    } else if (addr.ss_family == AF_INET6) {
+      local_port = ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+    }
+    if (local_port != port) continue;
+    // Only connected sockets: a peer means it was accepted from our listener.
+    sockaddr_storage peer;
+    socklen_t peer_len = sizeof(peer);
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) continue;
+    ::shutdown(fd, SHUT_RDWR);
+  }
+  closedir(dir);
+}
+
 }  // namespace
 
 struct SimUpstream::Impl {
   Options options;
   httplib::Server server;
   std::thread thread;
+  std::atomic<bool> loop_done{false};
   int port = 0;
 
   absl::Mutex mu;
@@ -70,7 +167,7 @@ struct SimUpstream::Impl {
   bool stopping ABSL_GUARDED_BY(mu) = false;
 
   // Waits up to `d`, or less when the server stops.
-  void Wait(absl::Duration d) {
+  void Wait(absl::Duration d) ABSL_LOCKS_EXCLUDED(mu) {
     absl::MutexLock lock(&mu);
     mu.AwaitWithTimeout(absl::Condition(&stopping), d);
   }
@@ -85,45 +182,72 @@ struct SimUpstream::Impl {
     return std::nullopt;
   }
 
-  // The vendor's body for a task's next answer; advances the script.
+  // The task for `id`, created from the default script when unknown ids are
+  // served; nullptr otherwise.
+  TaskState* Find(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto it = tasks.find(id);
+    if (it == tasks.end()) {
+      if (!options.serve_unknown_ids) return nullptr;
+      it = tasks.emplace(id, TaskState{options.default_script}).first;
+    }
+    return &it->second;
+  }
+
+  // The vendor's body for a task's next answer; advances the script. Each
+  // phase lasts its duration (from the phase's start) when positive, else its
+  // number of polls.
   std::string Answer(const std::string& id, TaskState& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     const absl::Time now = absl::Now();
-    if (t.first_request == absl::InfiniteFuture()) t.first_request = now;
     const TaskScript& s = t.script;
-    std::string status;
-    if (!t.forced.empty()) {
-      status = t.forced;
-    } else if (!s.advances) {
-      status = "queued";
-    } else if (s.queued_for > absl::ZeroDuration() || s.processing_for > absl::ZeroDuration()) {
-      const absl::Duration e = now - t.first_request;
-      status = e < s.queued_for                      ? "queued"
-               : e < s.queued_for + s.processing_for ? "processing"
-               : s.fails                             ? "failed"
-                                                     : "completed";
-    } else {
-      const int n = t.answered;
-      status = n < s.queued_polls                        ? "queued"
-               : n < s.queued_polls + s.processing_polls ? "processing"
-               : s.fails                                 ? "failed"
-                                                         : "completed";
+    if (t.phase_start == absl::InfiniteFuture()) t.phase_start = now;  // first request
+    if (t.forced.empty() && s.advances) {
+      while (t.phase != Phase::kDone) {
+        const bool queued = t.phase == Phase::kQueued;
+        const absl::Duration for_ = queued ? s.queued_for : s.processing_for;
+        const int polls = queued ? s.queued_polls : s.processing_polls;
+        const bool timed = for_ > absl::ZeroDuration();
+        if (timed ? now - t.phase_start < for_ : t.phase_polls < polls) break;
+        t.phase = queued ? Phase::kProcessing : Phase::kDone;
+        t.phase_start = timed ? t.phase_start + for_ : now;
+        t.phase_polls = 0;
+      }
     }
-    ++t.answered;
-    json body = {{"id", id},          {"object", "video"}, {"created", s.created},
-                 {"model", s.model},  {"status", status},  {"video_url", nullptr},
+    ++t.phase_polls;
+    std::string status = !t.forced.empty()             ? t.forced
+                         : t.phase == Phase::kQueued     ? "queued"
+                         : t.phase == Phase::kProcessing ? "processing"
+                         : s.fails                       ? "failed"
+                                                         : "completed";
+    json body = {{"id", id},         {"object", "video"}, {"created", s.created},
+                 {"model", s.model}, {"status", status},  {"video_url", nullptr},
                  {"error", nullptr}};
+    if ((status == "completed" || status == "failed") &&
+        t.terminal_served == absl::InfiniteFuture()) {
+      t.terminal_served = now;
+    }
     if (status == "completed") {
       body["video_url"] = s.video_url.empty()
                               ? absl::StrCat("https://cdn.invalid/videos/", id, ".mp4")
                               : s.video_url;
       body["actualDuration"] = s.actual_duration;
     } else if (status == "failed") {
-      body["error"] = t.forced_error.empty() ? s.error : t.forced_error;
+      body["error"] = t.forced.empty() ? s.error : t.forced_error;
     }
     return body.dump();
   }
 
-  void HandleResult(const httplib::Request& req, httplib::Response& res) {
+  // A 200 body of exactly `n` bytes; valid JSON (a task with padding) when
+  // `n` allows, so that only the size is wrong with it.
+  static std::string Oversized(const std::string& id, size_t n) {
+    const std::string head =
+        json{{"id", id}, {"object", "video"}, {"status", "processing"}}.dump();
+    const std::string open = head.substr(0, head.size() - 1) + ",\"padding\":\"";
+    const std::string close = "\"}";
+    if (n < open.size() + close.size()) return std::string(n, ' ');
+    return open + std::string(n - open.size() - close.size(), 'x') + close;
+  }
+
+  void HandleResult(const httplib::Request& req, httplib::Response& res) ABSL_LOCKS_EXCLUDED(mu) {
     const std::string id = req.path.substr(sizeof(kResultPrefix) - 1);
     std::optional<Fault> fault;
     std::string body;
@@ -138,15 +262,12 @@ struct SimUpstream::Impl {
       }
       fault = TakeFault(id);
       if (!fault.has_value()) {
-        auto it = tasks.find(id);
-        if (it == tasks.end()) {
-          if (!options.serve_unknown_ids) {
-            JsonError(res, 404, "task not found");
-            return;
-          }
-          it = tasks.emplace(id, TaskState{options.default_script}).first;
+        TaskState* t = Find(id);
+        if (t == nullptr) {
+          JsonError(res, 404, "task not found");
+          return;
         }
-        body = Answer(id, it->second);
+        body = Answer(id, *t);
       }
     }
     if (!fault.has_value()) {
@@ -163,16 +284,27 @@ struct SimUpstream::Impl {
         JsonError(res, f.http_status, "upstream trouble");
         return;
       case FaultKind::kMalformedJson:
-        res.set_content(R"({"id": "x", "status": "compl)", "application/json");
+        res.set_content(absl::StrCat(R"({"id": ")", id, R"(", "object": "video", "status": "compl)"),
+                        "application/json");
         return;
       case FaultKind::kHtml:
-        res.set_content("<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html");
+        res.set_content(
+            "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>"
+            "<body><h1>502 Bad Gateway</h1><hr><center>nginx</center></body></html>\n",
+            "text/html");
         return;
       case FaultKind::kOversized:
-        res.set_content(std::string(f.body_bytes, 'x'), "application/json");
+        res.set_content(Oversized(id, f.body_bytes), "application/json");
         return;
       case FaultKind::kUnknownStatus:
-        res.set_content(json{{"id", id}, {"object", "video"}, {"status", "exploded"}}.dump(),
+        res.set_content(json{{"id", id},
+                             {"object", "video"},
+                             {"created", 1761635478},
+                             {"model", "videos"},
+                             {"status", "exploded"},
+                             {"video_url", nullptr},
+                             {"error", nullptr}}
+                            .dump(),
                         "application/json");
         return;
       case FaultKind::kNotFound:
@@ -184,76 +316,99 @@ struct SimUpstream::Impl {
       case FaultKind::kSlow: {
         Wait(f.delay);
         absl::MutexLock lock(&mu);
-        auto it = tasks.find(id);
-        if (it == tasks.end()) it = tasks.emplace(id, TaskState{options.default_script}).first;
-        res.set_content(Answer(id, it->second), "application/json");
+        TaskState* t = Find(id);
+        if (t == nullptr) {
+          JsonError(res, 404, "task not found");
+          return;
+        }
+        res.set_content(Answer(id, *t), "application/json");
         return;
       }
       case FaultKind::kHang:
         Wait(f.delay);
-        JsonError(res, 504, "hung");
+        res.set_header("Connection", "close");
+        JsonError(res, 504, "hung request released");
         return;
     }
   }
 
   void InstallAdmin() {
-    server.Put(R"(/_sim/tasks/([A-Za-z0-9_\-]+))", [this](const httplib::Request& req,
-                                                          httplib::Response& res) {
-      json j = json::parse(req.body.empty() ? "{}" : req.body, nullptr, false);
-      if (j.is_discarded() || !j.is_object()) return JsonError(res, 400, "body must be a JSON object");
+    server.Put(R"(/_sim/tasks/([^/]+))", [this](const httplib::Request& req,
+                                                 httplib::Response& res) {
+      std::optional<json> j = ObjectBody(req.body);
+      if (!j) return JsonError(res, 400, "body must be a JSON object");
       TaskScript s;
       try {
-        s.queued_polls = j.value("queued_polls", s.queued_polls);
-        s.processing_polls = j.value("processing_polls", s.processing_polls);
-        s.queued_for = absl::Milliseconds(j.value("queued_for_ms", 0));
-        s.processing_for = absl::Milliseconds(j.value("processing_for_ms", 0));
-        s.fails = j.value("fails", false);
-        s.advances = j.value("advances", true);
-        s.video_url = j.value("video_url", std::string());
-        s.actual_duration = j.value("actual_duration", s.actual_duration);
-        s.error = j.value("error", s.error);
-        s.model = j.value("model", s.model);
-        s.created = j.value("created", s.created);
-      } catch (const json::exception& e) {
+        constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+        constexpr int64_t kDay = int64_t{24} * 3600 * 1000;
+        s.queued_polls = IntField(*j, "queued_polls", s.queued_polls, 0, kMaxInt);
+        s.processing_polls = IntField(*j, "processing_polls", s.processing_polls, 0, kMaxInt);
+        s.queued_for = absl::Milliseconds(IntField(*j, "queued_for_ms", 0, 0, kDay));
+        s.processing_for = absl::Milliseconds(IntField(*j, "processing_for_ms", 0, 0, kDay));
+        s.fails = BoolField(*j, "fails", s.fails);
+        s.advances = BoolField(*j, "advances", s.advances);
+        s.video_url = StringField(*j, "video_url", s.video_url);
+        s.actual_duration = NumberField(*j, "actual_duration", s.actual_duration);
+        s.error = StringField(*j, "error", s.error);
+        s.model = StringField(*j, "model", s.model);
+        s.created = IntField(*j, "created", s.created, std::numeric_limits<int64_t>::min(),
+                             std::numeric_limits<int64_t>::max());
+      } catch (const std::exception& e) {
         return JsonError(res, 400, e.what());
       }
-      SetTask(req.matches[1], s);
+      SetTask(req.matches[1], std::move(s));
       res.status = 204;
     });
-    server.Post(R"(/_sim/tasks/([A-Za-z0-9_\-]+)/complete)",
+    server.Post(R"(/_sim/tasks/([^/]+)/complete)",
                 [this](const httplib::Request& req, httplib::Response& res) {
                   Force(req.matches[1], "completed", "");
                   res.status = 204;
                 });
-    server.Post(R"(/_sim/tasks/([A-Za-z0-9_\-]+)/fail)",
+    server.Post(R"(/_sim/tasks/([^/]+)/fail)",
                 [this](const httplib::Request& req, httplib::Response& res) {
-                  json j = json::parse(req.body.empty() ? "{}" : req.body, nullptr, false);
-                  std::string error = "failed by the test";
-                  if (j.is_object() && j.contains("error") && j["error"].is_string()) {
-                    error = j["error"].get<std::string>();
+                  std::optional<json> j = ObjectBody(req.body);
+                  if (!j) return JsonError(res, 400, "body must be a JSON object");
+                  std::string error;
+                  try {
+                    error = StringField(*j, "error", "failed by the test");
+                  } catch (const std::exception& e) {
+                    return JsonError(res, 400, e.what());
                   }
                   Force(req.matches[1], "failed", error);
                   res.status = 204;
                 });
     server.Post("/_sim/faults", [this](const httplib::Request& req, httplib::Response& res) {
-      json j = json::parse(req.body, nullptr, false);
-      if (j.is_discarded() || !j.is_object() || !j.contains("kind") || !j["kind"].is_string()) {
-        return JsonError(res, 400, "body must be {\"kind\": ...}");
+      std::optional<json> j = ObjectBody(req.body);
+      if (!j || !j->contains("kind") || !(*j)["kind"].is_string()) {
+        return JsonError(res, 400, "body must be a JSON object with a string \"kind\"");
       }
-      std::optional<FaultKind> kind = ParseKind(j["kind"].get<std::string>());
-      if (!kind) return JsonError(res, 400, "unknown fault kind");
+      std::optional<FaultKind> kind = ParseKind((*j)["kind"].get<std::string>());
+      if (!kind) {
+        return JsonError(res, 400,
+                         "unknown fault kind; one of rate_limit, server_error, malformed_json, "
+                         "html, oversized, unknown_status, not_found, unauthorized, slow, hang");
+      }
       Fault f;
       f.kind = *kind;
+      std::string id;
       try {
-        f.count = j.value("count", 1);
-        f.http_status = j.value("http_status", 503);
-        f.retry_after_header = j.value("retry_after", std::string());
-        if (j.contains("delay_ms")) f.delay = absl::Milliseconds(j["delay_ms"].get<int64_t>());
-        f.body_bytes = j.value("body_bytes", f.body_bytes);
-        InjectFault(j.value("id", std::string()), f);
-      } catch (const json::exception& e) {
+        id = StringField(*j, "id", "");
+        f.count = IntField(*j, "count", 1, -1, std::numeric_limits<int>::max());
+        if (f.count == 0) throw std::invalid_argument("\"count\" must be positive or -1");
+        f.http_status = IntField(*j, "http_status", f.http_status, 100, 599);
+        f.retry_after_header = StringField(*j, "retry_after", "");
+        if (f.retry_after_header.find_first_of("\r\n") != std::string::npos) {
+          throw std::invalid_argument("\"retry_after\" must be one line");
+        }
+        if (j->contains("delay_ms") && !(*j)["delay_ms"].is_null()) {
+          f.delay = absl::Milliseconds(
+              IntField(*j, "delay_ms", 0, 0, int64_t{24} * 3600 * 1000));
+        }
+        f.body_bytes = IntField(*j, "body_bytes", f.body_bytes, 0, kMaxBodyBytes);
+      } catch (const std::exception& e) {
         return JsonError(res, 400, e.what());
       }
+      InjectFault(id, f);
       res.status = 204;
     });
     server.Delete("/_sim/faults", [this](const httplib::Request&, httplib::Response& res) {
@@ -268,20 +423,18 @@ struct SimUpstream::Impl {
       res.set_content(j.dump(), "application/json");
     });
     server.Post("/_sim/reset", [this](const httplib::Request&, httplib::Response& res) {
-      absl::MutexLock lock(&mu);
-      counts.clear();
-      times.clear();
-      total = 0;
+      ResetCounts();
       res.status = 204;
     });
   }
 
-  void SetTask(const std::string& id, TaskScript s) {
+  void SetTask(const std::string& id, TaskScript s) ABSL_LOCKS_EXCLUDED(mu) {
     absl::MutexLock lock(&mu);
     tasks[id] = TaskState{std::move(s)};
   }
 
-  void Force(const std::string& id, const std::string& status, const std::string& error) {
+  void Force(const std::string& id, const std::string& status, const std::string& error)
+      ABSL_LOCKS_EXCLUDED(mu) {
     absl::MutexLock lock(&mu);
     auto it = tasks.find(id);
     if (it == tasks.end()) it = tasks.emplace(id, TaskState{options.default_script}).first;
@@ -289,9 +442,18 @@ struct SimUpstream::Impl {
     it->second.forced_error = error;
   }
 
-  void InjectFault(const std::string& id, Fault f) {
+  void InjectFault(const std::string& id, Fault f) ABSL_LOCKS_EXCLUDED(mu) {
+    if (f.count == 0 || f.count < -1) return;  // answers no request
     absl::MutexLock lock(&mu);
-    faults.push_back({id, f, f.count});
+    const int left = f.count;
+    faults.push_back({id, std::move(f), left});
+  }
+
+  void ResetCounts() ABSL_LOCKS_EXCLUDED(mu) {
+    absl::MutexLock lock(&mu);
+    counts.clear();
+    times.clear();
+    total = 0;
   }
 };
 
@@ -302,18 +464,56 @@ absl::StatusOr<std::unique_ptr<SimUpstream>> SimUpstream::Start(Options options)
   const int threads = std::max(1, options.threads);
   p->server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   p->server.set_keep_alive_max_count(100000);
-  p->server.set_tcp_nodelay(true);  // else reused connections wait ~40 ms (Nagle)
   p->server.set_keep_alive_timeout(30);
+  p->server.set_tcp_nodelay(true);  // else reused connections wait ~40 ms (Nagle)
+  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, with which a
+  // second server could share a fixed port instead of failing to bind.
+  p->server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   p->server.Get(R"(/kyyReactApiServer/v1/result/(.*))",
-                [p](const httplib::Request& req, httplib::Response& res) { p->HandleResult(req, res); });
+                [p](const httplib::Request& req, httplib::Response& res) {
+                  p->HandleResult(req, res);
+                });
   p->InstallAdmin();
-  p->port = options.port == 0 ? p->server.bind_to_any_port(options.host)
-                              : (p->server.bind_to_port(options.host, options.port) ? options.port : -1);
+  // Every error answer carries a JSON body, also for paths nobody serves.
+  p->server.set_error_handler(httplib::Server::HandlerWithResponse(
+      [](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        JsonError(res, res.status,
+                  res.status == 404 ? absl::StrCat("no route for ", req.method, " ", req.path)
+                                    : std::string("request failed"));
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+  p->server.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "internal error";
+        try {
+          if (ep) std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        JsonError(res, 500, what);
+      });
+  if (options.log_requests) {
+    p->server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+      std::cerr << absl::StrCat("sim_upstream: ", req.method, " ", req.path, " -> ", res.status,
+                                "\n");
+    });
+  }
+  p->port = options.port == 0
+                ? p->server.bind_to_any_port(options.host)
+                : (p->server.bind_to_port(options.host, options.port) ? options.port : -1);
   if (p->port <= 0) {
     return absl::UnavailableError(
         absl::StrCat("simulated upstream cannot listen on ", options.host, ":", options.port));
   }
-  p->thread = std::thread([p] { p->server.listen_after_bind(); });
+  p->thread = std::thread([p] {
+    p->server.listen_after_bind();
+    p->loop_done = true;
+  });
   // The socket is bound, so connections queue anyway; wait for the loop too.
   for (int i = 0; i < 5000 && !p->server.is_running(); ++i) absl::SleepFor(absl::Milliseconds(1));
   return std::unique_ptr<SimUpstream>(new SimUpstream(std::move(impl)));
@@ -327,6 +527,12 @@ SimUpstream::~SimUpstream() {
     impl_->stopping = true;  // releases hanging and slow handlers
   }
   impl_->server.stop();
+  // The listen loop joins its workers; those waiting on idle keep-alive
+  // connections end once their sockets are shut down.
+  while (!impl_->loop_done) {
+    ShutdownConnectionsOnPort(impl_->port);
+    absl::SleepFor(absl::Milliseconds(2));
+  }
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 
@@ -363,11 +569,11 @@ std::vector<absl::Time> SimUpstream::RequestTimes() const {
   absl::MutexLock lock(&impl_->mu);
   return impl_->times;
 }
-void SimUpstream::ResetCounts() {
+absl::Time SimUpstream::TerminalServedAt(const std::string& id) const {
   absl::MutexLock lock(&impl_->mu);
-  impl_->counts.clear();
-  impl_->times.clear();
-  impl_->total = 0;
+  auto it = impl_->tasks.find(id);
+  return it == impl_->tasks.end() ? absl::InfiniteFuture() : it->second.terminal_served;
 }
+void SimUpstream::ResetCounts() { impl_->ResetCounts(); }
 
 }  // namespace videotask::sim

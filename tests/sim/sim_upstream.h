@@ -4,6 +4,22 @@
 // every integration test, the benchmark and the README's run command.
 //
 // Thread-safe: tests script and inspect it while the sidecar polls it.
+//
+// The same server answers a control API (no key) for tests in other languages
+// and scripts, e.g. with the standalone //tests/sim:sim_upstream_server:
+//   PUT    /_sim/tasks/{id}           {"queued_polls","processing_polls",
+//          "queued_for_ms","processing_for_ms","fails","advances","video_url",
+//          "actual_duration","error","model","created"} (all optional) -> 204
+//   POST   /_sim/tasks/{id}/complete                                  -> 204
+//   POST   /_sim/tasks/{id}/fail     {"error"} (optional)              -> 204
+//   POST   /_sim/faults  {"id","kind","count","http_status","retry_after",
+//          "delay_ms","body_bytes"}; kind: rate_limit, server_error,
+//          malformed_json, html, oversized, unknown_status, not_found,
+//          unauthorized, slow, hang                                   -> 204
+//   DELETE /_sim/faults                                               -> 204
+//   GET    /_sim/counts  -> {"total":N,"tasks":{"<id>":n,...}}
+//   POST   /_sim/reset   (request counts only)                        -> 204
+// Bad input is a 400 with a JSON {"error":{"message":...}} body.
 #ifndef VIDEOTASK_TESTS_SIM_SIM_UPSTREAM_H_
 #define VIDEOTASK_TESTS_SIM_SIM_UPSTREAM_H_
 
@@ -20,6 +36,8 @@ namespace videotask::sim {
 // A task's lifecycle. Each state lasts a number of polls (counted per task,
 // every answered request counts) or, when the duration is positive, a time
 // since the task's first request. The lifecycle ends in completed or failed.
+// (Queued by time starts at the first scripted answer; processing starts when
+// queued ends. Faulted and refused requests do not count as polls.)
 struct TaskScript {
   int queued_polls = 1;
   int processing_polls = 1;
@@ -67,6 +85,8 @@ class SimUpstream {
     bool serve_unknown_ids = false;
     TaskScript default_script;
     int threads = 16;
+    // Logs one line per request (method, path, status) to stderr.
+    bool log_requests = false;
   };
 
   static absl::StatusOr<std::unique_ptr<SimUpstream>> Start(Options options);
@@ -90,6 +110,9 @@ class SimUpstream {
   int TotalRequests() const;                      // every request
   std::vector<absl::Time> RequestTimes() const;   // start times, all ids
   void ResetCounts();
+  // When the task's terminal state (completed or failed) was first served;
+  // InfiniteFuture if it has not been.
+  absl::Time TerminalServedAt(const std::string& id) const;
 
  private:
   struct Impl;

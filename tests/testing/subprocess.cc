@@ -36,10 +36,21 @@ std::string TempPath(const std::string& name) {
 }  // namespace
 
 std::string Runfile(const std::string& workspace_path) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
+  // Tests get TEST_SRCDIR; `bazel run` binaries have RUNFILES_DIR or sit
+  // beside their `.runfiles` directory.
+  std::string root;
+  if (const char* d = std::getenv("TEST_SRCDIR"); d != nullptr) {
+    root = d;
+  } else if (const char* r = std::getenv("RUNFILES_DIR"); r != nullptr) {
+    root = r;
+  } else {
+    char exe[4096];
+    const ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    root = absl::StrCat(std::string(exe, len > 0 ? len : 0), ".runfiles");
+  }
   const char* workspace = std::getenv("TEST_WORKSPACE");
-  return absl::StrCat(srcdir != nullptr ? srcdir : ".", "/",
-                      workspace != nullptr ? workspace : "videotask", "/", workspace_path);
+  return absl::StrCat(root, "/", workspace != nullptr ? workspace : "videotask", "/",
+                      workspace_path);
 }
 
 absl::StatusOr<Subprocess> Subprocess::Start(std::vector<std::string> argv,
