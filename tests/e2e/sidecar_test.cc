@@ -1,6 +1,7 @@
 // End-to-end tests of the sidecar in process: the real Sidecar (gRPC server,
 // poll hub, libcurl client, metrics endpoint) against the simulated upstream
 // over loopback, driven by a real gRPC client.
+#include <atomic>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -467,11 +468,109 @@ TEST_F(SidecarTest, DrainEndsOpenWatchesWithUnavailable) {
   sim_->SetTask("d", hold);
   WatchResult r;
   std::thread watcher([&] { r = Watch("d"); });
-  ASSERT_TRUE(Eventually([&] { return sidecar_->hub()->GetStats().active_watches == 1; }));
+  ASSERT_TRUE(Eventually([&] {
+    return absl::StrContains(Metrics(), "videotask_events_sent_total{type=\"snapshot\"} 1");
+  }));
   sidecar_->Shutdown(absl::Seconds(2));
   watcher.join();
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << r.status.error_message();
   EXPECT_FALSE(r.events.empty());
+}
+
+TEST_F(SidecarTest, WatchesBeyondMaxWatchesAreResourceExhausted) {
+  SidecarConfig c = DefaultConfig();
+  c.hub.max_watches = 2;
+  StartAll(c);
+  TaskScript hold;
+  hold.advances = false;
+  sim_->SetTask("held", hold);
+  grpc::ClientContext first_ctx, second_ctx;
+  WatchResult first, second;
+  std::thread a([&] { first = Watch("held", absl::Seconds(20), &first_ctx); });
+  std::thread b([&] { second = Watch("held", absl::Seconds(20), &second_ctx); });
+  ASSERT_TRUE(Eventually([&] { return sidecar_->hub()->GetStats().active_watches == 2; }));
+
+  WatchResult refused = Watch("held");
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << refused.status.error_message();
+  EXPECT_TRUE(refused.events.empty());
+
+  // A watch that ends frees its place.
+  first_ctx.TryCancel();
+  a.join();
+  ASSERT_TRUE(Eventually([&] { return sidecar_->hub()->GetStats().active_watches == 1; }));
+  WatchResult third;
+  std::thread c3([&] { third = Watch("held"); });
+  ASSERT_TRUE(Eventually([&] { return sidecar_->hub()->GetStats().active_watches == 2; }));
+  sim_->Complete("held");
+  c3.join();
+  b.join();
+  EXPECT_TRUE(third.status.ok()) << third.status.error_message();
+  EXPECT_TRUE(second.status.ok()) << second.status.error_message();
+  EXPECT_EQ(third.events.back().task().status(), v1::VIDEO_TASK_STATUS_COMPLETED);
+}
+
+// A watcher that stops reading is ended with RESOURCE_EXHAUSTED (and counted)
+// once its write has been stuck for slow_watcher_timeout; the watcher beside
+// it on the same task is not held up. Large events (a 256 KiB model name)
+// fill the HTTP/2 flow-control window in a few heartbeats.
+TEST_F(SidecarTest, WatcherThatStopsReadingIsEndedWithResourceExhausted) {
+  SidecarConfig c = DefaultConfig();
+  c.hub.heartbeat_interval = absl::Milliseconds(20);
+  c.service.slow_watcher_timeout = absl::Milliseconds(300);
+  StartAll(c);
+  TaskScript hold;
+  hold.advances = false;
+  hold.model = std::string(256 * 1024, 'm');
+  sim_->SetTask("big", hold);
+
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 65535);
+  auto slow_stub = v1::VideoTaskService::NewStub(grpc::CreateCustomChannel(
+      sidecar_->target(), grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext slow_ctx;
+  slow_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::WatchVideoTaskRequest req;
+  req.set_id("big");
+  auto slow = slow_stub->WatchVideoTask(&slow_ctx, req);
+  WatchVideoTaskResponse msg;
+  ASSERT_TRUE(slow->Read(&msg));
+  EXPECT_EQ(msg.type(), WatchVideoTaskResponse::EVENT_TYPE_SNAPSHOT);
+
+  // The reading watcher keeps getting heartbeats while the other one stalls.
+  WatchResult fast;
+  std::atomic<int> fast_heartbeats{0};
+  std::thread reader([&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    auto r = stub_->WatchVideoTask(&ctx, req);
+    WatchVideoTaskResponse m;
+    while (r->Read(&m)) {
+      if (m.type() == WatchVideoTaskResponse::EVENT_TYPE_HEARTBEAT) ++fast_heartbeats;
+      fast.events.push_back(m);
+    }
+    fast.status = r->Finish();
+  });
+  ASSERT_TRUE(Eventually(
+      [&] { return absl::StrContains(Metrics(), "videotask_slow_watchers_total 1"); },
+      absl::Seconds(20)))
+      << Metrics();
+  const int heartbeats_then = fast_heartbeats.load();
+  ASSERT_TRUE(Eventually([&] { return fast_heartbeats.load() > heartbeats_then + 3; }));
+
+  // Whatever was buffered is still readable; then the stream's error, not OK.
+  while (slow->Read(&msg)) {
+    EXPECT_NE(msg.type(), WatchVideoTaskResponse::EVENT_TYPE_TRANSITION);
+  }
+  const grpc::Status st = slow->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+
+  sim_->Complete("big");
+  reader.join();
+  EXPECT_TRUE(fast.status.ok()) << fast.status.error_message();
+  ASSERT_FALSE(fast.events.empty());
+  EXPECT_EQ(fast.events.back().task().status(), v1::VIDEO_TASK_STATUS_COMPLETED);
 }
 
 }  // namespace

@@ -1,0 +1,149 @@
+// The awaitVideoTask activity: awaits a video-generation task through the
+// videotask sidecar. Register it on a worker with
+//
+//   Worker.create({ ..., activities: createVideoTaskActivities({ target }) })
+//
+// Workflows must import this module with `import type` only.
+import * as grpc from '@grpc/grpc-js';
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import { VideoTaskClient, VideoTaskRpcError, type VideoTaskClientOptions } from './client';
+import {
+  VIDEO_TASK_STATUSES,
+  VideoTaskFailureTypes,
+  type AwaitVideoTaskOptions,
+  type VideoTask,
+  type VideoTaskEvent,
+  type VideoTaskHeartbeatDetails,
+  type VideoTaskStatus,
+} from './types';
+
+export interface VideoTaskActivitiesOptions extends VideoTaskClientOptions, AwaitVideoTaskOptions {
+  /** A client to share (e.g. between factories); else one is made from the options on first use. */
+  client?: VideoTaskClient;
+  /**
+   * Sees every reported event of every awaitVideoTask call: the SNAPSHOT,
+   * each TRANSITION, HEARTBEATs; a status is reported once per task, across
+   * reconnects and activity retries (see the README).
+   */
+  onEvent?: (event: VideoTaskEvent, info: { id: string; attempt: number }) => void;
+}
+
+export interface VideoTaskActivities {
+  /**
+   * Awaits the task and returns it once COMPLETED. Throws a non-retryable
+   * ApplicationFailure `VideoTaskFailed` when the video FAILED, non-retryable
+   * `VideoTaskNotFound` / `VideoTaskInvalidArgument` /
+   * `VideoTaskFailedPrecondition` for those gRPC errors, and a retryable
+   * `VideoTaskSidecarUnavailable` when the sidecar cannot be reached.
+   */
+  awaitVideoTask(id: string, options?: AwaitVideoTaskOptions): Promise<VideoTask>;
+}
+
+function resumedStatus(details: unknown, id: string): VideoTaskStatus | undefined {
+  if (typeof details !== 'object' || details === null) return undefined;
+  const d = details as Partial<VideoTaskHeartbeatDetails>;
+  if (d.id !== id || !VIDEO_TASK_STATUSES.includes(d.lastStatus as VideoTaskStatus)) return undefined;
+  return d.lastStatus === 'VIDEO_TASK_STATUS_UNSPECIFIED' ? undefined : d.lastStatus;
+}
+
+function toFailure(err: unknown, id: string): unknown {
+  if (!(err instanceof VideoTaskRpcError)) return err;
+  const message = `video task ${id}: ${err.message}`;
+  const details = [{ code: grpc.status[err.code] ?? String(err.code), message: err.details }];
+  switch (err.code) {
+    case grpc.status.NOT_FOUND:
+      return ApplicationFailure.create({
+        message, type: VideoTaskFailureTypes.NOT_FOUND, nonRetryable: true, details, cause: err,
+      });
+    case grpc.status.INVALID_ARGUMENT:
+      return ApplicationFailure.create({
+        message, type: VideoTaskFailureTypes.INVALID_ARGUMENT, nonRetryable: true, details, cause: err,
+      });
+    case grpc.status.FAILED_PRECONDITION:
+      return ApplicationFailure.create({
+        message, type: VideoTaskFailureTypes.FAILED_PRECONDITION, nonRetryable: true, details, cause: err,
+      });
+    case grpc.status.UNAVAILABLE:
+      return ApplicationFailure.create({
+        message, type: VideoTaskFailureTypes.SIDECAR_UNAVAILABLE, nonRetryable: false, details, cause: err,
+      });
+    default:
+      return ApplicationFailure.create({
+        message, type: VideoTaskFailureTypes.RPC_ERROR, nonRetryable: false, details, cause: err,
+      });
+  }
+}
+
+/** The activities, bound to one sidecar client. */
+export function createVideoTaskActivities(options: VideoTaskActivitiesOptions = {}): VideoTaskActivities {
+  let client = options.client;
+
+  async function awaitVideoTask(id: string, callOptions: AwaitVideoTaskOptions = {}): Promise<VideoTask> {
+    const ctx = Context.current();
+    const { attempt } = ctx.info;
+    // An earlier attempt's heartbeat: resume from the status it reported.
+    const resumed = resumedStatus(ctx.info.heartbeatDetails, id);
+    let lastStatus: VideoTaskStatus = resumed ?? 'VIDEO_TASK_STATUS_UNSPECIFIED';
+    const heartbeat = (event: VideoTaskHeartbeatDetails['event']) => {
+      const details: VideoTaskHeartbeatDetails = { id, lastStatus, event };
+      ctx.heartbeat(details);
+    };
+    if (resumed) ctx.log.info('resuming video task watch', { taskId: id, lastStatus: resumed, attempt });
+
+    let task: VideoTask;
+    try {
+      client ??= new VideoTaskClient(options);
+      task = await client.await(id, {
+        giveUpAfterMs: callOptions.giveUpAfterMs ?? options.giveUpAfterMs,
+        initialBackoffMs: callOptions.initialBackoffMs ?? options.initialBackoffMs,
+        maxBackoffMs: callOptions.maxBackoffMs ?? options.maxBackoffMs,
+        lastStatus: resumed,
+        signal: ctx.cancellationSignal,
+        onEvent: (event) => {
+          if (event.type !== 'EVENT_TYPE_HEARTBEAT') {
+            ctx.log.info('video task status', {
+              taskId: id,
+              event: event.type,
+              status: event.task.status,
+              previousStatus: event.previousStatus,
+            });
+          }
+          options.onEvent?.(event, { id, attempt });
+        },
+        // Every message, HEARTBEATs included, keeps the activity alive.
+        onMessage: (message, last) => {
+          lastStatus = last;
+          heartbeat(message.type);
+        },
+        // Reconnecting is progress too, and lets a cancellation reach the
+        // activity (Temporal delivers it in a heartbeat's response).
+        onReconnect: ({ code, details, delayMs }) => {
+          ctx.log.warn('video task watch interrupted; reconnecting', {
+            taskId: id,
+            code: grpc.status[code],
+            details,
+            delayMs,
+          });
+          heartbeat('RECONNECTING');
+        },
+      });
+    } catch (err) {
+      // Cancelled (or timed out, or the worker is shutting down): the stream
+      // is already cancelled; rethrow the activity's CancelledFailure.
+      if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason ?? err;
+      throw toFailure(err, id);
+    }
+    if (task.status === 'VIDEO_TASK_STATUS_FAILED') {
+      throw ApplicationFailure.create({
+        message: `video task ${id} failed: ${task.error || 'the vendor gave no reason'}`,
+        type: VideoTaskFailureTypes.FAILED,
+        nonRetryable: true,
+        details: [task],
+      });
+    }
+    return task;
+  }
+
+  return { awaitVideoTask };
+}

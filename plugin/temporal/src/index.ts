@@ -1,0 +1,15 @@
+export { createVideoTaskActivities } from './activities';
+export type { VideoTaskActivities, VideoTaskActivitiesOptions } from './activities';
+export {
+  DEFAULT_GIVE_UP_AFTER_MS,
+  DEFAULT_INITIAL_BACKOFF_MS,
+  DEFAULT_MAX_BACKOFF_MS,
+  DEFAULT_TARGET,
+  PROTO_LOADER_OPTIONS,
+  PROTO_RELATIVE_PATH,
+  VideoTaskClient,
+  VideoTaskRpcError,
+  resolveProtoPath,
+} from './client';
+export type { VideoTaskClientOptions, WatchOptions } from './client';
+export * from './types';

@@ -1,0 +1,108 @@
+// Types and constants of the videotask Temporal activity. This module has no
+// dependencies, so workflow code may import it (the activity module may not be
+// imported by workflows except with `import type`).
+
+/** videotask.v1.VideoTaskStatus, as the enum value's name. */
+export type VideoTaskStatus =
+  | 'VIDEO_TASK_STATUS_UNSPECIFIED'
+  | 'VIDEO_TASK_STATUS_QUEUED'
+  | 'VIDEO_TASK_STATUS_PROCESSING'
+  | 'VIDEO_TASK_STATUS_COMPLETED'
+  | 'VIDEO_TASK_STATUS_FAILED';
+
+/** videotask.v1.WatchVideoTaskResponse.EventType, as the enum value's name. */
+export type VideoTaskEventType =
+  | 'EVENT_TYPE_UNSPECIFIED'
+  | 'EVENT_TYPE_SNAPSHOT'
+  | 'EVENT_TYPE_TRANSITION'
+  | 'EVENT_TYPE_HEARTBEAT';
+
+export const VIDEO_TASK_STATUSES: readonly VideoTaskStatus[] = [
+  'VIDEO_TASK_STATUS_UNSPECIFIED',
+  'VIDEO_TASK_STATUS_QUEUED',
+  'VIDEO_TASK_STATUS_PROCESSING',
+  'VIDEO_TASK_STATUS_COMPLETED',
+  'VIDEO_TASK_STATUS_FAILED',
+];
+
+/** google.protobuf.Timestamp / Duration as loaded (int64 seconds as a decimal string). */
+export interface ProtoSecondsNanos {
+  seconds: string;
+  nanos: number;
+}
+
+/**
+ * videotask.v1.VideoTask as a plain object: proto field names in lowerCamelCase,
+ * enums as their names, int64 as strings. Unset scalar fields hold their
+ * proto3 defaults ('' / 0); unset message fields are null.
+ */
+export interface VideoTask {
+  id: string;
+  model: string;
+  createTime: ProtoSecondsNanos | null;
+  status: VideoTaskStatus;
+  videoUrl: string;
+  actualDuration: ProtoSecondsNanos | null;
+  error: string;
+  observeTime: ProtoSecondsNanos | null;
+}
+
+/** videotask.v1.WatchVideoTaskResponse as a plain object. */
+export interface VideoTaskEvent {
+  type: VideoTaskEventType;
+  task: VideoTask;
+  previousStatus: VideoTaskStatus;
+}
+
+/**
+ * What `awaitVideoTask` passes to `heartbeat()`. A retried attempt reads it
+ * from `Context.current().info.heartbeatDetails` and resumes from
+ * `lastStatus`, so a status reported by an earlier attempt is not reported
+ * again.
+ */
+export interface VideoTaskHeartbeatDetails {
+  /** The awaited task id. */
+  id: string;
+  /** The last status reported (by a SNAPSHOT or TRANSITION); UNSPECIFIED before the first. */
+  lastStatus: VideoTaskStatus;
+  /** What caused this heartbeat: the event's type, or RECONNECTING while the sidecar is away. */
+  event: VideoTaskEventType | 'RECONNECTING';
+}
+
+/** Per-call options of `awaitVideoTask` (serializable, so a workflow may pass them). */
+export interface AwaitVideoTaskOptions {
+  /**
+   * Give up with a retryable `VideoTaskSidecarUnavailable` failure when no
+   * message arrived from the sidecar for this long while reconnecting.
+   * Default 60000.
+   */
+  giveUpAfterMs?: number;
+  /** First reconnect backoff; doubles per failed attempt, with jitter. Default 200. */
+  initialBackoffMs?: number;
+  /** Cap of the reconnect backoff. Default 10000. */
+  maxBackoffMs?: number;
+}
+
+/** `ApplicationFailure.type` values thrown by `awaitVideoTask`. */
+export const VideoTaskFailureTypes = {
+  /** The video failed (status FAILED). Non-retryable; details[0] is the task. */
+  FAILED: 'VideoTaskFailed',
+  /** gRPC NOT_FOUND: the upstream does not know the id. Non-retryable. */
+  NOT_FOUND: 'VideoTaskNotFound',
+  /** gRPC INVALID_ARGUMENT: the id is not 1-128 of [A-Za-z0-9_-]. Non-retryable. */
+  INVALID_ARGUMENT: 'VideoTaskInvalidArgument',
+  /** gRPC FAILED_PRECONDITION: the upstream rejects the sidecar's API key. Non-retryable. */
+  FAILED_PRECONDITION: 'VideoTaskFailedPrecondition',
+  /** The sidecar was unreachable (or kept failing transiently) for giveUpAfterMs. Retryable. */
+  SIDECAR_UNAVAILABLE: 'VideoTaskSidecarUnavailable',
+  /** Any other gRPC error (e.g. UNIMPLEMENTED, INTERNAL). Retryable. */
+  RPC_ERROR: 'VideoTaskRpcError',
+} as const;
+
+/** The failure types a workflow should list in `RetryPolicy.nonRetryableErrorTypes`. */
+export const NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES: string[] = [
+  VideoTaskFailureTypes.FAILED,
+  VideoTaskFailureTypes.NOT_FOUND,
+  VideoTaskFailureTypes.INVALID_ARGUMENT,
+  VideoTaskFailureTypes.FAILED_PRECONDITION,
+];

@@ -1,0 +1,43 @@
+// Sample workflow: awaits a video-generation task that something else created
+// (this workflow creates none) and returns where the video is.
+//
+// Only workflow-safe imports here: @temporalio/workflow, the dependency-free
+// ./types, and `import type` of the activities.
+import { proxyActivities } from '@temporalio/workflow';
+import type { VideoTaskActivities } from './activities';
+import { NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES } from './types';
+
+const { awaitVideoTask } = proxyActivities<VideoTaskActivities>({
+  // One attempt may wait as long as a video can take to render.
+  startToCloseTimeout: '2h',
+  // The activity heartbeats on every sidecar message; the sidecar sends one
+  // at least every --heartbeat_interval (default 15 s). One minute is four
+  // missed heartbeats: a dead worker is noticed within a minute and the task
+  // is awaited again elsewhere.
+  heartbeatTimeout: '1m',
+  retry: {
+    initialInterval: '5s',
+    backoffCoefficient: 2,
+    maximumInterval: '1m',
+    // The activity already throws these as non-retryable; listing them keeps
+    // that true even for a worker on an older version of the activity.
+    nonRetryableErrorTypes: NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES,
+  },
+});
+
+export interface AwaitedVideo {
+  id: string;
+  videoUrl: string;
+  /** Seconds, when the vendor reports it. */
+  durationSeconds?: number;
+}
+
+/** Awaits video task `taskId` and returns its video. Fails when the video fails. */
+export async function awaitVideoWorkflow(taskId: string): Promise<AwaitedVideo> {
+  const task = await awaitVideoTask(taskId);
+  const video: AwaitedVideo = { id: task.id, videoUrl: task.videoUrl };
+  if (task.actualDuration) {
+    video.durationSeconds = Number(task.actualDuration.seconds) + task.actualDuration.nanos / 1e9;
+  }
+  return video;
+}
