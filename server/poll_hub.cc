@@ -186,12 +186,7 @@ absl::StatusOr<PollHub::WatchId> PollHub::Watch(const std::string& id,
       return absl::ResourceExhaustedError(
           absl::StrCat("the sidecar holds its maximum of ", options_.max_watches, " watches"));
     }
-    auto& slot = tasks_[id];
-    if (!slot) {
-      slot = std::make_unique<Task>();
-      slot->id = id;
-    }
-    Task& task = *slot;
+    Task& task = TaskLocked(id);
     const absl::Time now = clock_->Now();
     wid = next_watch_id_++;
     if (task.state && IsTerminal(task.state->status())) {
@@ -244,12 +239,7 @@ void PollHub::Get(const std::string& id, GetCallback done) {
       answers_.emplace_back(std::move(done),
                             absl::UnavailableError("the sidecar is draining; retry elsewhere"));
     } else {
-      auto& slot = tasks_[id];
-      if (!slot) {
-        slot = std::make_unique<Task>();
-        slot->id = id;
-      }
-      Task& task = *slot;
+      Task& task = TaskLocked(id);
       const absl::Time now = clock_->Now();
       if (Fresh(task, now)) {
         answers_.emplace_back(std::move(done), *task.state);
@@ -544,6 +534,15 @@ void PollHub::MaybeRelease(const std::string& id) {
   SetTimer(heartbeats_, task->next_heartbeat, id, absl::InfiniteFuture());
   SetTimer(expiry_, task->expires, id, absl::InfiniteFuture());
   tasks_.erase(id);
+}
+
+PollHub::Task& PollHub::TaskLocked(const std::string& id) {
+  std::unique_ptr<Task>& slot = tasks_[id];
+  if (slot == nullptr) {
+    slot = std::make_unique<Task>();
+    slot->id = id;
+  }
+  return *slot;
 }
 
 void PollHub::Flush() {

@@ -192,6 +192,8 @@ class PollHub {
   void AnswerGets(Task& task, const absl::StatusOr<videotask::v1::VideoTask>& answer)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Fresh(const Task& task, absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The task entry for `id`, created empty when there is none.
+  Task& TaskLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs queued deliveries and Get answers outside the lock, one at a time.
   void Flush() ABSL_LOCKS_EXCLUDED(mu_);
   void Kick() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
