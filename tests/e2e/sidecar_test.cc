@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -468,11 +469,14 @@ TEST_F(SidecarTest, DrainEndsOpenWatchesWithUnavailable) {
   sim_->SetTask("d", hold);
   WatchResult r;
   std::thread watcher([&] { r = Watch("d"); });
+  absl::Cleanup join = [&] {
+    sidecar_->Shutdown(absl::Seconds(2));
+    watcher.join();
+  };
   ASSERT_TRUE(Eventually([&] {
     return absl::StrContains(Metrics(), "videotask_events_sent_total{type=\"snapshot\"} 1");
   }));
-  sidecar_->Shutdown(absl::Seconds(2));
-  watcher.join();
+  std::move(join).Invoke();
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << r.status.error_message();
   EXPECT_FALSE(r.events.empty());
 }
@@ -488,6 +492,14 @@ TEST_F(SidecarTest, WatchesBeyondMaxWatchesAreResourceExhausted) {
   WatchResult first, second;
   std::thread a([&] { first = Watch("held", absl::Seconds(20), &first_ctx); });
   std::thread b([&] { second = Watch("held", absl::Seconds(20), &second_ctx); });
+  std::thread c3;
+  // On any exit (a failed ASSERT included): end the watches, then join.
+  absl::Cleanup join = [&] {
+    sim_->Complete("held");
+    for (std::thread* t : {&a, &b, &c3}) {
+      if (t->joinable()) t->join();
+    }
+  };
   ASSERT_TRUE(Eventually([&] { return sidecar_->hub()->GetStats().active_watches == 2; }));
 
   WatchResult refused = Watch("held");
@@ -500,11 +512,9 @@ TEST_F(SidecarTest, WatchesBeyondMaxWatchesAreResourceExhausted) {
   a.join();
   ASSERT_TRUE(Eventually([&] { return sidecar_->hub()->GetStats().active_watches == 1; }));
   WatchResult third;
-  std::thread c3([&] { third = Watch("held"); });
+  c3 = std::thread([&] { third = Watch("held"); });
   ASSERT_TRUE(Eventually([&] { return sidecar_->hub()->GetStats().active_watches == 2; }));
-  sim_->Complete("held");
-  c3.join();
-  b.join();
+  std::move(join).Invoke();
   EXPECT_TRUE(third.status.ok()) << third.status.error_message();
   EXPECT_TRUE(second.status.ok()) << second.status.error_message();
   EXPECT_EQ(third.events.back().task().status(), v1::VIDEO_TASK_STATUS_COMPLETED);
@@ -552,6 +562,11 @@ TEST_F(SidecarTest, WatcherThatStopsReadingIsEndedWithResourceExhausted) {
     }
     fast.status = r->Finish();
   });
+  // On any exit (a failed ASSERT included): end the reading watch, then join.
+  absl::Cleanup join = [&] {
+    sim_->Complete("big");
+    reader.join();
+  };
   ASSERT_TRUE(Eventually(
       [&] { return absl::StrContains(Metrics(), "videotask_slow_watchers_total 1"); },
       absl::Seconds(20)))
@@ -566,8 +581,7 @@ TEST_F(SidecarTest, WatcherThatStopsReadingIsEndedWithResourceExhausted) {
   const grpc::Status st = slow->Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
 
-  sim_->Complete("big");
-  reader.join();
+  std::move(join).Invoke();
   EXPECT_TRUE(fast.status.ok()) << fast.status.error_message();
   ASSERT_FALSE(fast.events.empty());
   EXPECT_EQ(fast.events.back().task().status(), v1::VIDEO_TASK_STATUS_COMPLETED);
