@@ -67,6 +67,7 @@ class Sidecar {
   void Shutdown(absl::Duration grace);
 
   PollHub* hub() { return hub_.get(); }
+  VideoTaskServiceImpl* service() { return service_.get(); }
   MetricsRegistry* metrics() { return &metrics_; }
 
  private:

@@ -48,13 +48,19 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
     ++service_->open_streams_;
     videotask::v1::WatchVideoTaskRequest req;
     grpc::Slice bytes;
+    // Every early end goes through FinishLocked, which records it: OnCancel
+    // may follow at once (a call cancelled before it got here) and must not
+    // finish the stream a second time.
     if (!request->DumpToSingleSlice(&bytes).ok() ||
         !req.ParseFromArray(bytes.begin(), static_cast<int>(bytes.size()))) {
-      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed WatchVideoTaskRequest"));
+      absl::MutexLock lock(&link_->mu);
+      FinishLocked(
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed WatchVideoTaskRequest"));
       return;
     }
     if (absl::Status s = ValidateTaskId(req.id()); !s.ok()) {
-      Finish(ToGrpcStatus(s));
+      absl::MutexLock lock(&link_->mu);
+      FinishLocked(ToGrpcStatus(s));
       return;
     }
     absl::StatusOr<PollHub::WatchId> watch = service_->hub_->Watch(req.id(), link_);

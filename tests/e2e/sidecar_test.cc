@@ -429,6 +429,39 @@ TEST_F(SidecarTest, GetOfUnwatchedIdMakesOneRequestAndNoPolling) {
   EXPECT_EQ(sim_->RequestCount("once"), 1);
 }
 
+// Clients that give up at once (cancel, or a deadline already past) on watches
+// of good and bad ids: the server sees cancellations racing every early end.
+// The sidecar must stay up and serve the next watch.
+TEST_F(SidecarTest, WatchesCancelledAtOnceNeverTakeTheServerDown) {
+  StartAll();
+  sim_->SetTask("quick", Script(0, 0));
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([this, c] {
+      for (int i = 0; i < 400; ++i) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::microseconds((i % 4) * 100));
+        v1::WatchVideoTaskRequest req;
+        req.set_id((i + c) % 2 == 0 ? "quick" : "bad id!");
+        auto reader = stub_->WatchVideoTask(&ctx, req);
+        if (i % 3 == 0) ctx.TryCancel();
+        WatchVideoTaskResponse msg;
+        while (reader->Read(&msg)) {
+        }
+        reader->Finish();
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+
+  WatchResult r = Watch("quick");
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_FALSE(r.events.empty());
+  EXPECT_EQ(r.events.back().task().status(), v1::VIDEO_TASK_STATUS_COMPLETED);
+  EXPECT_TRUE(Eventually([&] { return sidecar_->service()->open_streams() == 0; }));
+}
+
 TEST_F(SidecarTest, HealthIsServing) {
   StartAll();
   auto health = grpc::health::v1::Health::NewStub(channel_);
