@@ -222,8 +222,8 @@ void PollHub::Unwatch(WatchId watch) {
     if (task != nullptr && task->watchers.erase(watch) > 0) {
       --active_watches_;
       if (task->watchers.empty()) {
-        // No watchers, no polling.
-        SetTimer(due_, task->next_poll, id, absl::InfiniteFuture());
+        // No watchers, no polling; a poll that Gets wait for still runs.
+        if (task->get_waiters.empty()) SetTimer(due_, task->next_poll, id, absl::InfiniteFuture());
         SetTimer(heartbeats_, task->next_heartbeat, id, absl::InfiniteFuture());
         MaybeRelease(id);
       }
@@ -244,10 +244,11 @@ void PollHub::Get(const std::string& id, GetCallback done) {
       if (Fresh(task, now)) {
         answers_.emplace_back(std::move(done), *task.state);
       } else {
-        // Answered by the next result for this id: the poll in flight, the
-        // one already due, or a one-shot request that starts no polling.
+        // Answered by the next result for this id: the poll in flight, or
+        // one that starts now (a watched task's poll waiting out a backoff
+        // is brought forward; an unwatched id's request starts no polling).
         task.get_waiters.push_back(std::move(done));
-        if (!task.inflight && task.next_poll == absl::InfiniteFuture()) SchedulePoll(task, now);
+        if (!task.inflight && task.next_poll > now) SchedulePoll(task, now);
       }
     }
   }

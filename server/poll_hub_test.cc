@@ -573,6 +573,38 @@ TEST_F(PollHubTest, GetOfWatchedIdUsesTheHubState) {
   EXPECT_EQ(upstream_.Count("t"), 1);
 }
 
+// A Get of a watched task that has no state yet (its first poll failed and
+// waits out a backoff) is answered by a poll at once, and still is when the
+// last watcher leaves before that poll.
+TEST_F(PollHubTest, GetOfWatchedTaskWithoutStateIsAnsweredEvenWhenTheWatcherLeaves) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.backoff_max = absl::Seconds(60);
+  MakeHub(o);
+  WatchOk("t");
+  hub_->RunDue();
+  upstream_.Reply("t", Outcome(UpstreamOutcome::kTransient, "503"));
+  ASSERT_TRUE(upstream_.PendingIds().empty());
+
+  int answers = 0;
+  absl::StatusOr<VideoTask> got;
+  hub_->Get("t", [&](absl::StatusOr<VideoTask> r) {
+    ++answers;
+    got = std::move(r);
+  });
+  hub_->Unwatch(last_watch_);
+  hub_->RunDue();  // no time passes: the poll is not the backed-off one
+  ASSERT_EQ(upstream_.PendingIds().size(), 1u);
+  upstream_.Reply("t", Ok(kProcessing));
+  EXPECT_EQ(answers, 1);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->status(), kProcessing);
+  // Nobody watches: no more polling, and the task is released.
+  Advance(absl::Minutes(5));
+  EXPECT_EQ(upstream_.Count("t"), 2);
+  EXPECT_EQ(hub_->GetStats().tasks, 0);
+}
+
 TEST_F(PollHubTest, GetErrorsMapToStatusCodes) {
   MakeHub();
   std::map<std::string, absl::StatusCode> codes;
