@@ -75,6 +75,7 @@ _ABSL = {
         "parse": "absl_flags_parse",
         "usage": "absl_flags_usage",
         "reflection": "absl_flags_reflection",
+        "commandlineflag": "absl_flags_commandlineflag",
     },
     "absl/functional": {
         "any_invocable": "absl_any_invocable",

@@ -17,13 +17,19 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
 #include "plugin/client.h"
+#include "server/command_line.h"
+#include "server/task_id.h"
 
 ABSL_FLAG(std::string, target, "",
           "Sidecar address (host:port or unix:PATH). Default: $VIDEOTASK_TARGET, else "
@@ -106,6 +112,25 @@ int main(int argc, char** argv) {
       "videotask watch ID | get ID | health\n"
       "Exit codes: 0 completed, 1 video failed, 2 usage or invalid id, 3 not found, "
       "4 timed out, 5 sidecar unavailable, 6 upstream rejected credentials, 7 other.");
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg == "-h" || arg == "--help" || arg == "-help" || arg == "--helpshort") {
+      std::cout << absl::ProgramUsageMessage() << "\n\nFlags:\n";
+      for (const char* name : {"target", "timeout", "give_up_after", "quiet"}) {
+        const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+        std::cout << "  --" << name << " (default: \"" << flag->DefaultValue() << "\")\n      "
+                  << flag->Help() << "\n";
+      }
+      return 0;
+    }
+  }
+  // Flag mistakes are usage errors (exit 2), not absl's exit 1, which here
+  // would read as "the video failed".
+  if (absl::Status s = videotask::CheckCommandLineFlags(argc, argv); !s.ok()) {
+    std::cerr << "videotask: " << s.message() << "\n";
+    return Usage();
+  }
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   std::string target = absl::GetFlag(FLAGS_target);
   if (target.empty()) {
@@ -131,6 +156,11 @@ int main(int argc, char** argv) {
   }
   if (args.size() != 3 || (command != "watch" && command != "get")) return Usage();
   const std::string id = args[2];
+  // Checked here too, so that a bad id is exit 2 even with the sidecar down.
+  if (absl::Status s = videotask::ValidateTaskId(id); !s.ok()) {
+    std::cerr << "videotask: " << s.message() << "\n";
+    return kUsage;
+  }
 
   if (command == "get") {
     absl::StatusOr<VideoTask> task = client->Get(id, short_timeout);

@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "server/command_line.h"
 #include "server/log.h"
 #include "server/sidecar.h"
 
@@ -34,8 +35,8 @@ ABSL_FLAG(absl::Duration, upstream_timeout, absl::Seconds(10),
 ABSL_FLAG(absl::Duration, upstream_connect_timeout, absl::Seconds(5),
           "Connection time limit of one upstream request.");
 ABSL_FLAG(int32_t, max_upstream_qps, 5,
-          "At most this many upstream requests start in any one-second window, all tasks "
-          "together.");
+          "At most this many upstream requests in any sliding one-second window, all tasks "
+          "together (a request holds its slot until one second after it ends).");
 ABSL_FLAG(int32_t, max_inflight, 16, "At most this many upstream requests run at once.");
 ABSL_FLAG(absl::Duration, terminal_cache_ttl, absl::Hours(1),
           "How long a completed or failed task is remembered and served without upstream "
@@ -100,6 +101,10 @@ int main(int argc, char** argv) {
   // spent 8% in it. Tests keep it on; the production binary turns it off.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   ApplyEnvironment();
+  // A bad flag exits 2 like any bad value, not absl's 1.
+  if (absl::Status s = videotask::CheckCommandLineFlags(argc, argv); !s.ok()) {
+    Die(std::string(s.message()));
+  }
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) Die(absl::StrCat("unexpected argument: ", rest[1]));
 

@@ -12,7 +12,7 @@ import {
   podSpecs, readYamlFile, render, sidecarOf, validateObject,
 } from "./lib.mjs";
 
-// Benchmark figure (BENCHMARKS.md): about 19 KiB of RSS per open watch,
+// Benchmark figure (BENCHMARKS.md): about 18 KiB of RSS per open watch,
 // rounded up.
 const BYTES_PER_WATCH = 20 * 1024;
 // The process's own memory before any watch, generously.

@@ -105,6 +105,12 @@ TEST_F(CliTest, UsageAndInvalidIdExitTwo) {
   EXPECT_EQ(Cli({"watch", "../etc"}).code, 2);
   EXPECT_EQ(Cli({"watch"}).code, 2);
   EXPECT_EQ(Cli({"frobnicate", "x"}).code, 2);
+  // Flag mistakes too (absl alone would exit 1: "the video failed").
+  EXPECT_EQ(Cli({"--no_such_flag", "watch", "cli-ok"}).code, 2);
+  EXPECT_EQ(Cli({"--timeout=soon", "watch", "cli-ok"}).code, 2);
+  EXPECT_EQ(Cli({"--help"}).code, 0);
+  // A bad id is a usage error even when no sidecar answers.
+  EXPECT_EQ(Cli({"--target=127.0.0.1:1", "--timeout=1s", "get", "a/b"}).code, 2);
   EXPECT_EQ(sim_->TotalRequests(), 0);
 }
 

@@ -128,12 +128,14 @@ TEST_F(SidecarProcessTest, BadConfigurationExitsNonZeroWithOneLine) {
        {std::vector<std::string>{"--max_upstream_qps=0"},
         std::vector<std::string>{"--poll_interval=-1s"}, std::vector<std::string>{"--listen=nope"},
         std::vector<std::string>{"--log_format=xml"},
-        std::vector<std::string>{"--api_key_file=/nonexistent/key"}}) {
+        std::vector<std::string>{"--api_key_file=/nonexistent/key"},
+        std::vector<std::string>{"--poll_interval=soon"},
+        std::vector<std::string>{"--no_such_flag=1"}}) {
     auto p = Subprocess::Start(Args(extra));
     ASSERT_TRUE(p.ok());
     std::optional<int> code = p->Wait(absl::Seconds(10));
     ASSERT_TRUE(code.has_value()) << extra[0];
-    EXPECT_NE(*code, 0) << extra[0];
+    EXPECT_EQ(*code, 2) << extra[0];
     const std::string err = p->Stderr();
     EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << extra[0] << ": " << err;
   }

@@ -11,7 +11,7 @@ const { awaitVideoTask } = proxyActivities<VideoTaskActivities>({
   // One attempt may wait as long as a video can take to render.
   startToCloseTimeout: '2h',
   // The activity heartbeats on every sidecar message; the sidecar sends one
-  // at least every --heartbeat_interval (default 15 s). One minute is four
+  // at least every --heartbeat_interval (default 15 s). One minute is three
   // missed heartbeats: a dead worker is noticed within a minute and the task
   // is awaited again elsewhere.
   heartbeatTimeout: '1m',
