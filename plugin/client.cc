@@ -23,12 +23,17 @@ bool IsTerminal(VideoTaskStatus s) {
 
 // Worth a new stream: the sidecar restarting or draining (UNAVAILABLE, or
 // CANCELLED when it closed the connection), a slow-watcher cut
-// (RESOURCE_EXHAUSTED), or a stream that ended without a terminal state.
-// A cancellation by the caller is handled before this is asked.
+// (RESOURCE_EXHAUSTED), a DEADLINE_EXCEEDED that is not the caller's (a
+// proxy's), or a stream that ended without a terminal state. The caller's
+// cancellation and deadline are handled before this is asked.
 bool Retryable(grpc::StatusCode code) {
   return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
-         code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::OK;
+         code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+         code == grpc::StatusCode::OK;
 }
+
+// A stream that lasted this long ends an outage even without a new status.
+constexpr absl::Duration kHealthyStream = absl::Seconds(10);
 
 std::chrono::system_clock::time_point ToChrono(absl::Time t) {
   if (t == absl::InfiniteFuture()) return std::chrono::system_clock::time_point::max();
@@ -84,11 +89,16 @@ absl::StatusOr<VideoTask> VideoTaskClient::Await(const std::string& id,
   const absl::Time deadline = options.timeout == absl::InfiniteDuration()
                                   ? absl::InfiniteFuture()
                                   : absl::Now() + options.timeout;
+  auto cancelled = [&options] {
+    return options.cancellation != nullptr && options.cancellation->cancelled();
+  };
   absl::BitGen rng;
   absl::Duration backoff = options.initial_backoff;
-  absl::Time last_progress = absl::Now();
+  // When the current outage began: the start, or the end of the last healthy
+  // stream. Streams that neither lived long nor brought a new status (a
+  // flapping sidecar) do not end an outage.
+  absl::Time outage_start = absl::Now();
   VideoTaskStatus last_reported = videotask::v1::VIDEO_TASK_STATUS_UNSPECIFIED;
-  grpc::Status last_error;
   while (true) {
     grpc::ClientContext ctx;
     ctx.set_deadline(ToChrono(deadline));
@@ -97,12 +107,12 @@ absl::StatusOr<VideoTask> VideoTaskClient::Await(const std::string& id,
     }
     v1::WatchVideoTaskRequest req;
     req.set_id(id);
+    const absl::Time stream_start = absl::Now();
+    bool progressed = false;  // reported a status not reported before
     auto reader = stub_->WatchVideoTask(&ctx, req);
     WatchVideoTaskResponse msg;
     std::optional<VideoTask> final_task;
     while (reader->Read(&msg)) {
-      last_progress = absl::Now();
-      backoff = options.initial_backoff;
       const VideoTaskStatus status = msg.task().status();
       const bool is_change = msg.type() != WatchVideoTaskResponse::EVENT_TYPE_HEARTBEAT;
       if (is_change && status == last_reported) {
@@ -119,38 +129,56 @@ absl::StatusOr<VideoTask> VideoTaskClient::Await(const std::string& id,
           options.on_event(msg);
         }
       }
-      if (is_change) last_reported = status;
+      if (is_change && status != last_reported) {
+        progressed = true;
+        last_reported = status;
+      }
       if (IsTerminal(status)) final_task = msg.task();
     }
     grpc::Status st = reader->Finish();
     if (options.cancellation) options.cancellation->Detach();
     if (final_task.has_value()) return *final_task;
-    if (options.cancellation && options.cancellation->cancelled()) {
-      return absl::CancelledError("cancelled by the caller");
-    }
-    if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED || absl::Now() >= deadline) {
+    if (cancelled()) return absl::CancelledError("cancelled by the caller");
+    absl::Time now = absl::Now();
+    if (now >= deadline) {
       return absl::DeadlineExceededError(
           absl::StrCat("task ", id, " did not finish within the timeout"));
     }
     if (!Retryable(st.error_code())) return FromGrpcStatus(st);
-    last_error = st;
-    if (absl::Now() - last_progress >= options.give_up_after) {
-      return absl::UnavailableError(absl::StrCat("sidecar unavailable after retries: ",
-                                                 last_error.error_message()));
+    if (progressed || now - stream_start >= kHealthyStream) {
+      outage_start = now;
+      backoff = options.initial_backoff;
     }
-    // Exponential backoff with full jitter, bounded by the deadline.
-    const absl::Duration sleep =
-        std::min(absl::Uniform<double>(rng, 0.5, 1.0) * backoff, deadline - absl::Now());
-    if (options.cancellation) {
-      // Sleep in small steps so cancellation is prompt.
-      const absl::Time until = absl::Now() + sleep;
-      while (absl::Now() < until && !options.cancellation->cancelled()) {
-        absl::SleepFor(std::min(until - absl::Now(), absl::Milliseconds(20)));
-      }
-    } else {
-      absl::SleepFor(sleep);
+    const absl::Time give_up_at = outage_start + options.give_up_after;
+    auto unavailable = [&] {
+      return absl::UnavailableError(absl::StrCat(
+          "sidecar unavailable after retries: ",
+          st.ok() ? std::string("stream ended without a final state") : st.error_message()));
+    };
+    if (now >= give_up_at) return unavailable();
+    // Exponential backoff with jitter, then wait for the channel to be
+    // ready (it reconnects on its own schedule; an RPC started before that
+    // would fail at once). Both end at the give-up point or the deadline,
+    // and promptly on cancellation.
+    const absl::Time wake =
+        std::min({now + absl::Uniform<double>(rng, 0.5, 1.0) * backoff, give_up_at, deadline});
+    channel_->GetState(/*try_to_connect=*/true);
+    while (absl::Now() < wake && !cancelled()) {
+      absl::SleepFor(std::min(wake - absl::Now(), absl::Milliseconds(20)));
     }
     backoff = std::min(backoff * 2, options.max_backoff);
+    for (grpc_connectivity_state state = channel_->GetState(/*try_to_connect=*/true);
+         state != GRPC_CHANNEL_READY; state = channel_->GetState(/*try_to_connect=*/true)) {
+      now = absl::Now();
+      if (cancelled()) return absl::CancelledError("cancelled by the caller");
+      if (now >= deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("task ", id, " did not finish within the timeout"));
+      }
+      if (now >= give_up_at) return unavailable();
+      channel_->WaitForStateChange(
+          state, ToChrono(std::min({now + absl::Milliseconds(50), give_up_at, deadline})));
+    }
   }
 }
 

@@ -10,8 +10,9 @@
 // exponential backoff and jitter; the new stream's SNAPSHOT resumes exactly,
 // and a status already reported is never reported twice (a status changed
 // while disconnected is reported as a TRANSITION from the last one seen).
-// INVALID_ARGUMENT, NOT_FOUND and FAILED_PRECONDITION are final. The overall
-// `timeout` gives DEADLINE_EXCEEDED; a sidecar unreachable for `give_up_after`
+// INVALID_ARGUMENT, NOT_FOUND and FAILED_PRECONDITION are final. Before each
+// new stream it waits for the channel to be connected. Only the caller's own
+// `timeout` gives DEADLINE_EXCEEDED; an outage longer than `give_up_after`
 // gives UNAVAILABLE; Cancellation::Cancel() ends the stream at once with
 // CANCELLED. Thread-safe.
 #ifndef VIDEOTASK_PLUGIN_CLIENT_H_
@@ -51,8 +52,10 @@ class Cancellation {
 struct AwaitOptions {
   // Overall limit; DEADLINE_EXCEEDED after it.
   absl::Duration timeout = absl::InfiniteDuration();
-  // Give up with UNAVAILABLE when no message arrived for this long while
-  // reconnecting.
+  // Give up with UNAVAILABLE after an outage this long: from the end of the
+  // last healthy stream (one that brought a new status or lasted 10 s), no
+  // stream did either. A flapping sidecar or streams that end without a
+  // final state therefore run out the budget too.
   absl::Duration give_up_after = absl::Seconds(60);
   absl::Duration initial_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(10);

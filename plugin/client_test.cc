@@ -2,11 +2,14 @@
 // upstream over loopback, including a sidecar restart in the middle of a watch.
 #include "plugin/client.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -123,9 +126,12 @@ TEST_F(ClientTest, SurvivesASidecarRestartWithoutDuplicateReports) {
   sidecar_.reset();
   absl::SleepFor(absl::Milliseconds(300));  // the client retries against nothing
   StartSidecar(target);                     // same address, fresh state
+  const absl::Time restarted = absl::Now();
   absl::SleepFor(absl::Milliseconds(500));
   sim_->Complete("r");
   waiter.join();
+  // The client waits for the channel to reconnect, not out a growing backoff.
+  EXPECT_LT(absl::Now() - restarted, absl::Seconds(2));
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->status(), v1::VIDEO_TASK_STATUS_COMPLETED);
   // QUEUED once (the new stream's SNAPSHOT is not reported again), then the
@@ -174,6 +180,104 @@ TEST_F(ClientTest, UnreachableSidecarIsUnavailableAfterRetries) {
   o.initial_backoff = absl::Milliseconds(20);
   EXPECT_EQ(nowhere->Await("x", o).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(nowhere->Health(absl::Milliseconds(500)).code(), absl::StatusCode::kUnavailable);
+}
+
+// A stand-in sidecar whose WatchVideoTask misbehaves on purpose: each call
+// runs the next scripted step (the last one repeats).
+class ScriptedSidecar final : public v1::VideoTaskService::Service {
+ public:
+  using Writer = grpc::ServerWriter<WatchVideoTaskResponse>;
+  using Step = std::function<grpc::Status(Writer*)>;
+
+  explicit ScriptedSidecar(std::vector<Step> steps) : steps_(std::move(steps)) {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(this);
+    server_ = builder.BuildAndStart();
+    target_ = absl::StrCat("127.0.0.1:", port);
+  }
+  ~ScriptedSidecar() override { server_->Shutdown(); }
+
+  grpc::Status WatchVideoTask(grpc::ServerContext*, const v1::WatchVideoTaskRequest*,
+                              Writer* writer) override {
+    Step step;
+    {
+      absl::MutexLock lock(&mu_);
+      step = steps_[std::min(calls_, steps_.size() - 1)];
+      ++calls_;
+    }
+    return step(writer);
+  }
+  size_t calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+  const std::string& target() const { return target_; }
+
+  static WatchVideoTaskResponse Snapshot(VideoTaskStatus status) {
+    WatchVideoTaskResponse r;
+    r.set_type(WatchVideoTaskResponse::EVENT_TYPE_SNAPSHOT);
+    r.mutable_task()->set_id("x");
+    r.mutable_task()->set_status(status);
+    return r;
+  }
+
+ private:
+  const std::vector<Step> steps_;
+  absl::Mutex mu_;
+  size_t calls_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unique_ptr<grpc::Server> server_;
+  std::string target_;
+};
+
+// A sidecar that sends a SNAPSHOT and drops the stream, over and over, or
+// ends streams without a final state: each stream is "something", but the
+// task never moves, so the outage budget runs out all the same.
+TEST(ClientOutageTest, StreamsThatBringNothingNewRunOutTheOutageBudget) {
+  for (const grpc::Status& end :
+       {grpc::Status(grpc::StatusCode::UNAVAILABLE, "flap"), grpc::Status::OK}) {
+    ScriptedSidecar fake({[&end](ScriptedSidecar::Writer* w) {
+      w->Write(ScriptedSidecar::Snapshot(v1::VIDEO_TASK_STATUS_PROCESSING));
+      return end;
+    }});
+    auto client = VideoTaskClient::Create(fake.target());
+    std::vector<VideoTaskStatus> seen;
+    AwaitOptions o;
+    o.give_up_after = absl::Seconds(1);
+    o.initial_backoff = absl::Milliseconds(20);
+    o.timeout = absl::Seconds(20);
+    o.on_event = [&seen](const WatchVideoTaskResponse& e) { seen.push_back(e.task().status()); };
+    const absl::Time start = absl::Now();
+    absl::StatusOr<v1::VideoTask> r = client->Await("x", o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+    EXPECT_GE(absl::Now() - start, absl::Seconds(1));
+    EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+    EXPECT_GE(fake.calls(), 3u);
+    EXPECT_EQ(seen, std::vector<VideoTaskStatus>{v1::VIDEO_TASK_STATUS_PROCESSING})
+        << "reported once, not once per stream";
+  }
+}
+
+// DEADLINE_EXCEEDED from the server side (a proxy's timeout) is not the
+// caller's timeout: it is retried.
+TEST(ClientOutageTest, DeadlineExceededFromTheServerIsRetried) {
+  ScriptedSidecar fake(
+      {[](ScriptedSidecar::Writer*) {
+         return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "proxy timeout");
+       },
+       [](ScriptedSidecar::Writer* w) {
+         w->Write(ScriptedSidecar::Snapshot(v1::VIDEO_TASK_STATUS_COMPLETED));
+         return grpc::Status::OK;
+       }});
+  auto client = VideoTaskClient::Create(fake.target());
+  AwaitOptions o;
+  o.initial_backoff = absl::Milliseconds(20);
+  o.timeout = absl::Seconds(20);
+  absl::StatusOr<v1::VideoTask> r = client->Await("x", o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status(), v1::VIDEO_TASK_STATUS_COMPLETED);
+  EXPECT_EQ(fake.calls(), 2u);
 }
 
 TEST_F(ClientTest, GetAndHealth) {

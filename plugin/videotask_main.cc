@@ -38,7 +38,8 @@ ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
           "Overall time limit (0: none for watch, 10s for get and health). Exit code 4 when "
           "it passes.");
 ABSL_FLAG(absl::Duration, give_up_after, absl::Seconds(60),
-          "watch: exit 5 when the sidecar stays unreachable this long.");
+          "watch: exit 5 after an outage this long (no stream that brought a new status or "
+          "lasted 10 s).");
 ABSL_FLAG(bool, quiet, false, "No human-readable lines on stderr.");
 
 namespace {
