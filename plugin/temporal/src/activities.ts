@@ -127,6 +127,9 @@ export function createVideoTaskActivities(options: VideoTaskActivitiesOptions = 
           });
           heartbeat('RECONNECTING');
         },
+        // So is waiting for the channel to reconnect to the sidecar (which
+        // may take until giveUpAfterMs).
+        onWaitForReady: () => heartbeat('RECONNECTING'),
       });
     } catch (err) {
       // Cancelled (or timed out, or the worker is shutting down): the stream

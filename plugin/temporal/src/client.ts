@@ -1,9 +1,11 @@
 // A Node client of videotask.v1.VideoTaskService that awaits one task with the
 // reconnect semantics of the C++ client (plugin/client.h): reconnects on
-// UNAVAILABLE, RESOURCE_EXHAUSTED, server-side CANCELLED and streams that end
-// without a terminal state, with exponential backoff and jitter, giving up
-// after `giveUpAfterMs` without a message; the new stream's SNAPSHOT resumes
-// exactly and a status already reported is never reported twice.
+// UNAVAILABLE, RESOURCE_EXHAUSTED, server-side CANCELLED and DEADLINE_EXCEEDED
+// and streams that end without a terminal state, with exponential backoff and
+// jitter and a wait for the channel to be READY, giving up once the sidecar
+// has been unhealthy for `giveUpAfterMs` (the outage clock, see
+// VideoTaskClient.await); the new stream's SNAPSHOT resumes exactly and a
+// status already reported is never reported twice.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -22,6 +24,14 @@ export const DEFAULT_TARGET = '127.0.0.1:50051';
 export const DEFAULT_GIVE_UP_AFTER_MS = 60_000;
 export const DEFAULT_INITIAL_BACKOFF_MS = 200;
 export const DEFAULT_MAX_BACKOFF_MS = 10_000;
+/** A stream open at least this long was healthy (ends the outage), messages or not. */
+export const HEALTHY_STREAM_MS = 10_000;
+/**
+ * While waiting for the channel to be READY, `onWaitForReady` is called at
+ * least this often (and on every channel state change), so that the activity
+ * keeps heartbeating.
+ */
+const READY_WAIT_SLICE_MS = 1_000;
 
 /**
  * The proto file: `explicit` if given, else $VIDEOTASK_PROTO_PATH, else
@@ -121,6 +131,12 @@ export interface WatchOptions extends AwaitVideoTaskOptions {
   onMessage?: (message: VideoTaskEvent, lastStatus: VideoTaskStatus) => void;
   /** Called before each reconnect backoff. */
   onReconnect?: (info: { code: grpc.status; details: string; delayMs: number }) => void;
+  /**
+   * Called while waiting for the channel to be READY before a reconnect
+   * attempt: when the wait starts, on each channel state change, and at least
+   * once a second.
+   */
+  onWaitForReady?: (info: { state: grpc.connectivityState }) => void;
 }
 
 function isTerminal(status: VideoTaskStatus): boolean {
@@ -129,12 +145,14 @@ function isTerminal(status: VideoTaskStatus): boolean {
 
 // Worth a new stream: the sidecar restarting or draining (UNAVAILABLE, or
 // CANCELLED when it closed the connection), a slow-watcher cut
-// (RESOURCE_EXHAUSTED), or a stream that ended without a terminal state (OK).
-// A cancellation by the caller is handled before this is asked.
+// (RESOURCE_EXHAUSTED), a DEADLINE_EXCEEDED sent by the server (this client
+// sets no deadline of its own), or a stream that ended without a terminal
+// state (OK). A cancellation by the caller is handled before this is asked.
 const RETRYABLE_CODES: ReadonlySet<grpc.status> = new Set([
   grpc.status.UNAVAILABLE,
   grpc.status.RESOURCE_EXHAUSTED,
   grpc.status.CANCELLED,
+  grpc.status.DEADLINE_EXCEEDED,
   grpc.status.OK,
 ]);
 
@@ -184,8 +202,19 @@ export class VideoTaskClient {
    * Streams the task until it is COMPLETED or FAILED and returns it (a failed
    * video is a result here, not an error). Rejects with a VideoTaskRpcError
    * for INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION and other final
-   * codes, with UNAVAILABLE after `giveUpAfterMs` without a message, and with
-   * `signal.reason` when the signal aborts.
+   * codes, with UNAVAILABLE once the outage clock reaches `giveUpAfterMs`, and
+   * with `signal.reason` when the signal aborts.
+   *
+   * The outage clock starts when the call starts. When a stream ends without
+   * a terminal status (with a retryable error, or OK), it was healthy if it
+   * reported a status not reported before (the first SNAPSHOT does; a resumed
+   * SNAPSHOT repeating the last reported status does not) or stayed open at
+   * least HEALTHY_STREAM_MS; then the clock restarts at that moment and the
+   * backoff returns to `initialBackoffMs`. If the clock has reached
+   * `giveUpAfterMs`, the call gives up; else it sleeps the jittered backoff
+   * (never past the give-up point), doubles the backoff (up to
+   * `maxBackoffMs`), waits for the channel to be READY (giving up if the
+   * give-up point passes first) and opens a new stream.
    */
   async await(id: string, options: WatchOptions = {}): Promise<VideoTask> {
     const initialBackoff = options.initialBackoffMs ?? DEFAULT_INITIAL_BACKOFF_MS;
@@ -193,32 +222,36 @@ export class VideoTaskClient {
     const giveUpAfter = options.giveUpAfterMs ?? DEFAULT_GIVE_UP_AFTER_MS;
     const { signal } = options;
     let backoff = initialBackoff;
-    let lastProgress = Date.now();
+    let outageStart = Date.now();
     let lastReported: VideoTaskStatus = options.lastStatus ?? 'VIDEO_TASK_STATUS_UNSPECIFIED';
 
     for (;;) {
       if (signal?.aborted) throw abortReason(signal);
+      const streamStart = Date.now();
       const call = this.stub.WatchVideoTask({ id });
       const cancel = () => call.cancel();
       signal?.addEventListener('abort', cancel, { once: true });
       let finalTask: VideoTask | undefined;
       let streamError: unknown;
       let callbackError: { error: unknown } | undefined;
+      // Whether this stream reported a status not reported before.
+      let reportedNewStatus = false;
       try {
         for await (const msg of call as AsyncIterable<VideoTaskEvent>) {
-          lastProgress = Date.now();
-          backoff = initialBackoff;
           const status = msg.task.status;
           const isChange = msg.type !== 'EVENT_TYPE_HEARTBEAT';
           try {
             if (isChange && status === lastReported) {
               // The SNAPSHOT of a resumed stream repeats what was already reported.
-            } else if (options.onEvent) {
-              if (msg.type === 'EVENT_TYPE_SNAPSHOT' && lastReported !== 'VIDEO_TASK_STATUS_UNSPECIFIED') {
-                // Changed while disconnected: report the change, not a new start.
-                options.onEvent({ ...msg, type: 'EVENT_TYPE_TRANSITION', previousStatus: lastReported });
-              } else {
-                options.onEvent(msg);
+            } else {
+              if (isChange) reportedNewStatus = true;
+              if (options.onEvent) {
+                if (msg.type === 'EVENT_TYPE_SNAPSHOT' && lastReported !== 'VIDEO_TASK_STATUS_UNSPECIFIED') {
+                  // Changed while disconnected: report the change, not a new start.
+                  options.onEvent({ ...msg, type: 'EVENT_TYPE_TRANSITION', previousStatus: lastReported });
+                } else {
+                  options.onEvent(msg);
+                }
               }
             }
             if (isChange) lastReported = status;
@@ -247,17 +280,55 @@ export class VideoTaskClient {
         details = streamError.details || streamError.message;
       }
       if (!RETRYABLE_CODES.has(code)) throw new VideoTaskRpcError(code, details);
-      if (Date.now() - lastProgress >= giveUpAfter) {
-        throw new VideoTaskRpcError(
-          grpc.status.UNAVAILABLE,
-          `sidecar at ${this.target} unavailable after retries: ${details}`,
-        );
+      const giveUp = () =>
+        new VideoTaskRpcError(grpc.status.UNAVAILABLE, `sidecar at ${this.target} unavailable after retries: ${details}`);
+
+      const now = Date.now();
+      if (reportedNewStatus || now - streamStart >= HEALTHY_STREAM_MS) {
+        // A healthy stream: the outage starts now.
+        outageStart = now;
+        backoff = initialBackoff;
       }
-      // Exponential backoff with jitter.
-      const delayMs = Math.round((0.5 + Math.random() * 0.5) * backoff);
+      const giveUpAt = outageStart + giveUpAfter;
+      if (now >= giveUpAt) throw giveUp();
+      // Exponential backoff with jitter, not past the give-up point.
+      const delayMs = Math.max(0, Math.min(Math.round((0.5 + Math.random() * 0.5) * backoff), giveUpAt - now));
       options.onReconnect?.({ code, details, delayMs });
       await sleep(delayMs, signal);
       backoff = Math.min(backoff * 2, maxBackoff);
+      // While the channel is in TRANSIENT_FAILURE an RPC fails at once: wait
+      // for it to connect instead of stacking our backoff on the channel's.
+      if (!(await this.waitForReady(giveUpAt, signal, options.onWaitForReady))) throw giveUp();
+    }
+  }
+
+  /**
+   * Resolves true once the channel is READY (or shut down, so that the next
+   * call fails by itself), false if `until` (ms since the epoch) passes first;
+   * rejects with `signal.reason` when the signal aborts.
+   */
+  private async waitForReady(
+    until: number,
+    signal: AbortSignal | undefined,
+    onState: WatchOptions['onWaitForReady'],
+  ): Promise<boolean> {
+    const channel = this.stub.getChannel();
+    for (;;) {
+      if (signal?.aborted) throw abortReason(signal);
+      const state = channel.getConnectivityState(true);
+      if (state === grpc.connectivityState.READY || state === grpc.connectivityState.SHUTDOWN) return true;
+      const now = Date.now();
+      if (now >= until) return false;
+      onState?.({ state });
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => reject(abortReason(signal!));
+        signal?.addEventListener('abort', onAbort, { once: true });
+        // Calls back on the next state change, or when the slice ends.
+        channel.watchConnectivityState(state, Math.min(until, now + READY_WAIT_SLICE_MS), () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        });
+      });
     }
   }
 

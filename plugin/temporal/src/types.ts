@@ -72,12 +72,18 @@ export interface VideoTaskHeartbeatDetails {
 /** Per-call options of `awaitVideoTask` (serializable, so a workflow may pass them). */
 export interface AwaitVideoTaskOptions {
   /**
-   * Give up with a retryable `VideoTaskSidecarUnavailable` failure when no
-   * message arrived from the sidecar for this long while reconnecting.
-   * Default 60000.
+   * Give up with a retryable `VideoTaskSidecarUnavailable` failure once the
+   * sidecar has been unhealthy for this long: measured from the start of the
+   * call, or from the end of the last healthy stream (one that reported a
+   * status not reported before, or stayed open at least 10 s). Streams that
+   * deliver only a repeated SNAPSHOT or HEARTBEATs and then end do not
+   * restart the clock. Default 60000.
    */
   giveUpAfterMs?: number;
-  /** First reconnect backoff; doubles per failed attempt, with jitter. Default 200. */
+  /**
+   * First reconnect backoff; doubles per failed attempt, with jitter, and
+   * returns to this value after a healthy stream. Default 200.
+   */
   initialBackoffMs?: number;
   /** Cap of the reconnect backoff. Default 10000. */
   maxBackoffMs?: number;

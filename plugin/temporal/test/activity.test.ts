@@ -1,7 +1,10 @@
 // awaitVideoTask in Temporal's MockActivityEnvironment against the real
 // sidecar and the real simulated upstream.
 import assert from 'node:assert/strict';
+import { setTimeout as delay } from 'node:timers/promises';
 import { after, afterEach, before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import type { Info } from '@temporalio/activity';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
@@ -12,6 +15,7 @@ import {
   type VideoTaskActivities,
   type VideoTaskActivitiesOptions,
 } from '../src';
+import { PROTO_LOADER_OPTIONS, resolveProtoPath } from '../src/client';
 import type { VideoTaskEvent, VideoTaskHeartbeatDetails, VideoTaskStatus } from '../src/types';
 import { Sidecar, SimUpstream, closedPort, eventually, nextEvent } from '../testing/harness';
 
@@ -42,7 +46,7 @@ class Run {
 
   constructor(options: VideoTaskActivitiesOptions, info?: Partial<Info>) {
     if (!options.client) {
-      this.ownClient = new VideoTaskClient({ target: options.target });
+      this.ownClient = new VideoTaskClient({ target: options.target, channelOptions: options.channelOptions });
       options = { ...options, client: this.ownClient };
     }
     this.env = new MockActivityEnvironment(info, {
@@ -104,6 +108,105 @@ function isFailure(type: string, nonRetryable: boolean, check?: (f: ApplicationF
   };
 }
 
+/** Ends the activity runs of a test: cancels them (a no-op for finished ones) and closes their clients. */
+function endRuns(): void {
+  for (const run of runs.splice(0)) {
+    run.env.cancel();
+    run.ownClient?.close();
+  }
+}
+
+type WatchCall = grpc.ServerWritableStream<{ id: string }, unknown>;
+
+/** A VideoTaskService whose WatchVideoTask does what the test says (the n-th call, from 1). */
+class FakeSidecar {
+  calls = 0;
+  private constructor(
+    private readonly server: grpc.Server,
+    readonly target: string,
+  ) {}
+
+  static async start(watch: (call: WatchCall, n: number) => void): Promise<FakeSidecar> {
+    const definition = protoLoader.loadSync(resolveProtoPath(), PROTO_LOADER_OPTIONS);
+    const loaded = grpc.loadPackageDefinition(definition) as unknown as {
+      videotask: { v1: { VideoTaskService: { service: grpc.ServiceDefinition } } };
+    };
+    const server = new grpc.Server();
+    let fake: FakeSidecar | undefined;
+    server.addService(loaded.videotask.v1.VideoTaskService.service, {
+      WatchVideoTask: (call: WatchCall) => watch(call, ++fake!.calls),
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
+    fake = new FakeSidecar(server, `127.0.0.1:${port}`);
+    return fake;
+  }
+
+  stop(): void {
+    this.server.forceShutdown();
+  }
+}
+
+function snapshot(id: string, status: VideoTaskStatus) {
+  return { type: 'EVENT_TYPE_SNAPSHOT', task: { id, model: 'videos', status } };
+}
+
+/** Sends the message, then ends the call with `code` (OK: a normal end of the stream). */
+function sendThenEnd(call: WatchCall, message: unknown, code: grpc.status): void {
+  call.write(message, () => {
+    if (code === grpc.status.OK) call.end();
+    else call.emit('error', { code, details: 'the fake sidecar flaps' });
+  });
+}
+
+describe('awaitVideoTask against a fake sidecar', () => {
+  const fakes: FakeSidecar[] = [];
+  afterEach(() => {
+    endRuns();
+    for (const f of fakes.splice(0)) f.stop();
+  });
+
+  for (const endCode of [grpc.status.UNAVAILABLE, grpc.status.OK]) {
+    it(`gives up when every stream sends a repeated SNAPSHOT and ends with ${grpc.status[endCode]}`, LIMIT, async () => {
+      const fake = await FakeSidecar.start((call) => sendThenEnd(call, snapshot(call.request.id, PROCESSING), endCode));
+      fakes.push(fake);
+      const run = new Run({ target: fake.target, initialBackoffMs: 50, maxBackoffMs: 2000, giveUpAfterMs: 1000 });
+      const t0 = Date.now();
+      await assert.rejects(
+        run.start('flapping'),
+        isFailure('VideoTaskSidecarUnavailable', false, (f) => {
+          assert.deepEqual((f.details?.[0] as { code: string }).code, 'UNAVAILABLE');
+        }),
+      );
+      const elapsed = Date.now() - t0;
+      // The outage began when the first stream (the only healthy one) ended.
+      assert.ok(elapsed >= 950 && elapsed < 3000, `gave up after ${elapsed} ms`);
+      // The backoff grew (50, 100, 200, ... ms with jitter) instead of resetting on every SNAPSHOT.
+      assert.ok(fake.calls >= 3 && fake.calls <= 10, `${fake.calls} streams`);
+      assert.deepEqual(run.changes(), ['UNSPECIFIED>PROCESSING'], 'PROCESSING reported exactly once');
+      const reconnecting = run.heartbeats.filter((d) => d.event === 'RECONNECTING');
+      assert.ok(reconnecting.length >= fake.calls - 1, `${reconnecting.length} reconnect heartbeats`);
+      assert.ok(reconnecting.every((d) => d.lastStatus === PROCESSING));
+    });
+  }
+
+  it('retries a server-sent DEADLINE_EXCEEDED', LIMIT, async () => {
+    const fake = await FakeSidecar.start((call, n) => {
+      if (n === 1) call.emit('error', { code: grpc.status.DEADLINE_EXCEEDED, details: 'upstream too slow' });
+      else sendThenEnd(call, snapshot(call.request.id, COMPLETED), grpc.status.OK);
+    });
+    fakes.push(fake);
+    const run = new Run({ target: fake.target, initialBackoffMs: 50, giveUpAfterMs: 5000 });
+    const task = (await run.start('slow')) as { status: string; id: string };
+    assert.equal(task.status, COMPLETED);
+    assert.equal(task.id, 'slow');
+    assert.equal(fake.calls, 2);
+    assert.deepEqual(run.changes(), ['UNSPECIFIED>COMPLETED']);
+    assert.ok(run.logs.some((l) => l.level === 'WARN' && /reconnecting/.test(l.message)));
+  });
+});
+
 describe('awaitVideoTask', () => {
   let sim: SimUpstream;
   let sidecar: Sidecar;
@@ -118,12 +221,7 @@ describe('awaitVideoTask', () => {
 
   // A failed test may leave its activity running: cancel it (a no-op for
   // finished ones) so that it does not outlive the test.
-  afterEach(() => {
-    for (const run of runs.splice(0)) {
-      run.env.cancel();
-      run.ownClient?.close();
-    }
-  });
+  afterEach(endRuns);
 
   after(async () => {
     client?.close();
@@ -360,6 +458,50 @@ describe('awaitVideoTask', () => {
     const run = new Run({ target, initialBackoffMs: 2000, maxBackoffMs: 2000, giveUpAfterMs: 60_000 });
     const done = run.start('any-task');
     await run.heartbeat((d) => d.event === 'RECONNECTING');
+    const t0 = Date.now();
+    run.env.cancel();
+    await assert.rejects(done, (err) => err instanceof CancelledFailure);
+    assert.ok(Date.now() - t0 < 500, `cancelled after ${Date.now() - t0} ms`);
+  });
+
+  it('reconnects as soon as a restarted sidecar is ready, not after stacked backoffs', LIMIT, async () => {
+    const id = 'restart-prompt';
+    await sim.setTask(id, HOLD_QUEUED);
+    const first = await Sidecar.start(sim);
+    extraSidecars.push(first);
+    const run = new Run({
+      target: first.target,
+      initialBackoffMs: 200,
+      maxBackoffMs: 10_000,
+      giveUpAfterMs: 20_000,
+      // The channel's own reconnect backoff stays short; the client's grows.
+      channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50, 'grpc.max_reconnect_backoff_ms': 200 },
+    });
+    const done = run.start(id);
+    await run.heartbeat((d) => d.event === 'EVENT_TYPE_SNAPSHOT');
+    first.proc.signal('SIGTERM');
+    assert.deepEqual(await first.proc.exited, { code: 0, signal: null });
+    // Down long enough for several failed attempts (backoff 200, 400, 800, ... ms).
+    await delay(2500);
+    const mark = run.heartbeats.length;
+    const second = await Sidecar.start(sim, { listen: `127.0.0.1:${first.port}` });
+    extraSidecars.push(second);
+    const t0 = Date.now();
+    await run.until((hs) => hs.slice(mark).some((d) => d.event === 'EVENT_TYPE_SNAPSHOT'), 'resumed on the new sidecar');
+    const ms = Date.now() - t0;
+    assert.ok(ms < 1000, `resumed ${ms} ms after the new sidecar was ready`);
+    await sim.complete(id);
+    const task = (await done) as { status: string };
+    assert.equal(task.status, COMPLETED);
+    assert.deepEqual(run.changes(), ['UNSPECIFIED>QUEUED', 'QUEUED>COMPLETED']);
+  });
+
+  it('cancellation while waiting for the channel to be ready ends the activity promptly', LIMIT, async () => {
+    const target = `127.0.0.1:${await closedPort()}`;
+    const run = new Run({ target, initialBackoffMs: 20, maxBackoffMs: 20, giveUpAfterMs: 60_000 });
+    const done = run.start('any-task');
+    // The 1st RECONNECTING heartbeat precedes the backoff; the later ones come from the READY wait.
+    await run.until((hs) => hs.filter((d) => d.event === 'RECONNECTING').length >= 3, 'waiting for READY');
     const t0 = Date.now();
     run.env.cancel();
     await assert.rejects(done, (err) => err instanceof CancelledFailure);
