@@ -44,7 +44,7 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
  public:
   WatchReactor(VideoTaskServiceImpl* service, grpc::CallbackServerContext* context,
                const grpc::ByteBuffer* request)
-      : service_(service), link_(std::make_shared<Link>(this)) {
+      : service_(service), context_(context), link_(std::make_shared<Link>(this)) {
     ++service_->open_streams_;
     videotask::v1::WatchVideoTaskRequest req;
     grpc::Slice bytes;
@@ -120,7 +120,10 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
 
   void EnqueueLocked(std::shared_ptr<const TaskEvent> event)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(link_->mu) {
-    if (finished_ || end_status_.has_value()) return;
+    if (finished_ || end_status_.has_value()) {
+      MaybeCutSlowLocked(event->terminal());
+      return;
+    }
     const bool heartbeat =
         event->response.type() == WatchVideoTaskResponse::EVENT_TYPE_HEARTBEAT;
     if (writing_ &&
@@ -140,7 +143,10 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
 
   // Ends the stream with `status` once the events queued before it are sent.
   void EndLocked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(link_->mu) {
-    if (finished_ || end_status_.has_value()) return;
+    if (finished_ || end_status_.has_value()) {
+      MaybeCutSlowLocked(/*task_ended=*/true);
+      return;
+    }
     end_status_ = std::move(status);
     if (!writing_) WriteNextLocked();
   }
@@ -148,8 +154,24 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
   void SlowLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(link_->mu) {
     service_->slow_watchers_->Increment();
     pending_.clear();
+    slow_since_ = service_->clock_->Now();
     FinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                               "watcher is not reading its stream; reconnect"));
+  }
+
+  // The RESOURCE_EXHAUSTED status of a slow stream waits behind its stuck
+  // write: it reaches a client that reads again. One that still does not
+  // after another slow_watcher_timeout (or once the task has ended) is cut
+  // with a reset, which ends the call and frees its watch (the hub's events
+  // for this watch are the timer). OnCancel runs on another thread for
+  // this reactor, so cancelling under the lock is safe.
+  void MaybeCutSlowLocked(bool task_ended) ABSL_EXCLUSIVE_LOCKS_REQUIRED(link_->mu) {
+    if (slow_since_ == absl::InfiniteFuture() || cut_) return;
+    if (task_ended ||
+        service_->clock_->Now() - slow_since_ >= service_->options_.slow_watcher_timeout) {
+      cut_ = true;
+      context_->TryCancel();
+    }
   }
 
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(link_->mu) {
@@ -178,6 +200,7 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
   }
 
   VideoTaskServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;  // valid until OnDone
   const std::shared_ptr<Link> link_;
   PollHub::WatchId watch_id_ = 0;  // set once in the constructor
   std::deque<std::shared_ptr<const TaskEvent>> pending_ ABSL_GUARDED_BY(link_->mu);
@@ -186,6 +209,8 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
   absl::Time write_started_ ABSL_GUARDED_BY(link_->mu);
   bool writing_ ABSL_GUARDED_BY(link_->mu) = false;
   bool finished_ ABSL_GUARDED_BY(link_->mu) = false;
+  absl::Time slow_since_ ABSL_GUARDED_BY(link_->mu) = absl::InfiniteFuture();  // ended as slow
+  bool cut_ ABSL_GUARDED_BY(link_->mu) = false;  // reset after that
 };
 
 VideoTaskServiceImpl::VideoTaskServiceImpl(PollHub* hub, Clock* clock, MetricsRegistry* metrics,

@@ -7,7 +7,10 @@
 // Each event is serialized once by the hub and its bytes are shared by every
 // stream. A stream whose write has been stuck longer than `slow_watcher_timeout`
 // (the client is not reading) is ended with RESOURCE_EXHAUSTED and counted in
-// videotask_slow_watchers_total; queued events are never dropped silently.
+// videotask_slow_watchers_total; queued events are never dropped silently. If
+// that status cannot be delivered either (the client still does not read)
+// for another `slow_watcher_timeout`, the stream is reset, so that it no
+// longer holds a watch.
 // An error from the hub ends the stream after the events queued before it.
 // Bad ids are INVALID_ARGUMENT before the hub sees them. Cancellation and
 // deadlines unsubscribe at once.

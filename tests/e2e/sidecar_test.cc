@@ -559,32 +559,57 @@ TEST_F(SidecarTest, WatchesBeyondMaxWatchesAreResourceExhausted) {
   EXPECT_EQ(third.events.back().task().status(), v1::VIDEO_TASK_STATUS_COMPLETED);
 }
 
-// A watcher that stops reading is ended with RESOURCE_EXHAUSTED (and counted)
-// once its write has been stuck for slow_watcher_timeout; the watcher beside
-// it on the same task is not held up. Large events (a 256 KiB model name)
-// fill the HTTP/2 flow-control window in a few heartbeats.
-TEST_F(SidecarTest, WatcherThatStopsReadingIsEndedWithResourceExhausted) {
-  SidecarConfig c = DefaultConfig();
-  c.hub.heartbeat_interval = absl::Milliseconds(20);
-  c.service.slow_watcher_timeout = absl::Milliseconds(300);
-  StartAll(c);
+// A watch whose client reads its SNAPSHOT and then stops reading, on a
+// channel without BDP probing, so that large events (a 256 KiB model name,
+// set up by the caller) fill the HTTP/2 flow-control window in a few writes.
+struct StalledWatch {
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReader<WatchVideoTaskResponse>> reader;
+
+  StalledWatch(const std::string& target, const std::string& id) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 65535);
+    stub_ = v1::VideoTaskService::NewStub(
+        grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::WatchVideoTaskRequest req;
+    req.set_id(id);
+    reader = stub_->WatchVideoTask(&ctx, req);
+  }
+  // Reads what was buffered; returns the stream's status.
+  grpc::Status Drain() {
+    WatchVideoTaskResponse msg;
+    while (reader->Read(&msg)) {
+      EXPECT_NE(msg.type(), WatchVideoTaskResponse::EVENT_TYPE_TRANSITION);
+    }
+    return reader->Finish();
+  }
+
+ private:
+  std::unique_ptr<v1::VideoTaskService::Stub> stub_;
+};
+
+TaskScript BigHeldTask() {
   TaskScript hold;
   hold.advances = false;
   hold.model = std::string(256 * 1024, 'm');
-  sim_->SetTask("big", hold);
+  return hold;
+}
 
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 65535);
-  auto slow_stub = v1::VideoTaskService::NewStub(grpc::CreateCustomChannel(
-      sidecar_->target(), grpc::InsecureChannelCredentials(), args));
-  grpc::ClientContext slow_ctx;
-  slow_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  v1::WatchVideoTaskRequest req;
-  req.set_id("big");
-  auto slow = slow_stub->WatchVideoTask(&slow_ctx, req);
+// A watcher that stops reading is ended with RESOURCE_EXHAUSTED (and counted)
+// once its write has been stuck for slow_watcher_timeout, and gets that status
+// when it reads again; the watcher beside it on the same task is not held up.
+TEST_F(SidecarTest, WatcherThatStopsReadingIsEndedWithResourceExhausted) {
+  SidecarConfig c = DefaultConfig();
+  c.hub.heartbeat_interval = absl::Milliseconds(20);
+  c.service.slow_watcher_timeout = absl::Seconds(1);
+  StartAll(c);
+  sim_->SetTask("big", BigHeldTask());
+
+  StalledWatch slow(sidecar_->target(), "big");
   WatchVideoTaskResponse msg;
-  ASSERT_TRUE(slow->Read(&msg));
+  ASSERT_TRUE(slow.reader->Read(&msg));
   EXPECT_EQ(msg.type(), WatchVideoTaskResponse::EVENT_TYPE_SNAPSHOT);
 
   // The reading watcher keeps getting heartbeats while the other one stalls.
@@ -593,6 +618,8 @@ TEST_F(SidecarTest, WatcherThatStopsReadingIsEndedWithResourceExhausted) {
   std::thread reader([&] {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::WatchVideoTaskRequest req;
+    req.set_id("big");
     auto r = stub_->WatchVideoTask(&ctx, req);
     WatchVideoTaskResponse m;
     while (r->Read(&m)) {
@@ -614,16 +641,42 @@ TEST_F(SidecarTest, WatcherThatStopsReadingIsEndedWithResourceExhausted) {
   ASSERT_TRUE(Eventually([&] { return fast_heartbeats.load() > heartbeats_then + 3; }));
 
   // Whatever was buffered is still readable; then the stream's error, not OK.
-  while (slow->Read(&msg)) {
-    EXPECT_NE(msg.type(), WatchVideoTaskResponse::EVENT_TYPE_TRANSITION);
-  }
-  const grpc::Status st = slow->Finish();
+  const grpc::Status st = slow.Drain();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
 
   std::move(join).Invoke();
   EXPECT_TRUE(fast.status.ok()) << fast.status.error_message();
   ASSERT_FALSE(fast.events.empty());
   EXPECT_EQ(fast.events.back().task().status(), v1::VIDEO_TASK_STATUS_COMPLETED);
+}
+
+// A client that never reads again (but stays connected and answers pings)
+// does not keep its watch: after another slow_watcher_timeout the stream is
+// reset, the hub drops the watch and polling of the task stops.
+TEST_F(SidecarTest, WatcherThatNeverReadsAgainIsCutAndFreesItsWatch) {
+  SidecarConfig c = DefaultConfig();
+  c.hub.heartbeat_interval = absl::Milliseconds(20);
+  c.service.slow_watcher_timeout = absl::Milliseconds(300);
+  StartAll(c);
+  sim_->SetTask("big", BigHeldTask());
+
+  StalledWatch slow(sidecar_->target(), "big");
+  WatchVideoTaskResponse msg;
+  ASSERT_TRUE(slow.reader->Read(&msg));
+  ASSERT_TRUE(Eventually(
+      [&] { return absl::StrContains(Metrics(), "videotask_slow_watchers_total 1"); },
+      absl::Seconds(20)))
+      << Metrics();
+  EXPECT_TRUE(Eventually([&] {
+    return sidecar_->hub()->GetStats().active_watches == 0 &&
+           sidecar_->service()->open_streams() == 0;
+  })) << "the stalled stream still holds its watch";
+  const int polls = sim_->RequestCount("big");
+  absl::SleepFor(absl::Milliseconds(600));  // three poll intervals
+  EXPECT_EQ(sim_->RequestCount("big"), polls) << "the task is still polled for nobody";
+
+  const grpc::Status st = slow.Drain();
+  EXPECT_FALSE(st.ok());
 }
 
 }  // namespace
