@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "google/protobuf/message_lite.h"
 #include "server/task_id.h"
 
 namespace videotask {
@@ -26,6 +27,15 @@ constexpr size_t kMaxQueuedEvents = 32;
 // Frees the event reference a slice holds once gRPC is done with the bytes.
 void ReleaseEvent(void* user_data) {
   delete static_cast<std::shared_ptr<const TaskEvent>*>(user_data);
+}
+
+// Parses a request message from the raw bytes gRPC received. An empty
+// buffer is a message with every field unset.
+bool ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message) {
+  grpc::Slice bytes;
+  if (buffer.Length() == 0) return message->ParseFromArray(nullptr, 0);
+  return buffer.DumpToSingleSlice(&bytes).ok() &&
+         message->ParseFromArray(bytes.begin(), static_cast<int>(bytes.size()));
 }
 
 // A ByteBuffer over the event's serialized bytes, without copying them.
@@ -47,12 +57,10 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
       : service_(service), context_(context), link_(std::make_shared<Link>(this)) {
     ++service_->open_streams_;
     videotask::v1::WatchVideoTaskRequest req;
-    grpc::Slice bytes;
     // Every early end goes through FinishLocked, which records it: OnCancel
     // may follow at once (a call cancelled before it got here) and must not
     // finish the stream a second time.
-    if (!request->DumpToSingleSlice(&bytes).ok() ||
-        !req.ParseFromArray(bytes.begin(), static_cast<int>(bytes.size()))) {
+    if (!ParseRequest(*request, &req)) {
       absl::MutexLock lock(&link_->mu);
       FinishLocked(
           grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed WatchVideoTaskRequest"));
@@ -240,18 +248,30 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoTaskServiceImpl::WatchVideoTask
   return new WatchReactor(this, context, request);
 }
 
-grpc::ServerUnaryReactor* VideoTaskServiceImpl::GetVideoTask(
-    grpc::CallbackServerContext* context, const videotask::v1::GetVideoTaskRequest* request,
-    videotask::v1::VideoTask* response) {
+grpc::ServerUnaryReactor* VideoTaskServiceImpl::GetVideoTask(grpc::CallbackServerContext* context,
+                                                                const grpc::ByteBuffer* request,
+                                                                grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (absl::Status s = ValidateTaskId(request->id()); !s.ok()) {
+  videotask::v1::GetVideoTaskRequest req;
+  if (!ParseRequest(*request, &req)) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed GetVideoTaskRequest"));
+    return reactor;
+  }
+  if (absl::Status s = ValidateTaskId(req.id()); !s.ok()) {
     reactor->Finish(ToGrpcStatus(s));
     return reactor;
   }
   // The call (and `response`) live until Finish, even if the client leaves.
-  hub_->Get(request->id(), [reactor, response](absl::StatusOr<videotask::v1::VideoTask> task) {
-    if (task.ok()) *response = *std::move(task);
-    reactor->Finish(ToGrpcStatus(task.status()));
+  hub_->Get(req.id(), [reactor, response](absl::StatusOr<videotask::v1::VideoTask> task) {
+    if (!task.ok()) {
+      reactor->Finish(ToGrpcStatus(task.status()));
+      return;
+    }
+    const std::string bytes = task->SerializeAsString();
+    grpc::Slice slice(bytes);
+    *response = grpc::ByteBuffer(&slice, 1);
+    reactor->Finish(grpc::Status::OK);
   });
   return reactor;
 }

@@ -12,7 +12,8 @@
 // for another `slow_watcher_timeout`, the stream is reset, so that it no
 // longer holds a watch.
 // An error from the hub ends the stream after the events queued before it.
-// Bad ids are INVALID_ARGUMENT before the hub sees them. Cancellation and
+// Bad ids and requests that do not parse are INVALID_ARGUMENT before the hub
+// sees them. Cancellation and
 // deadlines unsubscribe at once.
 #ifndef VIDEOTASK_SERVER_VIDEO_TASK_SERVICE_H_
 #define VIDEOTASK_SERVER_VIDEO_TASK_SERVICE_H_
@@ -39,7 +40,7 @@ struct VideoTaskServiceOptions {
 
 class VideoTaskServiceImpl final
     : public videotask::v1::VideoTaskService::WithRawCallbackMethod_WatchVideoTask<
-          videotask::v1::VideoTaskService::WithCallbackMethod_GetVideoTask<
+          videotask::v1::VideoTaskService::WithRawCallbackMethod_GetVideoTask<
               videotask::v1::VideoTaskService::Service>> {
  public:
   // `hub`, `clock` and `metrics` (may be null) must outlive the service.
@@ -49,9 +50,11 @@ class VideoTaskServiceImpl final
   grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchVideoTask(
       grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
 
+  // Raw bytes, like WatchVideoTask, so that a request that does not parse is
+  // INVALID_ARGUMENT (gRPC's typed handler would answer UNIMPLEMENTED).
   grpc::ServerUnaryReactor* GetVideoTask(grpc::CallbackServerContext* context,
-                                         const videotask::v1::GetVideoTaskRequest* request,
-                                         videotask::v1::VideoTask* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
   // Open WatchVideoTask streams (reactors not yet done).
   int64_t open_streams() const { return open_streams_.load(); }

@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
@@ -363,6 +364,37 @@ TEST_F(SidecarTest, BadIdsAreInvalidArgumentWithoutUpstreamRequests) {
     EXPECT_TRUE(r.events.empty());
     VideoTask t;
     EXPECT_EQ(Get(id, &t).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << id;
+  }
+  EXPECT_EQ(sim_->TotalRequests(), 0);
+}
+
+// Requests whose bytes are not the request message (a client built from
+// another proto, a broken proxy) get INVALID_ARGUMENT from both methods.
+TEST_F(SidecarTest, MalformedRequestsAreInvalidArgument) {
+  StartAll();
+  grpc::GenericStub generic(channel_);
+  grpc::CompletionQueue cq;
+  const std::string garbage("\x0a\xff\xff\xff\xff\x0f", 6);  // a field longer than the message
+  for (const char* method : {"/videotask.v1.VideoTaskService/GetVideoTask",
+                             "/videotask.v1.VideoTaskService/WatchVideoTask"}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Slice slice(garbage);
+    grpc::ByteBuffer request(&slice, 1), response;
+    auto call = generic.PrepareUnaryCall(&ctx, method, request, &cq);
+    call->StartCall();
+    grpc::Status status;
+    call->Finish(&response, &status, reinterpret_cast<void*>(1));
+    void* tag = nullptr;
+    bool ok = false;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << method << ": " << status.error_message();
+  }
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.Next(&tag, &ok)) {
   }
   EXPECT_EQ(sim_->TotalRequests(), 0);
 }
