@@ -48,7 +48,7 @@ ABSL_FLAG(int64_t, max_watches, 100000,
           "Open watches beyond this are refused with RESOURCE_EXHAUSTED.");
 ABSL_FLAG(absl::Duration, slow_watcher_timeout, absl::Seconds(60),
           "A watch stream whose client has not taken a message for this long is ended with "
-          "RESOURCE_EXHAUSTED.");
+          "RESOURCE_EXHAUSTED, and reset if the client still does not read for as long again.");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics listen address (host:port); empty disables it.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
