@@ -92,6 +92,11 @@ absl::StatusOr<VideoTask> VideoTaskClient::Await(const std::string& id,
   auto cancelled = [&options] {
     return options.cancellation != nullptr && options.cancellation->cancelled();
   };
+  auto cancelled_error = [] { return absl::CancelledError("cancelled by the caller"); };
+  auto timeout_error = [&id] {
+    return absl::DeadlineExceededError(
+        absl::StrCat("task ", id, " did not finish within the timeout"));
+  };
   absl::BitGen rng;
   absl::Duration backoff = options.initial_backoff;
   // When the current outage began: the start, or the end of the last healthy
@@ -103,7 +108,7 @@ absl::StatusOr<VideoTask> VideoTaskClient::Await(const std::string& id,
     grpc::ClientContext ctx;
     ctx.set_deadline(ToChrono(deadline));
     if (options.cancellation && !options.cancellation->Attach(&ctx)) {
-      return absl::CancelledError("cancelled by the caller");
+      return cancelled_error();
     }
     v1::WatchVideoTaskRequest req;
     req.set_id(id);
@@ -138,12 +143,9 @@ absl::StatusOr<VideoTask> VideoTaskClient::Await(const std::string& id,
     grpc::Status st = reader->Finish();
     if (options.cancellation) options.cancellation->Detach();
     if (final_task.has_value()) return *final_task;
-    if (cancelled()) return absl::CancelledError("cancelled by the caller");
+    if (cancelled()) return cancelled_error();
     absl::Time now = absl::Now();
-    if (now >= deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("task ", id, " did not finish within the timeout"));
-    }
+    if (now >= deadline) return timeout_error();
     if (!Retryable(st.error_code())) return FromGrpcStatus(st);
     if (progressed || now - stream_start >= kHealthyStream) {
       outage_start = now;
@@ -170,11 +172,8 @@ absl::StatusOr<VideoTask> VideoTaskClient::Await(const std::string& id,
     for (grpc_connectivity_state state = channel_->GetState(/*try_to_connect=*/true);
          state != GRPC_CHANNEL_READY; state = channel_->GetState(/*try_to_connect=*/true)) {
       now = absl::Now();
-      if (cancelled()) return absl::CancelledError("cancelled by the caller");
-      if (now >= deadline) {
-        return absl::DeadlineExceededError(
-            absl::StrCat("task ", id, " did not finish within the timeout"));
-      }
+      if (cancelled()) return cancelled_error();
+      if (now >= deadline) return timeout_error();
       if (now >= give_up_at) return unavailable();
       channel_->WaitForStateChange(
           state, ToChrono(std::min({now + absl::Milliseconds(50), give_up_at, deadline})));

@@ -32,8 +32,8 @@ void ReleaseEvent(void* user_data) {
 // Parses a request message from the raw bytes gRPC received. An empty
 // buffer is a message with every field unset.
 bool ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message) {
-  grpc::Slice bytes;
   if (buffer.Length() == 0) return message->ParseFromArray(nullptr, 0);
+  grpc::Slice bytes;
   return buffer.DumpToSingleSlice(&bytes).ok() &&
          message->ParseFromArray(bytes.begin(), static_cast<int>(bytes.size()));
 }
