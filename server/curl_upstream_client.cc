@@ -35,6 +35,8 @@ struct CurlUpstreamClient::Transfer {
   std::string body;
   size_t max_body = 0;
   bool too_large = false;
+  int sends = 0;           // times libcurl was about to send the request
+  bool resend_stopped = false;
   char error[CURL_ERROR_SIZE] = {0};
 
   ~Transfer() {
@@ -92,6 +94,17 @@ bool IsConnectError(CURLcode rc) {
 }
 
 }  // namespace
+
+int CurlUpstreamClient::OnPrereq(void* transfer, char* /*conn_primary_ip*/,
+                                 char* /*conn_local_ip*/, int /*conn_primary_port*/,
+                                 int /*conn_local_port*/) {
+  auto* t = static_cast<Transfer*>(transfer);
+  if (++t->sends > 1) {
+    t->resend_stopped = true;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  return CURL_PREREQFUNC_OK;
+}
 
 size_t CurlUpstreamClient::OnBody(char* data, size_t size, size_t n,
                                   void* user) {
@@ -201,13 +214,13 @@ void CurlUpstreamClient::Complete(std::unique_ptr<Request> request,
 }
 
 void CurlUpstreamClient::Fetch(const std::string& id, Callback done) {
-  const absl::Time start = clock_->Now();
+  const absl::Time start = clock_->Monotonic();
   if (absl::Status valid = ValidateTaskId(id); !valid.ok()) {
     UpstreamResult r;
     r.outcome = UpstreamOutcome::kInvalidArgument;
     r.code = "invalid_id";
     r.detail = std::string(valid.message());
-    r.latency = clock_->Now() - start;
+    r.latency = clock_->Monotonic() - start;
     if (done) std::move(done)(std::move(r));
     return;
   }
@@ -231,7 +244,7 @@ void CurlUpstreamClient::Fetch(const std::string& id, Callback done) {
     r.outcome = UpstreamOutcome::kTransient;
     r.code = "error";
     r.detail = std::string(kShuttingDown);
-    r.latency = clock_->Now() - start;
+    r.latency = clock_->Monotonic() - start;
     Complete(std::move(request), std::move(r));
   }
 }
@@ -262,7 +275,7 @@ void CurlUpstreamClient::StartTransfer(std::unique_ptr<Request> request) {
     r.outcome = UpstreamOutcome::kRejected;
     r.code = "error";
     r.detail = absl::StrCat("API key unavailable: ", key.status().message());
-    r.latency = clock_->Now() - request->start;
+    r.latency = clock_->Monotonic() - request->start;
     Complete(std::move(request), std::move(r));
     return;
   }
@@ -318,6 +331,11 @@ void CurlUpstreamClient::StartTransfer(std::unique_ptr<Request> request) {
     curl_easy_setopt(easy, CURLOPT_HTTP_VERSION,
                      static_cast<long>(CURL_HTTP_VERSION_1_1));
   }
+  // libcurl silently re-sends a request whose reused keep-alive connection
+  // died before an answer; the vendor may have counted the first one, and
+  // the hub's rate window counts one. Never send a request twice.
+  set(CURLOPT_PREREQFUNCTION, &CurlUpstreamClient::OnPrereq);
+  set(CURLOPT_PREREQDATA, static_cast<void*>(t.get()));
   set(CURLOPT_WRITEFUNCTION, &CurlUpstreamClient::OnBody);
   set(CURLOPT_WRITEDATA, static_cast<void*>(t.get()));
   set(CURLOPT_ERRORBUFFER, t->error);
@@ -331,7 +349,7 @@ void CurlUpstreamClient::StartTransfer(std::unique_ptr<Request> request) {
     r.outcome = UpstreamOutcome::kTransient;
     r.code = "error";
     r.detail = "could not set up the HTTP request";
-    r.latency = clock_->Now() - t->request->start;
+    r.latency = clock_->Monotonic() - t->request->start;
     Complete(std::move(t->request), std::move(r));
     return;
   }
@@ -350,13 +368,17 @@ void CurlUpstreamClient::FinishTransfer(void* easy_ptr, int curl_code) {
   const CURLcode rc = static_cast<CURLcode>(curl_code);
   UpstreamResult r;
   r.outcome = UpstreamOutcome::kTransient;
-  r.latency = now - t->request->start;
+  r.latency = clock_->Monotonic() - t->request->start;
 
   if (rc != CURLE_OK) {
     if (t->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
       r.code = "body_too_large";
       r.detail = absl::StrCat("upstream response body exceeds ",
                               options_.max_body_bytes, " bytes");
+    } else if (t->resend_stopped) {
+      r.code = "connection_lost";
+      r.detail =
+          "the reused connection closed before an answer; the request is not sent twice";
     } else if (rc == CURLE_OPERATION_TIMEDOUT) {
       r.code = "timeout";
       r.detail = CurlDetail(rc, t->error);
@@ -459,7 +481,7 @@ void CurlUpstreamClient::ShutDown() {
     r.outcome = UpstreamOutcome::kTransient;
     r.code = "error";
     r.detail = std::string(kShuttingDown);
-    r.latency = clock_->Now() - t->request->start;
+    r.latency = clock_->Monotonic() - t->request->start;
     Complete(std::move(t->request), std::move(r));
   }
   active.clear();
@@ -479,7 +501,7 @@ void CurlUpstreamClient::ShutDown() {
       r.outcome = UpstreamOutcome::kTransient;
       r.code = "error";
       r.detail = std::string(kShuttingDown);
-      r.latency = clock_->Now() - request->start;
+      r.latency = clock_->Monotonic() - request->start;
       Complete(std::move(request), std::move(r));
     }
   }

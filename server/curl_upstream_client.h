@@ -17,8 +17,11 @@
 // the system trust rather than replacing it). Redirects are not followed.
 // CURLOPT_NOSIGNAL is set. Proxies: libcurl's standard environment variables
 // (https_proxy, http_proxy, no_proxy) are honoured, as with the curl tool.
-// The API key is read from the ApiKeySource for each request, so a rotated
+// The API key is taken from the ApiKeySource for each request, so a rotated
 // key is used by the next request; it is sent as `Authorization: Bearer`.
+// ApiKeySource::Get() runs on the I/O thread and only reads memory (a file
+// source re-reads its file on a thread of its own), so no request path
+// touches the file system.
 //
 // Classification (UpstreamResult.code in quotes):
 //   200 + task parsed        kOk          "200"
@@ -30,6 +33,9 @@
 //   other HTTP statuses      kTransient   the status, e.g. "503"
 //   body over max_body_bytes kTransient   "body_too_large"
 //   timeout                  kTransient   "timeout"
+//   reused connection died   kTransient   "connection_lost" (libcurl would
+//     before an answer                     re-send it; it is never sent twice,
+//                                          so the rate cap holds at the vendor)
 //   cannot connect/resolve   kTransient   "connect_error"
 //   other libcurl errors     kTransient   "error"
 //   API key unavailable      kRejected    "error" (no request is made)
@@ -116,6 +122,9 @@ class CurlUpstreamClient : public UpstreamClient {
   static void Complete(std::unique_ptr<Request> request, UpstreamResult result);
   // libcurl write callback; enforces max_body_bytes.
   static size_t OnBody(char* data, size_t size, size_t n, void* transfer);
+  // libcurl pre-request callback: aborts a second send of one request.
+  static int OnPrereq(void* transfer, char* primary_ip, char* local_ip, int primary_port,
+                      int local_port);
 
   const Options options_;
   const std::shared_ptr<ApiKeySource> key_;

@@ -3,8 +3,12 @@
 // httplib servers defined here.
 #include "server/curl_upstream_client.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -102,6 +106,10 @@ class RawServer {
   }
   ~RawServer() {
     release_.Notify();
+    // httplib's stop() does nothing before the accept loop runs: a server
+    // stopped that early would never return from listen_after_bind().
+    const absl::Time end = absl::Now() + absl::Seconds(10);
+    while (!server_.is_running() && absl::Now() < end) absl::SleepFor(absl::Milliseconds(1));
     server_.stop();
     thread_.join();
   }
@@ -502,6 +510,28 @@ class SimTest : public ::testing::Test {
   std::unique_ptr<SimUpstream> sim_;
 };
 
+// libcurl would re-send a request whose reused keep-alive connection died
+// before an answer: the vendor would count both while the hub counted one
+// (found by the chaos soak: the vendor saw more than --max_upstream_qps).
+// The request is never sent twice; it is a transient failure instead.
+TEST_F(SimTest, ARequestIsNeverSentTwiceOnADeadConnection) {
+  TaskScript hold;
+  hold.advances = false;
+  sim_->SetTask("resent", hold);
+  auto client = Client();
+  UpstreamResult first = FetchSync(*client, "resent");  // opens the connection
+  ASSERT_EQ(first.outcome, UpstreamOutcome::kOk) << first.detail;
+  Fault reset;
+  reset.kind = FaultKind::kReset;
+  sim_->InjectFault("resent", reset);
+  UpstreamResult second = FetchSync(*client, "resent");  // reuses it: reset
+  EXPECT_EQ(sim_->RequestCount("resent"), 2) << "the request was sent twice";
+  EXPECT_EQ(second.outcome, UpstreamOutcome::kTransient);
+  EXPECT_EQ(second.code, "connection_lost") << second.detail;
+  UpstreamResult third = FetchSync(*client, "resent");  // a new connection
+  EXPECT_EQ(third.outcome, UpstreamOutcome::kOk) << third.detail;
+}
+
 TEST_F(SimTest, LifecycleFieldsMapped) {
   TaskScript script;
   script.queued_polls = 1;
@@ -772,8 +802,11 @@ TEST_F(SimTest, KeyRotationViaFile) {
     std::ofstream f(path, std::ios::trunc);
     f << "sk-SECRET-old\n";
   }
-  auto src = ApiKeySource::FromFile(path, &clock_);
+  ApiKeyFileOptions manual;
+  manual.check_interval = absl::ZeroDuration();  // checked by Refresh() below
+  auto src = ApiKeySource::FromFile(path, manual);
   ASSERT_TRUE(src.ok()) << src.status();
+  ApiKeySource* key = src->get();
   auto client = Client(nullptr, std::shared_ptr<ApiKeySource>(std::move(*src)));
   UpstreamResult r = Fetch(*client, "proj_rot");
   EXPECT_EQ(r.outcome, UpstreamOutcome::kRejected) << r.detail;
@@ -783,9 +816,96 @@ TEST_F(SimTest, KeyRotationViaFile) {
     f << kKey << "\n";
   }
   ASSERT_EQ(std::rename((path + ".new").c_str(), path.c_str()), 0);
-  clock_.Advance(absl::Seconds(1));
+  key->Refresh();
   r = Fetch(*client, "proj_rot");
   EXPECT_EQ(r.outcome, UpstreamOutcome::kOk) << r.code << " " << r.detail;
+}
+
+// The key file hangs (a FIFO without a writer blocks open(), like a hung
+// mount) while its check runs: requests go on with the last good key.
+TEST_F(SimTest, HungKeyFileDoesNotStallRequests) {
+  sim_->SetTask("proj_hung", TaskScript());
+  const std::string dir = absl::StrCat(TempDir(), "/hung_key_", ::getpid());
+  ::mkdir(dir.c_str(), 0700);
+  const std::string path = dir + "/key";
+  {
+    std::ofstream f(path, std::ios::trunc);
+    f << kKey << "\n";
+  }
+  ApiKeyFileOptions manual;
+  manual.check_interval = absl::ZeroDuration();
+  auto src = ApiKeySource::FromFile(path, manual);
+  ASSERT_TRUE(src.ok()) << src.status();
+  ApiKeySource* key = src->get();
+  auto client = Client(nullptr, std::shared_ptr<ApiKeySource>(std::move(*src)));
+  ASSERT_EQ(::mkfifo((dir + "/fifo").c_str(), 0600), 0);
+  ASSERT_EQ(std::rename((dir + "/fifo").c_str(), path.c_str()), 0);
+
+  // The check hangs on a thread of its own, as the source's checker does.
+  absl::Notification checked;
+  std::thread checker([&] {
+    key->Refresh();
+    checked.Notify();
+  });
+  // Unblocks every open() of the FIFO (the check's, and a request's if it
+  // read the file itself) until `done`, bounded; true if one was waiting.
+  auto release_until = [&](const std::function<bool()>& done) {
+    bool released = false;
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (!done() && absl::Now() < deadline) {
+      const int fd = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (fd >= 0) {
+        ::close(fd);
+        released = true;
+      }
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    return released;
+  };
+
+  // Requests below must really run while the check hangs: wait (bounded)
+  // until a thread of this process is blocked in open(), per /proc.
+  auto blocked_in_open = [] {
+    const pid_t self = static_cast<pid_t>(::syscall(SYS_gettid));
+    DIR* d = ::opendir("/proc/self/task");
+    if (d == nullptr) return false;
+    bool found = false;
+    while (struct dirent* e = ::readdir(d)) {
+      const pid_t tid = static_cast<pid_t>(std::atol(e->d_name));
+      if (e->d_name[0] == '.' || tid == self) continue;
+      std::ifstream f(absl::StrCat("/proc/self/task/", tid, "/syscall"));
+      long nr = -1;
+      if (f >> nr && nr == SYS_openat) found = true;
+    }
+    ::closedir(d);
+    return found;
+  };
+  const absl::Time hang_deadline = absl::Now() + absl::Seconds(10);
+  while (!blocked_in_open() && absl::Now() < hang_deadline) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  EXPECT_TRUE(blocked_in_open()) << "the check never blocked in open()";
+
+  for (int i = 0; i < 3; ++i) {
+    absl::Notification fetched;
+    UpstreamResult r;
+    client->Fetch("proj_hung", [&](UpstreamResult result) {
+      r = std::move(result);
+      fetched.Notify();
+    });
+    const bool prompt = fetched.WaitForNotificationWithTimeout(absl::Seconds(5));
+    EXPECT_TRUE(prompt) << "a request waited for the key file";
+    if (!prompt) release_until([&] { return fetched.HasBeenNotified(); });
+    fetched.WaitForNotification();
+    CheckNoSecrets(r);
+    EXPECT_EQ(r.outcome, UpstreamOutcome::kOk) << r.code << " " << r.detail;
+    if (!prompt) break;
+  }
+  EXPECT_FALSE(checked.HasBeenNotified()) << "the check did not hang";
+  EXPECT_TRUE(release_until([&] { return checked.HasBeenNotified(); }));
+  checker.join();
+  ASSERT_EQ(::unlink(path.c_str()), 0);  // so that nothing can hang on it now
+  EXPECT_EQ(key->Get().value_or(""), kKey);  // the last good key
 }
 
 TEST_F(SimTest, SlowButWithinTimeout) {

@@ -15,14 +15,41 @@
 //   UNAVAILABLE on drain). Nothing is fabricated: transient upstream errors
 //   only delay the next poll (exponential backoff with jitter).
 // - Status only moves forward; terminal states are sticky and cached for
-//   `terminal_cache_ttl`; a task with no watchers is no longer polled and its
-//   memory is released unless a terminal state is cached.
-// - Sinks are called without the hub's lock held, from whichever thread
-//   drove the change, one delivery at a time (never concurrently).
+//   `terminal_cache_ttl`. A task with no watchers is no longer polled; its
+//   last state and next poll time are kept for one poll interval (so a
+//   watcher that reconnects within it costs no upstream request and a Get
+//   within it is answered from that state), then its memory is released.
+// - Every upstream request serves a caller who is still waiting: a Get that
+//   is cancelled (CancelGet) leaves the queue and, if nobody else waits for
+//   that id, its request is never sent. Polls for watchers go before Gets,
+//   and at most `max_pending_gets` Gets wait at once (RESOURCE_EXHAUSTED
+//   beyond).
+// - A 429 pauses all traffic for its Retry-After, capped at `backoff_max`.
+// - A task with no state yet retries a failed first poll on a short backoff
+//   (1 s doubling, capped at poll_interval), not the poll-interval backoff.
+// - Sinks and Get callbacks are called without the hub's lock held, one
+//   delivery at a time (never concurrently). With Create(), upstream results
+//   are applied and fanned out on the hub's scheduler thread, never on the
+//   upstream client's I/O thread; Watch/Unwatch/Get/Drain may deliver on the
+//   calling thread.
 //
-// Time comes only from the injected Clock. Create() starts a scheduler
-// thread; CreateForTest() does not, and tests call RunDue() after advancing
-// a SimulatedClock.
+// Fleet mode: before each request the hub asks its PollGate (default: the
+// local one, which admits everything). The gate may let another sidecar
+// poll the task (this hub then forwards the states the fleet shares, with
+// the same SNAPSHOT / TRANSITION / HEARTBEAT rules, forward only), answer it
+// from a shared state, or make it wait for the fleet's budget or 429 pause.
+// Successful answers and 429s are told to the gate.
+//
+// Archiving: with an Archiver, the first COMPLETED of a task is handed to it
+// once (however many watchers); the COMPLETED event, and Gets, wait for its
+// answer (the task with `archive` or `archive_error` set), which is then
+// published like any transition. Polling stops meanwhile.
+//
+// Time comes only from the injected Clock; every timer (polls, heartbeats,
+// rate window, 429 pause, expiry) runs on its monotonic reading, so wall
+// clock steps change nothing. Create() starts a scheduler thread;
+// CreateForTest() does not (results are then applied on the thread that
+// delivers them), and tests call RunDue() after advancing a SimulatedClock.
 #ifndef VIDEOTASK_SERVER_POLL_HUB_H_
 #define VIDEOTASK_SERVER_POLL_HUB_H_
 
@@ -45,8 +72,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "proto/videotask/v1/video_task.pb.h"
+#include "server/archiver.h"
 #include "server/clock.h"
 #include "server/metrics.h"
+#include "server/poll_gate.h"
 #include "server/upstream_client.h"
 
 namespace videotask {
@@ -82,6 +111,9 @@ struct PollHubOptions {
   absl::Duration backoff_max = absl::Minutes(5);
   // Beyond this many open watches, Watch() returns RESOURCE_EXHAUSTED.
   int64_t max_watches = 100000;
+  // Beyond this many Gets waiting for an upstream answer, Get() answers
+  // RESOURCE_EXHAUSTED.
+  int64_t max_pending_gets = 1000;
 };
 
 // INVALID_ARGUMENT unless every option is in range.
@@ -90,6 +122,7 @@ absl::Status ValidatePollHubOptions(const PollHubOptions& options);
 class PollHub {
  public:
   using WatchId = uint64_t;
+  using GetId = uint64_t;
   using GetCallback = absl::AnyInvocable<void(absl::StatusOr<videotask::v1::VideoTask>) &&>;
 
   struct Stats {
@@ -97,19 +130,26 @@ class PollHub {
     int64_t watched_tasks = 0;  // tasks with at least one watcher
     int64_t tasks = 0;          // every task in memory, cached ones too
     int64_t inflight = 0;
+    int64_t pending_gets = 0;   // Gets waiting for an upstream answer
+    int64_t following = 0;      // watched tasks another sidecar polls
   };
 
-  // `client`, `clock` and `metrics` (may be null) must outlive the hub, and
-  // the client's callbacks must all have run before the hub is destroyed:
-  // call Shutdown(), then destroy the client, then the hub.
+  // `client`, `clock`, `metrics` (may be null) and `gate` (null: local)
+  // must outlive the hub, and the client's and gate's callbacks must all
+  // have run before the hub is destroyed: call Shutdown(), then destroy the
+  // gate and the client, then the hub.
   static absl::StatusOr<std::unique_ptr<PollHub>> Create(PollHubOptions options,
                                                          UpstreamClient* client, Clock* clock,
-                                                         MetricsRegistry* metrics);
+                                                         MetricsRegistry* metrics,
+                                                         PollGate* gate = nullptr,
+                                                         Archiver* archiver = nullptr);
   static absl::StatusOr<std::unique_ptr<PollHub>> CreateForTest(PollHubOptions options,
                                                                 UpstreamClient* client,
                                                                 Clock* clock,
                                                                 MetricsRegistry* metrics,
-                                                                uint64_t seed);
+                                                                uint64_t seed,
+                                                                PollGate* gate = nullptr,
+                                                                Archiver* archiver = nullptr);
   ~PollHub();
 
   // Starts watching `id` (validated already). The sink's first event is a
@@ -120,9 +160,16 @@ class PollHub {
   // a delivery was already under way. Unknown ids are ignored.
   void Unwatch(WatchId watch);
 
-  // The task's state: cached when fresh, else one upstream request (which
-  // does not start polling). `done` runs once, possibly inline.
-  void Get(const std::string& id, GetCallback done);
+  // The task's state: from the hub when it has one (terminal, watched, or
+  // unwatched for less than a poll interval), else one upstream request
+  // (which does not start polling). `done` runs once, possibly inline.
+  // Errors: RESOURCE_EXHAUSTED at max_pending_gets, UNAVAILABLE while
+  // draining, or the upstream's answer. Returns an id for CancelGet.
+  GetId Get(const std::string& id, GetCallback done);
+  // The caller of a pending Get has gone (cancelled, deadline): its `done`
+  // runs with CANCELLED, and the request is dropped from the queue if nobody
+  // else waits for it. Answered or unknown ids are ignored.
+  void CancelGet(GetId get);
 
   // Refuses new watches and Gets with UNAVAILABLE and ends every open watch
   // with UNAVAILABLE. Polling stops.
@@ -134,13 +181,14 @@ class PollHub {
   // in-flight caps, heartbeats, cache expiry. The scheduler thread calls it;
   // tests call it by hand.
   void RunDue();
-  // When RunDue() next has work (InfiniteFuture when only a completion or a
-  // new watch can create work).
+  // When RunDue() next has work, on the clock's Monotonic() scale
+  // (InfiniteFuture when only a completion or a new watch can create work).
   absl::Time NextWakeup();
 
   Stats GetStats();
 
  private:
+  using TimerSet = std::set<std::pair<absl::Time, std::string>>;
   struct Watcher {
     std::shared_ptr<WatchSink> sink;
     bool snapshotted = false;
@@ -149,12 +197,20 @@ class PollHub {
     std::string id;
     std::optional<videotask::v1::VideoTask> state;
     absl::flat_hash_map<WatchId, Watcher> watchers;
-    std::vector<GetCallback> get_waiters;
+    std::vector<std::pair<GetId, GetCallback>> get_waiters;
     bool inflight = false;
-    absl::Time next_poll = absl::InfiniteFuture();  // key in due_ when finite
+    // Key in poll_set (due_ for watched tasks, get_due_ else) when finite.
+    absl::Time next_poll = absl::InfiniteFuture();
+    TimerSet* poll_set = nullptr;
+    // When an unwatched task would have been polled next: a watcher that
+    // comes back within the linger polls then, not at once.
+    absl::Time parked_poll = absl::InfinitePast();
     absl::Time next_heartbeat = absl::InfiniteFuture();  // key in heartbeats_
-    absl::Time expires = absl::InfiniteFuture();  // key in expiry_ (terminal)
-    absl::Time last_ok = absl::InfinitePast();    // last successful poll
+    // Key in expiry_: the end of the terminal cache, or of an unwatched
+    // task's linger. While set, the task is kept in memory.
+    absl::Time expires = absl::InfiniteFuture();
+    bool following = false;  // the gate's last word was kFollow
+    bool archiving = false;  // COMPLETED handed to the archiver
     int transient_failures = 0;
     int not_found = 0;
   };
@@ -163,26 +219,58 @@ class PollHub {
     std::shared_ptr<const TaskEvent> event;  // null: error
     absl::Status error;
   };
-  using TimerSet = std::set<std::pair<absl::Time, std::string>>;
+  // Work the client and the gate hand to the scheduler thread.
+  struct Completion {
+    enum class Kind { kResult, kAdmission, kShared, kArchived };
+    Kind kind = Kind::kResult;
+    std::string id;
+    UpstreamResult result;           // kResult
+    PollGate::Admission admission;   // kAdmission; kShared, kArchived: .shared
+  };
 
   PollHub(PollHubOptions options, UpstreamClient* client, Clock* clock,
-          MetricsRegistry* metrics, uint64_t seed);
+          MetricsRegistry* metrics, uint64_t seed, PollGate* gate, Archiver* archiver);
   void Loop();
 
   Task* FindTask(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SetTimer(TimerSet& set, absl::Time& slot, const std::string& id, absl::Time t)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Schedules the task's next poll at `t` (InfiniteFuture: none) in the
+  // queue its callers belong to: due_ while it has watchers, else get_due_.
   void SchedulePoll(Task& task, absl::Time t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves a scheduled poll to the right queue after its watchers changed.
+  void RequeuePoll(Task& task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Last watcher gone: stop polling, keep state and schedule for a linger.
+  void Park(Task& task, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Duration Jittered(absl::Duration d, double fraction) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // base * 2^n, capped at backoff_max, +-20% jitter.
   absl::Duration Backoff(absl::Duration base, int n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::shared_ptr<const TaskEvent> MakeEvent(const Task& task,
                                              videotask::v1::WatchVideoTaskResponse::EventType type,
                                              videotask::v1::VideoTaskStatus previous);
-  // Starts due polls; returns the fetches to issue once the lock is released.
-  std::vector<std::string> StartDueLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void IssueFetches(std::vector<std::string> ids) ABSL_LOCKS_EXCLUDED(mu_);
+  // Starts due polls; returns (id, watched) of the requests to put to the
+  // gate once the lock is released.
+  std::vector<std::pair<std::string, bool>> StartDueLocked(absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void IssueFetches(std::vector<std::pair<std::string, bool>> ids) ABSL_LOCKS_EXCLUDED(mu_);
+  // The gate's answer for a started poll (any thread).
+  void OnAdmission(const std::string& id, PollGate::Admission admission) ABSL_LOCKS_EXCLUDED(mu_);
+  void ApplyAdmission(const std::string& id, PollGate::Admission admission)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A state another sidecar observed (any thread).
+  void OnShared(videotask::v1::VideoTask state) ABSL_LOCKS_EXCLUDED(mu_);
+  // Applies a shared state to a task this hub holds (forward only) and
+  // answers its Gets from it.
+  void ApplyShared(Task& task, videotask::v1::VideoTask state, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues `c` for the scheduler thread, or applies it now without one.
+  void EnqueueLocked(Completion c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ApplyCompletion(Completion c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Called by the client (any thread): accounts the request and queues the
+  // result for the scheduler thread (or applies it, without one).
   void OnResult(const std::string& id, UpstreamResult result) ABSL_LOCKS_EXCLUDED(mu_);
+  void ApplyResult(const std::string& id, UpstreamResult result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyState(Task& task, videotask::v1::VideoTask state, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EndTask(Task& task, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -191,7 +279,8 @@ class PollHub {
   void MaybeRelease(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AnswerGets(Task& task, const absl::StatusOr<videotask::v1::VideoTask>& answer)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool Fresh(const Task& task, absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The delay before retrying a failed poll.
+  absl::Duration RetryDelay(const Task& task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The task entry for `id`, created empty when there is none.
   Task& TaskLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs queued deliveries and Get answers outside the lock, one at a time.
@@ -201,6 +290,9 @@ class PollHub {
   const PollHubOptions options_;
   UpstreamClient* const client_;
   Clock* const clock_;
+  LocalPollGate local_gate_;
+  PollGate* const gate_;
+  Archiver* const archiver_;  // null: archiving off
 
   MetricsRegistry* const metrics_;
   Counter* rate_limited_total_ = nullptr;
@@ -210,12 +302,21 @@ class PollHub {
   absl::BitGen rng_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<Task>> tasks_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<WatchId, std::string> watch_index_ ABSL_GUARDED_BY(mu_);
-  TimerSet due_ ABSL_GUARDED_BY(mu_);
+  TimerSet due_ ABSL_GUARDED_BY(mu_);      // polls of watched tasks
+  TimerSet get_due_ ABSL_GUARDED_BY(mu_);  // requests only Gets wait for
+  absl::flat_hash_map<GetId, std::string> get_index_ ABSL_GUARDED_BY(mu_);
+  int64_t pending_gets_ ABSL_GUARDED_BY(mu_) = 0;
+  GetId next_get_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // Results the client delivered, applied by the scheduler thread.
+  std::vector<Completion> completions_ ABSL_GUARDED_BY(mu_);
+  bool threaded_ ABSL_GUARDED_BY(mu_) = false;  // a scheduler thread runs
   TimerSet heartbeats_ ABSL_GUARDED_BY(mu_);
   TimerSet expiry_ ABSL_GUARDED_BY(mu_);
   // End times of the requests that ended within the last second.
   std::deque<absl::Time> window_ ABSL_GUARDED_BY(mu_);
   absl::Time paused_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // The fleet's budget or pause said wait: no request starts before this.
+  absl::Time fleet_wait_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   int rate_limit_streak_ ABSL_GUARDED_BY(mu_) = 0;
   int inflight_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t active_watches_ ABSL_GUARDED_BY(mu_) = 0;
@@ -229,6 +330,8 @@ class PollHub {
   std::vector<std::pair<GetCallback, absl::StatusOr<videotask::v1::VideoTask>>> answers_
       ABSL_GUARDED_BY(mu_);
   bool flushing_ ABSL_GUARDED_BY(mu_) = false;
+  // COMPLETED tasks to hand to the archiver once the lock is released.
+  std::vector<videotask::v1::VideoTask> to_archive_ ABSL_GUARDED_BY(mu_);
 
   std::thread thread_;
 };

@@ -2,15 +2,19 @@
 
 #include <deque>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
+#include "server/archiver.h"
 #include "server/clock.h"
 #include "server/metrics.h"
+#include "server/poll_gate.h"
 
 namespace videotask {
 namespace {
@@ -155,8 +159,8 @@ class PollHubTest : public ::testing::Test {
   absl::Duration AdvanceToNextWakeup() {
     const absl::Time next = hub_->NextWakeup();
     EXPECT_NE(next, absl::InfiniteFuture());
-    const absl::Duration d = next - clock_.Now();
-    clock_.SetTime(next);
+    const absl::Duration d = next - clock_.Monotonic();
+    clock_.AdvanceTo(next);
     hub_->RunDue();
     return d;
   }
@@ -305,7 +309,7 @@ TEST_F(PollHubTest, ARequestHoldsItsRateSlotUntilOneSecondAfterItEnds) {
   upstream_.Reply("a", Ok(kQueued));
   hub_->RunDue();
   EXPECT_EQ(upstream_.Total(), 2) << "a's slot is held for 1 s after it ended";
-  EXPECT_EQ(hub_->NextWakeup(), clock_.Now() + absl::Seconds(1));
+  EXPECT_EQ(hub_->NextWakeup(), clock_.Monotonic() + absl::Seconds(1));
   Advance(absl::Seconds(1));
   EXPECT_EQ(upstream_.Total(), 3);
 }
@@ -336,7 +340,7 @@ TEST_F(PollHubTest, RateLimitPausesAllTrafficForRetryAfter) {
   UpstreamResult r = Outcome(UpstreamOutcome::kRateLimited, "429");
   r.retry_after = absl::Seconds(2);
   upstream_.Reply("a", r);
-  EXPECT_EQ(hub_->NextWakeup(), clock_.Now() + absl::Seconds(2));
+  EXPECT_EQ(hub_->NextWakeup(), clock_.Monotonic() + absl::Seconds(2));
   for (int i = 0; i < 19; ++i) {
     Advance(absl::Milliseconds(100));
     EXPECT_EQ(upstream_.Total(), 1) << "request during the pause";
@@ -521,6 +525,9 @@ TEST_F(PollHubTest, LastWatcherLeavingStopsPollingAndReleasesMemory) {
   EXPECT_EQ(upstream_.Count("t"), 2) << "one watcher left: still polled";
   upstream_.Reply("t", Ok(kQueued));
   hub_->Unwatch(w2);
+  // The state lingers for one poll interval, then the memory is released.
+  EXPECT_EQ(hub_->GetStats().tasks, 1);
+  Advance(absl::Seconds(1));
   EXPECT_EQ(hub_->GetStats().tasks, 0);
   Advance(absl::Seconds(10));
   EXPECT_EQ(upstream_.Count("t"), 2);
@@ -534,8 +541,10 @@ TEST_F(PollHubTest, UnwatchWhileInFlightReleasesAfterTheAnswer) {
   hub_->Unwatch(last_watch_);
   EXPECT_EQ(hub_->GetStats().tasks, 1);
   upstream_.Reply("t", Ok(kQueued));
-  EXPECT_EQ(hub_->GetStats().tasks, 0);
   EXPECT_EQ(hub_->GetStats().inflight, 0);
+  EXPECT_EQ(hub_->GetStats().tasks, 1) << "the answer lingers for one poll interval";
+  Advance(PollHubOptions().poll_interval);
+  EXPECT_EQ(hub_->GetStats().tasks, 0);
 }
 
 TEST_F(PollHubTest, GetOfUnwatchedIdMakesOneRequestAndStartsNoPolling) {
@@ -557,6 +566,10 @@ TEST_F(PollHubTest, GetOfUnwatchedIdMakesOneRequestAndStartsNoPolling) {
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(got->status(), kProcessing);
   EXPECT_EQ(got->id(), "t");
+  // Within the next poll interval another Get is answered from that state.
+  hub_->Get("t", cb);
+  EXPECT_EQ(answers, 3);
+  EXPECT_EQ(upstream_.Count("t"), 1);
   Advance(absl::Seconds(30));
   EXPECT_EQ(upstream_.Count("t"), 1);
   EXPECT_EQ(hub_->GetStats().tasks, 0);
@@ -652,6 +665,462 @@ TEST_F(PollHubTest, InvalidOptionsAreRejected) {
   EXPECT_FALSE(PollHub::CreateForTest(o, &upstream_, &clock_, nullptr, 1).ok());
 }
 
+
+// Issue: callers who gave up kept spending the vendor's budget. A cancelled
+// Get leaves the queue; its request is never sent.
+TEST_F(PollHubTest, CancelledGetsNeverReachTheUpstream) {
+  PollHubOptions o;
+  o.max_upstream_qps = 5;
+  MakeHub(o);
+  std::vector<PollHub::GetId> gets;
+  std::map<std::string, absl::StatusCode> codes;
+  for (int i = 0; i < 400; ++i) {
+    const std::string id = "g" + std::to_string(i);
+    gets.push_back(hub_->Get(id, [&codes, id](absl::StatusOr<VideoTask> r) {
+      codes[id] = r.status().code();
+    }));
+  }
+  EXPECT_EQ(hub_->GetStats().pending_gets, 400);
+  hub_->RunDue();
+  ASSERT_EQ(upstream_.Total(), 5);
+  for (PollHub::GetId g : gets) hub_->CancelGet(g);
+  EXPECT_EQ(codes.size(), 400u);
+  for (const auto& [id, code] : codes) EXPECT_EQ(code, absl::StatusCode::kCancelled) << id;
+  EXPECT_EQ(hub_->GetStats().pending_gets, 0);
+  for (const std::string& id : upstream_.PendingIds()) upstream_.Reply(id, Ok(kQueued));
+  Advance(absl::Seconds(100));
+  EXPECT_EQ(upstream_.Total(), 5) << "requests sent for callers who had left";
+  EXPECT_EQ(hub_->GetStats().tasks, 0);
+  hub_->CancelGet(gets[0]);  // twice: ignored
+}
+
+TEST_F(PollHubTest, PendingGetsAreCapped) {
+  PollHubOptions o;
+  o.max_pending_gets = 3;
+  MakeHub(o);
+  absl::StatusOr<VideoTask> fourth;
+  for (int i = 0; i < 3; ++i) hub_->Get("g" + std::to_string(i), [](absl::StatusOr<VideoTask>) {});
+  hub_->Get("g3", [&](absl::StatusOr<VideoTask> r) { fourth = std::move(r); });
+  EXPECT_EQ(fourth.status().code(), absl::StatusCode::kResourceExhausted);
+  // Once answered, the places are free again.
+  hub_->RunDue();
+  for (int i = 0; i < 3; ++i) upstream_.Reply("g" + std::to_string(i), Ok(kQueued));
+  EXPECT_EQ(hub_->GetStats().pending_gets, 0);
+  absl::StatusOr<VideoTask> later;
+  hub_->Get("g4", [&](absl::StatusOr<VideoTask> r) { later = std::move(r); });
+  hub_->RunDue();
+  upstream_.Reply("g4", Ok(kQueued));
+  EXPECT_TRUE(later.ok()) << later.status();
+}
+
+// A burst of Gets must not delay a watcher's first poll.
+TEST_F(PollHubTest, WatchersPollBeforeAGetBacklog) {
+  PollHubOptions o;
+  o.max_upstream_qps = 5;
+  MakeHub(o);
+  for (int i = 0; i < 200; ++i) hub_->Get("g" + std::to_string(i), [](absl::StatusOr<VideoTask>) {});
+  Advance(absl::Milliseconds(10));
+  WatchOk("w");
+  hub_->RunDue();
+  for (const std::string& id : upstream_.PendingIds()) upstream_.Reply(id, Ok(kQueued));
+  Advance(absl::Seconds(1));
+  EXPECT_EQ(upstream_.Count("w"), 1) << "the watch waited behind the Gets";
+}
+
+// A Retry-After of a year must not stop all traffic for a year.
+TEST_F(PollHubTest, RetryAfterIsCappedAtMaxBackoff) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.backoff_max = absl::Seconds(60);
+  o.heartbeat_interval = absl::Hours(10);
+  MakeHub(o);
+  WatchOk("a");
+  hub_->RunDue();
+  UpstreamResult r = Outcome(UpstreamOutcome::kRateLimited, "429");
+  r.retry_after = absl::Hours(24 * 365);
+  upstream_.Reply("a", r);
+  EXPECT_EQ(hub_->NextWakeup(), clock_.Monotonic() + absl::Seconds(60));
+  Advance(absl::Seconds(59));
+  EXPECT_EQ(upstream_.Total(), 1);
+  Advance(absl::Seconds(1));
+  EXPECT_EQ(upstream_.Total(), 2);
+}
+
+// Timers run on the monotonic clock: wall clock steps (NTP, VM resume) in
+// either direction change neither polls nor heartbeats.
+TEST_F(PollHubTest, WallClockStepsDoNotMoveTimers) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.poll_jitter = 0;
+  o.heartbeat_interval = absl::Seconds(4);
+  MakeHub(o);
+  auto sink = WatchOk("t");
+  hub_->RunDue();
+  upstream_.Reply("t", Ok(kQueued));
+  clock_.StepWall(-absl::Hours(1));
+  Advance(absl::Seconds(4));
+  EXPECT_EQ(sink->events().size(), 2u) << "heartbeat after a step back";
+  Advance(absl::Seconds(6));
+  EXPECT_EQ(upstream_.Count("t"), 2) << "poll after a step back";
+  upstream_.Reply("t", Ok(kQueued));
+  const size_t events = sink->events().size();
+  const absl::Time wakeup = hub_->NextWakeup();
+  clock_.StepWall(absl::Hours(2));
+  hub_->RunDue();
+  EXPECT_EQ(upstream_.Count("t"), 2) << "a step forward made a poll due";
+  EXPECT_EQ(sink->events().size(), events) << "a step forward made a heartbeat due";
+  EXPECT_EQ(hub_->NextWakeup(), wakeup);
+}
+
+// Reconnects within a poll interval cost no upstream request: the state and
+// the schedule linger for one interval after the last watcher leaves.
+TEST_F(PollHubTest, ReconnectsWithinAPollIntervalCostNothing) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.poll_jitter = 0;
+  o.heartbeat_interval = absl::Hours(1);
+  MakeHub(o);
+  WatchOk("t");
+  hub_->RunDue();
+  upstream_.Reply("t", Ok(kProcessing));
+  for (int i = 0; i < 10; ++i) {
+    hub_->Unwatch(last_watch_);
+    Advance(absl::Milliseconds(500));
+    auto sink = WatchOk("t");
+    ASSERT_EQ(sink->events().size(), 1u) << "SNAPSHOT from the kept state";
+    EXPECT_EQ(sink->events()[0].status, kProcessing);
+    hub_->RunDue();
+  }
+  EXPECT_EQ(upstream_.Count("t"), 1) << "a reconnect cost an upstream request";
+  // A Get of the lingering task is answered from its state, too.
+  hub_->Unwatch(last_watch_);
+  absl::StatusOr<VideoTask> got;
+  hub_->Get("t", [&](absl::StatusOr<VideoTask> r) { got = std::move(r); });
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->status(), kProcessing);
+  EXPECT_EQ(upstream_.Count("t"), 1);
+  // The schedule was kept: back after the poll was due, it polls at once.
+  Advance(absl::Seconds(5) + absl::Milliseconds(100));
+  WatchOk("t");
+  hub_->RunDue();
+  EXPECT_EQ(upstream_.Count("t"), 2);
+  upstream_.Reply("t", Ok(kProcessing));
+  // Gone for longer than an interval: forgotten.
+  hub_->Unwatch(last_watch_);
+  Advance(absl::Seconds(10));
+  EXPECT_EQ(hub_->GetStats().tasks, 0);
+}
+
+// A watch whose first poll fails waits seconds, not poll_interval * 2, for
+// its SNAPSHOT; the retries grow to the poll interval.
+TEST_F(PollHubTest, FailedFirstPollIsRetriedSoon) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(30);
+  o.heartbeat_interval = absl::Hours(1);
+  MakeHub(o);
+  auto sink = WatchOk("t");
+  hub_->RunDue();
+  std::vector<absl::Duration> waits;
+  for (int i = 0; i < 7; ++i) {
+    upstream_.Reply("t", Outcome(UpstreamOutcome::kTransient, "503"));
+    waits.push_back(AdvanceToNextWakeup());
+    ASSERT_EQ(upstream_.PendingIds().size(), 1u);
+  }
+  EXPECT_GE(waits[0], absl::Milliseconds(800));
+  EXPECT_LE(waits[0], absl::Milliseconds(1200));
+  EXPECT_GE(waits[1], absl::Milliseconds(1600));
+  EXPECT_LE(waits[1], absl::Milliseconds(2400));
+  EXPECT_LE(waits[6], absl::Seconds(36));
+  EXPECT_GE(waits[6], absl::Seconds(24));
+  upstream_.Reply("t", Ok(kQueued));
+  ASSERT_EQ(sink->events().size(), 1u);
+  // With a state, failures back off from the poll interval as before.
+  AdvanceToNextWakeup();
+  upstream_.Reply("t", Outcome(UpstreamOutcome::kTransient, "503"));
+  const absl::Time failed = clock_.Monotonic();
+  absl::Time next = hub_->NextWakeup();
+  while (upstream_.PendingIds().empty() && next != absl::InfiniteFuture()) {
+    AdvanceToNextWakeup();
+    next = hub_->NextWakeup();
+  }
+  EXPECT_GE(clock_.Monotonic() - failed, absl::Seconds(48));
+}
+
+
+// A gate whose admissions wait until the test answers them.
+class FakeGate : public PollGate {
+ public:
+  void Admit(const std::string& id, bool watched, AdmitDone done) override {
+    absl::MutexLock lock(&mu_);
+    pending_.push_back({id, watched, std::move(done)});
+  }
+  void Observed(const VideoTask& task) override {
+    absl::MutexLock lock(&mu_);
+    observed_.push_back(task);
+  }
+  void RateLimited(absl::Duration pause) override {
+    absl::MutexLock lock(&mu_);
+    pauses_.push_back(pause);
+  }
+  void Released(const std::string& id) override {
+    absl::MutexLock lock(&mu_);
+    released_.push_back(id);
+  }
+  void SetListener(Listener listener) override { listener_ = std::move(listener); }
+
+  // Answers the oldest admission; returns whether it was for watchers.
+  bool Answer(Admission a) {
+    Asked p;
+    {
+      absl::MutexLock lock(&mu_);
+      EXPECT_FALSE(pending_.empty());
+      if (pending_.empty()) return false;
+      p = std::move(pending_.front());
+      pending_.pop_front();
+    }
+    std::move(p.done)(std::move(a));
+    return p.watched;
+  }
+  size_t Pending() {
+    absl::MutexLock lock(&mu_);
+    return pending_.size();
+  }
+  void Share(VideoTask t) { listener_(std::move(t)); }
+  std::vector<VideoTask> observed() {
+    absl::MutexLock lock(&mu_);
+    return observed_;
+  }
+  std::vector<absl::Duration> pauses() {
+    absl::MutexLock lock(&mu_);
+    return pauses_;
+  }
+  std::vector<std::string> released() {
+    absl::MutexLock lock(&mu_);
+    return released_;
+  }
+
+ private:
+  struct Asked {
+    std::string id;
+    bool watched = false;
+    AdmitDone done;
+  };
+  absl::Mutex mu_;
+  std::deque<Asked> pending_ ABSL_GUARDED_BY(mu_);
+  std::vector<VideoTask> observed_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::Duration> pauses_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> released_ ABSL_GUARDED_BY(mu_);
+  Listener listener_;
+};
+
+VideoTask State(const std::string& id, VideoTaskStatus status) {
+  VideoTask t;
+  t.set_id(id);
+  t.set_status(status);
+  return t;
+}
+
+PollGate::Admission Admit(PollGate::Admission::Kind kind,
+                          std::optional<VideoTask> shared = std::nullopt,
+                          absl::Duration wait = absl::ZeroDuration()) {
+  PollGate::Admission a;
+  a.kind = kind;
+  a.shared = std::move(shared);
+  a.wait = wait;
+  return a;
+}
+
+class PollHubGateTest : public PollHubTest {
+ protected:
+  void MakeGatedHub(PollHubOptions options = {}) {
+    options.poll_jitter = 0;
+    auto hub = PollHub::CreateForTest(options, &upstream_, &clock_, &metrics_, 42, &gate_);
+    ASSERT_TRUE(hub.ok()) << hub.status();
+    hub_ = std::move(*hub);
+  }
+  FakeGate gate_;
+};
+
+// Another sidecar polls the task: no request here; the fleet's state is the
+// SNAPSHOT, shared transitions are forwarded in order, forward only, and the
+// gate is asked again every interval.
+TEST_F(PollHubGateTest, FollowerForwardsSharedStatesWithoutRequests) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.heartbeat_interval = absl::Hours(1);
+  MakeGatedHub(o);
+  auto sink = WatchOk("t");
+  hub_->RunDue();
+  ASSERT_EQ(gate_.Pending(), 1u);
+  EXPECT_TRUE(gate_.Answer(Admit(PollGate::Admission::Kind::kFollow, State("t", kQueued))));
+  EXPECT_EQ(hub_->GetStats().inflight, 0);
+  EXPECT_EQ(hub_->GetStats().following, 1);
+  gate_.Share(State("t", kProcessing));
+  gate_.Share(State("t", kQueued));  // behind: ignored
+  Advance(absl::Seconds(10));
+  ASSERT_EQ(gate_.Pending(), 1u) << "asked again after an interval";
+  gate_.Answer(Admit(PollGate::Admission::Kind::kFollow, State("t", kProcessing)));
+  gate_.Share(State("t", kCompleted));
+  EXPECT_EQ(upstream_.Total(), 0);
+  const std::vector<Seen> seen = sink->events();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0].type, kSnapshot);
+  EXPECT_EQ(seen[0].status, kQueued);
+  EXPECT_EQ(seen[1].type, kTransition);
+  EXPECT_EQ(seen[1].status, kProcessing);
+  EXPECT_EQ(seen[2].status, kCompleted);
+  EXPECT_EQ(seen[2].previous, kProcessing);
+  EXPECT_TRUE(sink->ended());
+  // Shared states of tasks nobody here holds are not kept.
+  gate_.Share(State("other", kQueued));
+  EXPECT_EQ(hub_->GetStats().tasks, 1);  // "t", cached terminal
+}
+
+// The gate admits with the fleet's state: SNAPSHOT at once, then the
+// request; its answer is shared, and a 429 pauses the fleet.
+TEST_F(PollHubGateTest, AdmittedPollsShareWhatTheyObserve) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  MakeGatedHub(o);
+  auto sink = WatchOk("t");
+  hub_->RunDue();
+  gate_.Answer(Admit(PollGate::Admission::Kind::kPoll, State("t", kQueued)));
+  ASSERT_EQ(sink->events().size(), 1u);
+  ASSERT_EQ(upstream_.Count("t"), 1);
+  upstream_.Reply("t", Ok(kProcessing));
+  ASSERT_EQ(gate_.observed().size(), 1u);
+  EXPECT_EQ(gate_.observed()[0].status(), kProcessing);
+  EXPECT_EQ(gate_.observed()[0].id(), "t");
+  EXPECT_EQ(sink->events().size(), 2u);
+  Advance(absl::Seconds(10));
+  gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  UpstreamResult r = Outcome(UpstreamOutcome::kRateLimited, "429");
+  r.retry_after = absl::Seconds(3);
+  upstream_.Reply("t", r);
+  EXPECT_EQ(gate_.pauses(), std::vector<absl::Duration>{absl::Seconds(3)});
+  hub_->Unwatch(last_watch_);
+  EXPECT_EQ(gate_.released(), std::vector<std::string>{"t"});
+}
+
+// The fleet's budget says wait: nothing starts before then, and the slot is
+// free meanwhile.
+TEST_F(PollHubGateTest, FleetWaitHoldsEveryRequest) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.heartbeat_interval = absl::Hours(1);
+  MakeGatedHub(o);
+  WatchOk("a");
+  hub_->RunDue();
+  gate_.Answer(Admit(PollGate::Admission::Kind::kWait, std::nullopt, absl::Seconds(2)));
+  EXPECT_EQ(hub_->GetStats().inflight, 0);
+  WatchOk("b");
+  hub_->RunDue();
+  EXPECT_EQ(gate_.Pending(), 0u) << "a request started during the fleet's wait";
+  EXPECT_EQ(hub_->NextWakeup(), clock_.Monotonic() + absl::Seconds(2));
+  Advance(absl::Seconds(2));
+  EXPECT_EQ(gate_.Pending(), 2u);
+  gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  EXPECT_EQ(upstream_.Total(), 2);
+}
+
+// A Get answered by the fleet's state costs no request.
+TEST_F(PollHubGateTest, GetAnsweredFromTheFleetsState) {
+  MakeGatedHub();
+  absl::StatusOr<VideoTask> got;
+  hub_->Get("t", [&](absl::StatusOr<VideoTask> r) { got = std::move(r); });
+  hub_->RunDue();
+  EXPECT_FALSE(gate_.Answer(Admit(PollGate::Admission::Kind::kFollow, State("t", kCompleted))))
+      << "a Get must not take the lease";
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->status(), kCompleted);
+  EXPECT_EQ(upstream_.Total(), 0);
+  EXPECT_EQ(hub_->GetStats().pending_gets, 0);
+}
+
+
+// An archiver whose copies finish when the test says.
+class FakeArchiver : public Archiver {
+ public:
+  void Archive(const VideoTask& task, Done done) override {
+    absl::MutexLock lock(&mu_);
+    calls_.push_back({task, std::move(done)});
+  }
+  size_t calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_.size();
+  }
+  // Finishes the oldest copy with `archive_uri` (success) or `error`.
+  void Finish(const std::string& archive_uri, const std::string& error = "") {
+    std::pair<VideoTask, Done> call;
+    {
+      absl::MutexLock lock(&mu_);
+      ASSERT_FALSE(calls_.empty());
+      call = std::move(calls_.front());
+      calls_.pop_front();
+    }
+    VideoTask t = call.first;
+    if (error.empty()) {
+      t.mutable_archive()->set_uri(archive_uri);
+    } else {
+      t.set_archive_error(error);
+    }
+    std::move(call.second)(std::move(t));
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::deque<std::pair<VideoTask, Done>> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+// One archive per task however many watchers; COMPLETED waits for it and
+// carries it; polling stops meanwhile; later watchers and Gets get it.
+TEST_F(PollHubTest, CompletedWaitsForItsArchive) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  o.poll_jitter = 0;
+  o.heartbeat_interval = absl::Seconds(2);
+  FakeArchiver archiver;
+  auto hub = PollHub::CreateForTest(o, &upstream_, &clock_, &metrics_, 42, nullptr, &archiver);
+  ASSERT_TRUE(hub.ok());
+  hub_ = std::move(*hub);
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 50; ++i) sinks.push_back(WatchOk("t"));
+  hub_->RunDue();
+  upstream_.Reply("t", Ok(kProcessing));
+  Advance(absl::Seconds(1));
+  upstream_.Reply("t", Ok(kCompleted));
+  EXPECT_EQ(archiver.calls(), 1u);
+  Advance(absl::Seconds(5));
+  EXPECT_EQ(upstream_.Count("t"), 2) << "polled while archiving";
+  for (auto& sink : sinks) {
+    EXPECT_FALSE(sink->ended());
+    EXPECT_EQ(sink->events().back().type, kHeartbeat);
+    EXPECT_EQ(sink->events().back().status, kProcessing);
+  }
+  archiver.Finish("file:///archive/t.mp4");
+  for (auto& sink : sinks) {
+    ASSERT_TRUE(sink->ended());
+    EXPECT_EQ(sink->events().back().type, kTransition);
+    EXPECT_EQ(sink->events().back().status, kCompleted);
+  }
+  absl::StatusOr<VideoTask> got;
+  hub_->Get("t", [&](absl::StatusOr<VideoTask> r) { got = std::move(r); });
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->archive().uri(), "file:///archive/t.mp4");
+  EXPECT_EQ(archiver.calls(), 0u);
+  // A failed archive still completes the task, with the error.
+  auto other = WatchOk("u");
+  hub_->RunDue();
+  upstream_.Reply("u", Ok(kCompleted));
+  EXPECT_TRUE(other->events().empty()) << "the SNAPSHOT waits for the archive too";
+  archiver.Finish("", "video host answered 404");
+  ASSERT_TRUE(other->ended());
+  EXPECT_EQ(other->events().back().status, kCompleted);
+  hub_->Get("u", [&](absl::StatusOr<VideoTask> r) { got = std::move(r); });
+  EXPECT_EQ(got->archive_error(), "video host answered 404");
+}
+
 TEST(PollHubThreadTest, SchedulerThreadPollsOnItsOwn) {
   // The real scheduler thread with the real clock and a short interval.
   FakeUpstream upstream;
@@ -668,7 +1137,46 @@ TEST(PollHubThreadTest, SchedulerThreadPollsOnItsOwn) {
     }
     upstream.Reply("t", Ok(i < 2 ? kQueued : kCompleted));
   }
+  // Results are applied on the hub's thread.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!sink->ended() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
   EXPECT_TRUE(sink->ended());
+  (*hub)->Shutdown();
+}
+
+// The fan-out runs on the hub's thread, not on the thread that delivered the
+// upstream result (the client's I/O thread, here the test's).
+TEST(PollHubThreadTest, ResultsAreFannedOutOffTheClientThread) {
+  FakeUpstream upstream;
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(30);
+  auto hub = PollHub::Create(o, &upstream, RealClock::Get(), nullptr);
+  ASSERT_TRUE(hub.ok());
+  struct ThreadSink : WatchSink {
+    void OnEvent(std::shared_ptr<const TaskEvent>) override {
+      absl::MutexLock lock(&mu);
+      threads.push_back(std::this_thread::get_id());
+    }
+    void OnError(const absl::Status&) override {}
+    absl::Mutex mu;
+    std::vector<std::thread::id> threads ABSL_GUARDED_BY(mu);
+  };
+  auto sink = std::make_shared<ThreadSink>();
+  ASSERT_TRUE((*hub)->Watch("t", sink).ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (upstream.PendingIds().empty() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  upstream.Reply("t", Ok(kQueued));
+  {
+    absl::MutexLock lock(&sink->mu);
+    ASSERT_TRUE(sink->mu.AwaitWithTimeout(
+        absl::Condition(+[](std::vector<std::thread::id>* t) { return !t->empty(); },
+                        &sink->threads),
+        absl::Seconds(10)));
+    EXPECT_NE(sink->threads[0], std::this_thread::get_id())
+        << "the client's thread delivered the fan-out";
+  }
   (*hub)->Shutdown();
 }
 

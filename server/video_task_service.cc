@@ -1,5 +1,6 @@
 #include "server/video_task_service.h"
 
+#include <algorithm>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "google/protobuf/message_lite.h"
+#include "server/request_parse.h"
 #include "server/task_id.h"
 
 namespace videotask {
@@ -23,19 +25,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 namespace {
 
 constexpr size_t kMaxQueuedEvents = 32;
+// While draining, how long a stream's write may be stuck before it is cut.
+constexpr absl::Duration kDrainStuckLimit = absl::Seconds(1);
 
 // Frees the event reference a slice holds once gRPC is done with the bytes.
 void ReleaseEvent(void* user_data) {
   delete static_cast<std::shared_ptr<const TaskEvent>*>(user_data);
-}
-
-// Parses a request message from the raw bytes gRPC received. An empty
-// buffer is a message with every field unset.
-bool ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message) {
-  if (buffer.Length() == 0) return message->ParseFromArray(nullptr, 0);
-  grpc::Slice bytes;
-  return buffer.DumpToSingleSlice(&bytes).ok() &&
-         message->ParseFromArray(bytes.begin(), static_cast<int>(bytes.size()));
 }
 
 // A ByteBuffer over the event's serialized bytes, without copying them.
@@ -56,6 +51,7 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
                const grpc::ByteBuffer* request)
       : service_(service), context_(context), link_(std::make_shared<Link>(this)) {
     ++service_->open_streams_;
+    service_->Register(this);
     videotask::v1::WatchVideoTaskRequest req;
     // Every early end goes through FinishLocked, which records it: OnCancel
     // may follow at once (a call cancelled before it got here) and must not
@@ -71,6 +67,9 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
       FinishLocked(ToGrpcStatus(s));
       return;
     }
+    // Headers at once: a client can tell "the sidecar took my watch" from
+    // "no answer" before the first upstream poll brings the SNAPSHOT.
+    StartSendInitialMetadata();
     absl::StatusOr<PollHub::WatchId> watch = service_->hub_->Watch(req.id(), link_);
     absl::MutexLock lock(&link_->mu);
     if (!watch.ok()) {
@@ -86,6 +85,30 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
     absl::MutexLock lock(&link_->mu);
     pending_.clear();
     if (!finished_) FinishLocked(grpc::Status::CANCELLED);
+  }
+
+  // The sweeper's check, for streams the hub may no longer feed (a terminal
+  // event or an error queued behind a stuck write): a write stuck longer
+  // than `stuck_limit` ends the stream as slow, and a slow stream is reset
+  // once it has been slow that long too.
+  void Sweep(absl::Time now, absl::Duration stuck_limit) {
+    absl::MutexLock lock(&link_->mu);
+    if (cut_) return;
+    if (slow_since_ != absl::InfiniteFuture()) {
+      if (now - slow_since_ >= stuck_limit) {
+        cut_ = true;
+        context_->TryCancel();
+      }
+      return;
+    }
+    if (!writing_ || now - write_started_ <= stuck_limit) return;
+    if (!finished_) {
+      SlowLocked();
+    } else {
+      // The final write (or the status behind it) is what is stuck.
+      service_->slow_watchers_->Increment();
+      slow_since_ = now;
+    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -106,6 +129,7 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
       absl::MutexLock lock(&link_->mu);
       link_->reactor = nullptr;
     }
+    service_->Unregister(this);
     service_->hub_->Unwatch(watch_id_);
     --service_->open_streams_;
     delete this;
@@ -135,7 +159,7 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
     const bool heartbeat =
         event->response.type() == WatchVideoTaskResponse::EVENT_TYPE_HEARTBEAT;
     if (writing_ &&
-        service_->clock_->Now() - write_started_ > service_->options_.slow_watcher_timeout) {
+        service_->clock_->Monotonic() - write_started_ > service_->options_.slow_watcher_timeout) {
       SlowLocked();
       return;
     }
@@ -162,7 +186,7 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
   void SlowLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(link_->mu) {
     service_->slow_watchers_->Increment();
     pending_.clear();
-    slow_since_ = service_->clock_->Now();
+    slow_since_ = service_->clock_->Monotonic();
     FinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                               "watcher is not reading its stream; reconnect"));
   }
@@ -176,7 +200,7 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
   void MaybeCutSlowLocked(bool task_ended) ABSL_EXCLUSIVE_LOCKS_REQUIRED(link_->mu) {
     if (slow_since_ == absl::InfiniteFuture() || cut_) return;
     if (task_ended ||
-        service_->clock_->Now() - slow_since_ >= service_->options_.slow_watcher_timeout) {
+        service_->clock_->Monotonic() - slow_since_ >= service_->options_.slow_watcher_timeout) {
       cut_ = true;
       context_->TryCancel();
     }
@@ -192,7 +216,7 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
     service_->events_sent_[event->response.type()]->Increment();
     current_ = SharedBytes(event);
     writing_ = true;
-    write_started_ = service_->clock_->Now();
+    write_started_ = service_->clock_->Monotonic();
     if (event->terminal()) {
       finished_ = true;
       StartWriteAndFinish(&current_, grpc::WriteOptions(), grpc::Status::OK);
@@ -241,6 +265,62 @@ VideoTaskServiceImpl::VideoTaskServiceImpl(PollHub* hub, Clock* clock, MetricsRe
       "Watch streams ended with RESOURCE_EXHAUSTED because the client stopped reading.");
   metrics->AddGauge("videotask_open_streams", "Open WatchVideoTask streams.",
                     [this] { return static_cast<double>(open_streams_.load()); });
+  sweeper_ = std::thread([this] { SweepLoop(); });
+}
+
+VideoTaskServiceImpl::~VideoTaskServiceImpl() {
+  {
+    absl::MutexLock lock(&streams_mu_);
+    stopping_ = true;
+  }
+  sweeper_.join();
+}
+
+void VideoTaskServiceImpl::Register(WatchReactor* stream) {
+  absl::MutexLock lock(&streams_mu_);
+  streams_.insert(stream);
+}
+
+void VideoTaskServiceImpl::Unregister(WatchReactor* stream) {
+  absl::MutexLock lock(&streams_mu_);
+  streams_.erase(stream);
+}
+
+void VideoTaskServiceImpl::Drain() {
+  absl::MutexLock lock(&streams_mu_);
+  draining_ = true;
+}
+
+absl::Duration VideoTaskServiceImpl::StuckLimit() const {
+  // While draining, a stream that cannot take its UNAVAILABLE within a
+  // second is not read by its client: it must not hold up shutdown.
+  return draining_ ? std::min(options_.slow_watcher_timeout, kDrainStuckLimit)
+                   : options_.slow_watcher_timeout;
+}
+
+void VideoTaskServiceImpl::SweepLoop() {
+  absl::MutexLock lock(&streams_mu_);
+  while (!stopping_) {
+    // Real time between sweeps; ages come from the injected clock.
+    const absl::Duration every =
+        std::clamp(StuckLimit() / 4, absl::Milliseconds(10), absl::Seconds(1));
+    streams_mu_.AwaitWithTimeout(absl::Condition(&stopping_), every);
+    if (stopping_) break;
+    SweepLocked();
+  }
+}
+
+void VideoTaskServiceImpl::SweepLocked() {
+  const absl::Time now = clock_->Monotonic();
+  const absl::Duration limit = StuckLimit();
+  // Lock order: streams_mu_, then a stream's own lock (OnDone takes them
+  // one after the other, never nested).
+  for (WatchReactor* stream : streams_) stream->Sweep(now, limit);
+}
+
+void VideoTaskServiceImpl::SweepForTest() {
+  absl::MutexLock lock(&streams_mu_);
+  SweepLocked();
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoTaskServiceImpl::WatchVideoTask(
@@ -248,32 +328,72 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoTaskServiceImpl::WatchVideoTask
   return new WatchReactor(this, context, request);
 }
 
-grpc::ServerUnaryReactor* VideoTaskServiceImpl::GetVideoTask(grpc::CallbackServerContext* context,
-                                                                const grpc::ByteBuffer* request,
-                                                                grpc::ByteBuffer* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  videotask::v1::GetVideoTaskRequest req;
-  if (!ParseRequest(*request, &req)) {
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed GetVideoTaskRequest"));
-    return reactor;
+// One GetVideoTask call. Its hub Get is cancelled when the call is (client
+// cancel or deadline), so an abandoned Get never reaches the vendor. gRPC
+// owns the reactor (deleted in OnDone, after Finish); the hub's answer is
+// the only Finish once the Get is registered.
+class VideoTaskServiceImpl::GetReactor : public grpc::ServerUnaryReactor {
+ public:
+  GetReactor(VideoTaskServiceImpl* service, const grpc::ByteBuffer* request,
+             grpc::ByteBuffer* response)
+      : service_(service), response_(response) {
+    videotask::v1::GetVideoTaskRequest req;
+    if (!ParseRequest(*request, &req)) {
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed GetVideoTaskRequest"));
+      return;
+    }
+    if (absl::Status s = ValidateTaskId(req.id()); !s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    // May answer (and Finish) inline.
+    const PollHub::GetId get = service_->hub_->Get(
+        req.id(), [this](absl::StatusOr<videotask::v1::VideoTask> task) { Answer(task); });
+    bool cancel = false;
+    {
+      absl::MutexLock lock(&mu_);
+      get_ = get;
+      cancel = cancelled_;  // OnCancel came before the Get had its id
+    }
+    if (cancel) service_->hub_->CancelGet(get);
   }
-  if (absl::Status s = ValidateTaskId(req.id()); !s.ok()) {
-    reactor->Finish(ToGrpcStatus(s));
-    return reactor;
+
+  void OnCancel() override {
+    PollHub::GetId get = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      get = get_;
+    }
+    if (get != 0) service_->hub_->CancelGet(get);  // answered: ignored
   }
-  // The call (and `response`) live until Finish, even if the client leaves.
-  hub_->Get(req.id(), [reactor, response](absl::StatusOr<videotask::v1::VideoTask> task) {
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Answer(const absl::StatusOr<videotask::v1::VideoTask>& task) {
     if (!task.ok()) {
-      reactor->Finish(ToGrpcStatus(task.status()));
+      Finish(ToGrpcStatus(task.status()));
       return;
     }
     const std::string bytes = task->SerializeAsString();
     grpc::Slice slice(bytes);
-    *response = grpc::ByteBuffer(&slice, 1);
-    reactor->Finish(grpc::Status::OK);
-  });
-  return reactor;
+    *response_ = grpc::ByteBuffer(&slice, 1);
+    Finish(grpc::Status::OK);
+  }
+
+  VideoTaskServiceImpl* const service_;
+  grpc::ByteBuffer* const response_;  // valid until OnDone
+  absl::Mutex mu_;
+  PollHub::GetId get_ ABSL_GUARDED_BY(mu_) = 0;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+grpc::ServerUnaryReactor* VideoTaskServiceImpl::GetVideoTask(grpc::CallbackServerContext* context,
+                                                                const grpc::ByteBuffer* request,
+                                                                grpc::ByteBuffer* response) {
+  (void)context;
+  return new GetReactor(this, request, response);
 }
 
 }  // namespace videotask

@@ -2,11 +2,12 @@
 // environment configuration, SIGTERM drain, and that the API key never
 // appears in its output.
 #include <signal.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -16,11 +17,16 @@
 #include "gtest/gtest.h"
 #include "proto/videotask/v1/video_task.grpc.pb.h"
 #include "tests/sim/sim_upstream.h"
+#include "tests/testing/listeners.h"
 #include "tests/testing/subprocess.h"
 
 namespace videotask {
 namespace {
 
+using testing::ConnectProbe;
+using testing::FreePort;
+using testing::ListenOn;
+using testing::PortOf;
 using testing::Runfile;
 using testing::Subprocess;
 
@@ -223,6 +229,31 @@ TEST_F(SidecarProcessTest, TheKeyNeverAppearsInAnyOutput) {
     EXPECT_FALSE(absl::StrContains(out, kKey)) << out;
     EXPECT_FALSE(absl::StrContains(out, "SECRET")) << out;
   }
+}
+
+TEST_F(SidecarProcessTest, TakenMetricsPortExitsWithOneLineAndNeverOpensTheGrpcPort) {
+  const int taken = ListenOn(0);
+  ASSERT_GE(taken, 0);
+  const int metrics_port = PortOf(taken);
+  const int grpc_port = FreePort();
+  // Connects to the gRPC port as fast as possible while the process lives.
+  ConnectProbe probe(grpc_port);
+  auto p = Subprocess::Start({Sidecar(), absl::StrCat("--listen=127.0.0.1:", grpc_port),
+                              absl::StrCat("--metrics_listen=127.0.0.1:", metrics_port),
+                              absl::StrCat("--upstream_url=", sim_->base_url()),
+                              absl::StrCat("--api_key_file=", key_file_)});
+  std::optional<int> code;
+  if (p.ok()) code = p->Wait(absl::Seconds(10));
+  probe.Stop();
+  ::close(taken);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_TRUE(code.has_value()) << "still running";
+  EXPECT_EQ(*code, 2);
+  const std::string err = p->Stderr();
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << "one clear line: " << err;
+  EXPECT_TRUE(absl::StrContains(err, absl::StrCat("--metrics_listen=127.0.0.1:", metrics_port)))
+      << err;
+  EXPECT_EQ(probe.connects(), 0) << "the gRPC port listened";
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // End-to-end tests of the sidecar in process: the real Sidecar (gRPC server,
 // poll hub, libcurl client, metrics endpoint) against the simulated upstream
 // over loopback, driven by a real gRPC client.
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <memory>
@@ -22,6 +24,7 @@
 #include "proto/videotask/v1/video_task.grpc.pb.h"
 #include "server/sidecar.h"
 #include "tests/sim/sim_upstream.h"
+#include "tests/testing/listeners.h"
 
 namespace videotask {
 namespace {
@@ -30,6 +33,11 @@ using sim::Fault;
 using sim::FaultKind;
 using sim::SimUpstream;
 using sim::TaskScript;
+using testing::CanListenOn;
+using testing::ConnectProbe;
+using testing::FreePort;
+using testing::ListenOn;
+using testing::PortOf;
 using v1::VideoTask;
 using v1::WatchVideoTaskResponse;
 
@@ -39,6 +47,24 @@ struct WatchResult {
   std::vector<WatchVideoTaskResponse> events;
   std::vector<absl::Time> times;
   grpc::Status status;
+};
+
+// Real time, with a wall clock that a test can step (NTP, VM resume).
+class SteppedClock : public Clock {
+ public:
+  absl::Time Now() const override {
+    absl::MutexLock lock(&mu_);
+    return absl::Now() + offset_;
+  }
+  absl::Time Monotonic() const override { return RealClock::Get()->Monotonic(); }
+  void Step(absl::Duration d) {
+    absl::MutexLock lock(&mu_);
+    offset_ += d;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::Duration offset_ ABSL_GUARDED_BY(mu_);
 };
 
 class SidecarTest : public ::testing::Test {
@@ -116,6 +142,7 @@ class SidecarTest : public ::testing::Test {
     return pred();
   }
 
+  SteppedClock stepped_clock_;  // outlives the sidecar that may use it
   std::unique_ptr<SimUpstream> sim_;
   std::unique_ptr<Sidecar> sidecar_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -224,7 +251,9 @@ TEST_F(SidecarTest, ThreeHundredTasksNeverExceedTheRateCap) {
 }
 
 TEST_F(SidecarTest, RateLimitWithRetryAfterSilencesAllTraffic) {
-  StartAll();
+  SidecarConfig c = DefaultConfig();
+  c.hub.backoff_max = absl::Seconds(5);  // the cap of every pause: above 2 s
+  StartAll(c);
   TaskScript hold;
   hold.advances = false;
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
@@ -709,6 +738,204 @@ TEST_F(SidecarTest, WatcherThatNeverReadsAgainIsCutAndFreesItsWatch) {
 
   const grpc::Status st = slow.Drain();
   EXPECT_FALSE(st.ok());
+}
+
+// Abandoned Gets: 40 Gets of distinct unwatched ids whose callers give up
+// after 300 ms, with a budget of one request a second. Once every caller has
+// left, no request is sent for them, and a watch opened then polls at once.
+TEST_F(SidecarTest, GetsWhoseCallersLeftNeverReachTheVendor) {
+  SidecarConfig c = DefaultConfig();
+  c.hub.max_upstream_qps = 1;
+  SimUpstream::Options so;
+  so.serve_unknown_ids = true;
+  StartAll(c, so);
+  std::vector<std::thread> callers;
+  std::atomic<int> deadline_exceeded{0};
+  for (int i = 0; i < 40; ++i) {
+    callers.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+      v1::GetVideoTaskRequest req;
+      req.set_id(absl::StrCat("abandoned-", i));
+      VideoTask task;
+      if (stub_->GetVideoTask(&ctx, req, &task).error_code() ==
+          grpc::StatusCode::DEADLINE_EXCEEDED) {
+        ++deadline_exceeded;
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  EXPECT_GE(deadline_exceeded.load(), 35);
+  ASSERT_TRUE(Eventually([&] { return sidecar_->hub()->GetStats().pending_gets == 0; }))
+      << "the hub still holds Gets whose callers left";
+  const int sent = sim_->TotalRequests();
+  EXPECT_LE(sent, 2);
+  // A watch now is not queued behind the abandoned Gets.
+  sim_->SetTask("after-gets", Script(1, 1));
+  WatchResult r = Watch("after-gets", absl::Seconds(10));
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(sim_->TotalRequests() - sim_->RequestCount("after-gets"), sent)
+      << "requests were sent for callers who had left";
+}
+
+// A task whose terminal event arrives while the stream's write is stuck (the
+// client stopped reading) is not fed by the hub any more; the stream is
+// still ended and then reset, instead of living while the client stays
+// connected.
+TEST_F(SidecarTest, StuckStreamWhoseTaskEndsIsReset) {
+  SidecarConfig c = DefaultConfig();
+  c.hub.heartbeat_interval = absl::Hours(1);
+  c.service.slow_watcher_timeout = absl::Milliseconds(500);
+  StartAll(c);
+  TaskScript big = BigHeldTask();
+  big.advances = true;
+  big.queued_polls = 1;
+  big.processing_polls = 1;
+  sim_->SetTask("big", big);
+  StalledWatch slow(sidecar_->target(), "big");
+  WatchVideoTaskResponse msg;
+  ASSERT_TRUE(slow.reader->Read(&msg));
+  // The TRANSITION is stuck behind the client; COMPLETED queues behind it.
+  ASSERT_TRUE(Eventually([&] { return sim_->RequestCount("big") >= 3; }));
+  EXPECT_TRUE(Eventually([&] { return sidecar_->service()->open_streams() == 0; },
+                         absl::Seconds(8)))
+      << "the stuck stream outlived its task";
+  EXPECT_TRUE(absl::StrContains(Metrics(), "videotask_slow_watchers_total 1")) << Metrics();
+  EXPECT_FALSE(slow.Drain().ok());
+}
+
+// Drain does not wait the whole grace period for a client that does not
+// read its stream.
+TEST_F(SidecarTest, StuckStreamDoesNotHoldUpShutdown) {
+  SidecarConfig c = DefaultConfig();
+  c.hub.heartbeat_interval = absl::Milliseconds(20);
+  c.service.slow_watcher_timeout = absl::Seconds(60);
+  StartAll(c);
+  sim_->SetTask("big", BigHeldTask());
+  StalledWatch slow(sidecar_->target(), "big");
+  WatchVideoTaskResponse msg;
+  ASSERT_TRUE(slow.reader->Read(&msg));
+  absl::SleepFor(absl::Milliseconds(300));  // heartbeats fill the window
+  const absl::Time start = absl::Now();
+  sidecar_->Shutdown(absl::Seconds(20));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << "shutdown waited for a stuck stream";
+  slow.Drain();
+}
+
+// The wall clock stepped back must not blind the slow-watcher check: ages
+// are measured on the monotonic clock.
+TEST_F(SidecarTest, SlowWatcherIsFoundAfterAWallClockStepBack) {
+  SteppedClock& clock = stepped_clock_;
+  SidecarConfig c = DefaultConfig();
+  c.clock = &clock;
+  c.hub.heartbeat_interval = absl::Milliseconds(20);
+  c.service.slow_watcher_timeout = absl::Milliseconds(500);
+  StartAll(c);
+  sim_->SetTask("big", BigHeldTask());
+  StalledWatch slow(sidecar_->target(), "big");
+  WatchVideoTaskResponse msg;
+  ASSERT_TRUE(slow.reader->Read(&msg));
+  // Heartbeats fill the flow-control window within a few writes; the write
+  // after that is stuck, stamped before the step.
+  absl::SleepFor(absl::Milliseconds(200));
+  clock.Step(-absl::Hours(2));
+  EXPECT_TRUE(Eventually(
+      [&] { return absl::StrContains(Metrics(), "videotask_slow_watchers_total 1"); },
+      absl::Seconds(10)))
+      << Metrics();
+  EXPECT_FALSE(slow.Drain().ok());
+}
+
+// Start-up failures. Ports here are fixed (picked free first), so a test can
+// tell whether the gRPC port was ever listening.
+
+SidecarConfig StartupConfig(int grpc_port, int metrics_port) {
+  SidecarConfig c;
+  c.listen = absl::StrCat("127.0.0.1:", grpc_port);
+  c.metrics_listen = absl::StrCat("127.0.0.1:", metrics_port);
+  c.api_key_env = "VIDEOTASK_E2E_KEY";
+  c.upstream_url = "http://127.0.0.1:9/v1";  // never reached: nothing is watched
+  return c;
+}
+
+TEST_F(SidecarTest, TakenMetricsPortFailsStartBeforeTheGrpcPortListens) {
+  for (const bool reuseport : {false, true}) {
+    SCOPED_TRACE(reuseport ? "taken with SO_REUSEPORT" : "taken");
+    const int taken = ListenOn(0, reuseport);
+    ASSERT_GE(taken, 0);
+    const int metrics_port = PortOf(taken);
+    const int grpc_port = FreePort();
+    ConnectProbe probe(grpc_port);
+    // Repeated, so that a gRPC port that listened for a moment is caught;
+    // on a loaded machine the probe may start late: go on until it has
+    // tried often enough (bounded).
+    for (int i = 0; i < 20 || (probe.attempts() < 20 && i < 5000); ++i) {
+      auto sc = Sidecar::Start(StartupConfig(grpc_port, metrics_port));
+      ASSERT_FALSE(sc.ok()) << "started on a metrics port that is taken";
+      EXPECT_EQ(sc.status().code(), absl::StatusCode::kUnavailable) << sc.status();
+      EXPECT_TRUE(absl::StrContains(sc.status().message(), "--metrics_listen")) << sc.status();
+    }
+    probe.Stop();
+    EXPECT_GT(probe.attempts(), 20);
+    EXPECT_EQ(probe.connects(), 0) << "the gRPC port listened";
+    EXPECT_TRUE(CanListenOn(grpc_port)) << "the gRPC port is bound";
+    ::close(taken);
+  }
+}
+
+TEST_F(SidecarTest, TakenGrpcPortFailsStartAndReleasesTheMetricsPort) {
+  const int taken = ListenOn(0, /*reuseport=*/true);
+  ASSERT_GE(taken, 0);
+  const int grpc_port = PortOf(taken);
+  const int metrics_port = FreePort();
+  for (int i = 0; i < 5; ++i) {
+    const absl::Time start = absl::Now();
+    auto sc = Sidecar::Start(StartupConfig(grpc_port, metrics_port));
+    ASSERT_FALSE(sc.ok()) << "started on a gRPC port that is taken";
+    EXPECT_EQ(sc.status().code(), absl::StatusCode::kUnavailable) << sc.status();
+    EXPECT_TRUE(absl::StrContains(sc.status().message(), "--listen=")) << sc.status();
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+    // The metrics endpoint that had started is closed again.
+    EXPECT_TRUE(CanListenOn(metrics_port)) << "the metrics port is still bound";
+  }
+  // One port for both: the second to bind fails, the first is released.
+  ::close(taken);
+  const int both = FreePort();
+  auto sc = Sidecar::Start(StartupConfig(both, both));
+  ASSERT_FALSE(sc.ok()) << "gRPC and metrics shared port " << both;
+  EXPECT_TRUE(absl::StrContains(sc.status().message(), "--listen=")) << sc.status();
+  EXPECT_TRUE(CanListenOn(both));
+}
+
+TEST_F(SidecarTest, StartAndImmediateDestructionIsClean) {
+  // Destruction right after Start (no Shutdown) stops the metrics endpoint
+  // even before its accept loop ran, and frees both ports.
+  for (int i = 0; i < 20; ++i) {
+    const int grpc_port = FreePort();
+    int metrics_port = FreePort();
+    while (metrics_port == grpc_port) metrics_port = FreePort();
+    auto sc = Sidecar::Start(StartupConfig(grpc_port, metrics_port));
+    ASSERT_TRUE(sc.ok()) << sc.status();
+    sc->reset();
+    EXPECT_TRUE(CanListenOn(grpc_port));
+    EXPECT_TRUE(CanListenOn(metrics_port));
+  }
+}
+
+// A name that merely starts with "127." is not loopback: plain http to it
+// would send the key in clear text (found by the flags fuzzer).
+TEST(SidecarConfigTest, OnlyLoopbackLiteralsMayUsePlainHttp) {
+  EXPECT_TRUE(IsLoopbackHost("127.0.0.1"));
+  EXPECT_TRUE(IsLoopbackHost("127.8.9.10"));
+  EXPECT_TRUE(IsLoopbackHost("localhost"));
+  EXPECT_TRUE(IsLoopbackHost("::1"));
+  EXPECT_TRUE(IsLoopbackHost("0:0:0:0:0:0:0:1"));
+  EXPECT_FALSE(IsLoopbackHost("127.attacker.example"));
+  EXPECT_FALSE(IsLoopbackHost("127.0.0.1.nip.io"));
+  EXPECT_FALSE(IsLoopbackHost("128.0.0.1"));
+  SidecarConfig c;
+  c.upstream_url = "http://127.attacker.example/v1";
+  EXPECT_EQ(ValidateSidecarConfig(c).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
