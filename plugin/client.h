@@ -5,16 +5,30 @@
 //   absl::StatusOr<VideoTask> t = client->Await("proj_123", {});
 //
 // Await() returns the final task (COMPLETED or FAILED: a failed video is a
-// result, not an error) or an error status. It reconnects on UNAVAILABLE,
+// result, not an error) or an error status. Before each stream, the first
+// one too, it waits for the channel to be connected (an HTTP/2 connection
+// the sidecar has answered). It reconnects on UNAVAILABLE,
 // RESOURCE_EXHAUSTED and transport errors (sidecar restart or drain) with
 // exponential backoff and jitter; the new stream's SNAPSHOT resumes exactly,
 // and a status already reported is never reported twice (a status changed
 // while disconnected is reported as a TRANSITION from the last one seen).
-// INVALID_ARGUMENT, NOT_FOUND and FAILED_PRECONDITION are final. Before each
-// new stream it waits for the channel to be connected. Only the caller's own
-// `timeout` gives DEADLINE_EXCEEDED; an outage longer than `give_up_after`
-// gives UNAVAILABLE; Cancellation::Cancel() ends the stream at once with
-// CANCELLED. Thread-safe.
+// INVALID_ARGUMENT, NOT_FOUND and FAILED_PRECONDITION are final.
+//
+// When time runs out, the error says whose fault it is:
+//  - UNAVAILABLE "sidecar at ADDR unreachable for D" when no stream was ever
+//    opened (the sidecar never sent a message on one, nor held one open
+//    until the caller's deadline or for 10 s) by the end of the caller's
+//    `timeout` or of `give_up_after` (D is that option);
+//  - DEADLINE_EXCEEDED only when the sidecar was reachable and the task did
+//    not finish within `timeout` (if the sidecar had become unreachable, the
+//    message says for how long);
+//  - UNAVAILABLE "sidecar at ADDR unavailable after retries" after an outage
+//    longer than `give_up_after` that followed opened streams.
+// Cancellation::Cancel() ends it at once with CANCELLED. A timeout or
+// give_up_after that is not positive is INVALID_ARGUMENT. Thread-safe.
+//
+// Get() and Health() also wait for the channel, up to their timeout, and
+// give the same UNAVAILABLE "unreachable" error when it never connects.
 #ifndef VIDEOTASK_PLUGIN_CLIENT_H_
 #define VIDEOTASK_PLUGIN_CLIENT_H_
 
@@ -43,6 +57,8 @@ class Cancellation {
   // Registers the context of the current attempt; false if already cancelled.
   bool Attach(grpc::ClientContext* context);
   void Detach();
+  // Waits until `until` or Cancel(), whichever is first; true if cancelled.
+  bool WaitUntil(absl::Time until);
 
   absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -50,7 +66,8 @@ class Cancellation {
 };
 
 struct AwaitOptions {
-  // Overall limit; DEADLINE_EXCEEDED after it.
+  // Overall limit: DEADLINE_EXCEEDED after it, or UNAVAILABLE when no stream
+  // was ever opened (see above).
   absl::Duration timeout = absl::InfiniteDuration();
   // Give up with UNAVAILABLE after an outage this long: from the end of the
   // last healthy stream (one that brought a new status or lasted 10 s), no
@@ -69,7 +86,8 @@ class VideoTaskClient {
  public:
   // `target`: "host:port" or "unix:PATH".
   static std::unique_ptr<VideoTaskClient> Create(const std::string& target);
-  explicit VideoTaskClient(std::shared_ptr<grpc::Channel> channel);
+  // `target` only names the sidecar in error messages.
+  explicit VideoTaskClient(std::shared_ptr<grpc::Channel> channel, std::string target = "");
 
   absl::StatusOr<videotask::v1::VideoTask> Await(const std::string& id,
                                                  const AwaitOptions& options);
@@ -78,7 +96,14 @@ class VideoTaskClient {
   absl::Status Health(absl::Duration timeout);
 
  private:
+  // Waits until the channel is READY (true), or until `until` passes or
+  // `cancellation` is cancelled (false).
+  bool WaitForReady(absl::Time until, Cancellation* cancellation);
+  // UNAVAILABLE "sidecar at ADDR unreachable for `d`", with `detail`.
+  absl::Status Unreachable(absl::Duration d, const std::string& detail) const;
+
   std::shared_ptr<grpc::Channel> channel_;
+  const std::string target_;
   std::unique_ptr<videotask::v1::VideoTaskService::Stub> stub_;
 };
 

@@ -7,8 +7,9 @@
 //   videotask health      exit 0 when the sidecar is SERVING
 //
 // Exit codes: 0 completed (or healthy), 1 video failed, 2 usage or invalid
-// id, 3 not found, 4 timed out, 5 sidecar unavailable after retries,
-// 6 upstream rejected credentials, 7 other error.
+// id, 3 not found, 4 timed out with the sidecar reachable, 5 sidecar
+// unreachable or unavailable after retries, 6 upstream rejected
+// credentials, 7 other error.
 #include <unistd.h>
 
 #include <cstdio>
@@ -35,11 +36,12 @@ ABSL_FLAG(std::string, target, "",
           "Sidecar address (host:port or unix:PATH). Default: $VIDEOTASK_TARGET, else "
           "127.0.0.1:50051.");
 ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
-          "Overall time limit (0: none for watch, 10s for get and health). Exit code 4 when "
-          "it passes.");
+          "Overall time limit (0: none for watch, 10s for get and health). When it passes: "
+          "exit 4 if the sidecar was reachable (the task is not done), exit 5 with \"sidecar "
+          "at ADDR unreachable for DUR\" if it never was.");
 ABSL_FLAG(absl::Duration, give_up_after, absl::Seconds(60),
           "watch: exit 5 after an outage this long (no stream that brought a new status or "
-          "lasted 10 s).");
+          "lasted 10 s), counted from the start when the sidecar never answered.");
 ABSL_FLAG(bool, quiet, false, "No human-readable lines on stderr.");
 
 namespace {
@@ -101,8 +103,8 @@ int Fail(const absl::Status& status, bool quiet) {
 }
 
 int Usage() {
-  std::cerr << "usage: videotask [--target=ADDR] [--timeout=DUR] [--quiet] "
-               "watch ID | get ID | health\n";
+  std::cerr << "usage: videotask [--target=ADDR] [--timeout=DUR] [--give_up_after=DUR] "
+               "[--quiet] watch ID | get ID | health\n";
   return kUsage;
 }
 
@@ -112,7 +114,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "videotask watch ID | get ID | health\n"
       "Exit codes: 0 completed, 1 video failed, 2 usage or invalid id, 3 not found, "
-      "4 timed out, 5 sidecar unavailable, 6 upstream rejected credentials, 7 other.");
+      "4 timed out (sidecar reachable), 5 sidecar unreachable or unavailable, 6 upstream "
+      "rejected credentials, 7 other.");
   for (int i = 1; i < argc; ++i) {
     const absl::string_view arg = argv[i];
     if (arg == "--") break;
@@ -140,6 +143,11 @@ int main(int argc, char** argv) {
   }
   const bool quiet = absl::GetFlag(FLAGS_quiet);
   const absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
+  const absl::Duration give_up_after = absl::GetFlag(FLAGS_give_up_after);
+  if (timeout < absl::ZeroDuration() || give_up_after <= absl::ZeroDuration()) {
+    std::cerr << "videotask: --timeout must not be negative and --give_up_after must be positive\n";
+    return Usage();
+  }
   if (args.size() < 2) return Usage();
   const std::string command = args[1];
   auto client = videotask::VideoTaskClient::Create(target);
@@ -173,7 +181,7 @@ int main(int argc, char** argv) {
   const bool human = !quiet && isatty(STDERR_FILENO);
   videotask::AwaitOptions options;
   if (timeout > absl::ZeroDuration()) options.timeout = timeout;
-  options.give_up_after = absl::GetFlag(FLAGS_give_up_after);
+  options.give_up_after = give_up_after;
   options.on_event = [human](const WatchVideoTaskResponse& e) {
     std::cout << Json(e) << std::endl;  // flushed: consumers read line by line
     if (human) {
@@ -182,6 +190,14 @@ int main(int argc, char** argv) {
           " ", e.task().id(), " ", Short(e.task().status()));
       if (!e.task().video_url().empty()) absl::StrAppend(&line, " ", e.task().video_url());
       if (!e.task().error().empty()) absl::StrAppend(&line, " error: ", e.task().error());
+      if (e.task().has_archive()) {
+        absl::StrAppend(&line, " archived: ", e.task().archive().uri(), " (",
+                        e.task().archive().size_bytes(), " bytes, sha256 ",
+                        e.task().archive().sha256(), ")");
+      }
+      if (!e.task().archive_error().empty()) {
+        absl::StrAppend(&line, " archive error: ", e.task().archive_error());
+      }
       std::cerr << line << "\n";
     }
   };

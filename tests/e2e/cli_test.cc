@@ -6,17 +6,21 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/sidecar.h"
 #include "tests/sim/sim_upstream.h"
+#include "tests/testing/listeners.h"
 #include "tests/testing/subprocess.h"
 
 namespace videotask {
 namespace {
 
+using testing::ClosedPortTarget;
 using testing::Runfile;
+using testing::SilentListener;
 using testing::Subprocess;
 
 class CliTest : public ::testing::Test {
@@ -129,8 +133,50 @@ TEST_F(CliTest, TimeoutExitsFour) {
 }
 
 TEST_F(CliTest, UnreachableSidecarExitsFive) {
-  EXPECT_EQ(Cli({"--give_up_after=500ms", "watch", "x"}, "127.0.0.1:1").code, 5);
-  EXPECT_EQ(Cli({"--timeout=500ms", "health"}, "127.0.0.1:1").code, 5);
+  const std::string closed = ClosedPortTarget();
+  Run r = Cli({"--give_up_after=500ms", "watch", "x"}, closed);
+  EXPECT_EQ(r.code, 5) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "sidecar at " + closed + " unreachable for 500ms")) << r.err;
+  EXPECT_EQ(Cli({"--timeout=500ms", "health"}, closed).code, 5);
+}
+
+// A sidecar that never answers (TCP accepted, no HTTP/2) or is not there:
+// when --timeout ends and no stream was ever opened, every command exits 5
+// naming the address, not 4 ("did not finish"), which would send the reader
+// to the vendor instead of the pod.
+TEST_F(CliTest, TimeoutWithTheSidecarNeverReachedExitsFiveNotFour) {
+  SilentListener silent;
+  for (const std::string& target : {silent.target(), ClosedPortTarget()}) {
+    for (const char* command : {"watch", "get"}) {
+      SCOPED_TRACE(absl::StrCat(command, " ", target));
+      Run r = Cli({"--timeout=1s", command, "x"}, target);
+      EXPECT_EQ(r.code, 5) << r.err;
+      EXPECT_TRUE(absl::StrContains(r.err, "sidecar at " + target + " unreachable for 1s"))
+          << r.err;
+    }
+    Run r = Cli({"--timeout=1s", "health"}, target);
+    EXPECT_EQ(r.code, 5) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, "sidecar at " + target + " unreachable for 1s")) << r.err;
+  }
+  // give_up_after shorter than the timeout ends a wait that never connects.
+  Run r = Cli({"--timeout=30s", "--give_up_after=500ms", "watch", "x"}, silent.target());
+  EXPECT_EQ(r.code, 5) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "unreachable for 500ms")) << r.err;
+}
+
+// The other side: a reachable sidecar whose first upstream poll hangs has
+// sent nothing when the timeout ends, and that is a timeout (exit 4).
+TEST_F(CliTest, TimeoutWithTheSidecarReachableAndTheVendorSlowExitsFour) {
+  sim_->SetTask("cli-slow", sim::TaskScript{});
+  sim::Fault hang;
+  hang.kind = sim::FaultKind::kHang;
+  hang.count = -1;
+  sim_->InjectFault("cli-slow", hang);
+  Run r = Cli({"--timeout=1s", "watch", "cli-slow"});
+  EXPECT_EQ(r.code, 4) << r.err;
+  EXPECT_FALSE(absl::StrContains(r.err, "unreachable")) << r.err;
+  EXPECT_EQ(Cli({"--timeout=-1s", "watch", "cli-slow"}).code, 2);
+  EXPECT_EQ(Cli({"--give_up_after=0s", "watch", "cli-slow"}).code, 2);
 }
 
 TEST_F(CliTest, RejectedCredentialsExitSix) {

@@ -7,7 +7,12 @@
 import * as grpc from '@grpc/grpc-js';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
-import { VideoTaskClient, VideoTaskRpcError, type VideoTaskClientOptions } from './client';
+import {
+  VideoTaskClient,
+  VideoTaskConfigurationError,
+  VideoTaskRpcError,
+  type VideoTaskClientOptions,
+} from './client';
 import {
   VIDEO_TASK_STATUSES,
   VideoTaskFailureTypes,
@@ -23,8 +28,10 @@ export interface VideoTaskActivitiesOptions extends VideoTaskClientOptions, Awai
   client?: VideoTaskClient;
   /**
    * Sees every reported event of every awaitVideoTask call: the SNAPSHOT,
-   * each TRANSITION, HEARTBEATs; a status is reported once per task, across
-   * reconnects and activity retries (see the README).
+   * each TRANSITION, HEARTBEATs. Within one attempt a status is reported once,
+   * across reconnects; across activity retries at least once (a retry after a
+   * worker died may report again what the dead attempt reported last; see the
+   * README), so make what it does idempotent.
    */
   onEvent?: (event: VideoTaskEvent, info: { id: string; attempt: number }) => void;
 }
@@ -34,8 +41,10 @@ export interface VideoTaskActivities {
    * Awaits the task and returns it once COMPLETED. Throws a non-retryable
    * ApplicationFailure `VideoTaskFailed` when the video FAILED, non-retryable
    * `VideoTaskNotFound` / `VideoTaskInvalidArgument` /
-   * `VideoTaskFailedPrecondition` for those gRPC errors, and a retryable
-   * `VideoTaskSidecarUnavailable` when the sidecar cannot be reached.
+   * `VideoTaskFailedPrecondition` for those gRPC errors, a non-retryable
+   * `VideoTaskConfigurationError` when the worker's settings are unusable,
+   * and a retryable `VideoTaskSidecarUnavailable` when the sidecar cannot be
+   * reached.
    */
   awaitVideoTask(id: string, options?: AwaitVideoTaskOptions): Promise<VideoTask>;
 }
@@ -47,7 +56,32 @@ function resumedStatus(details: unknown, id: string): VideoTaskStatus | undefine
   return d.lastStatus === 'VIDEO_TASK_STATUS_UNSPECIFIED' ? undefined : d.lastStatus;
 }
 
+/** Heartbeat period when the activity has no heartbeat timeout (heartbeats still carry cancellation). */
+export const DEFAULT_HEARTBEAT_PERIOD_MS = 10_000;
+const MIN_HEARTBEAT_PERIOD_MS = 50;
+const MAX_HEARTBEAT_PERIOD_MS = 60_000;
+
+/**
+ * How often the activity heartbeats at least: a third of the heartbeat
+ * timeout (so two heartbeats may be lost), kept within 50 ms - 60 s; 10 s
+ * when there is no heartbeat timeout.
+ */
+export function heartbeatPeriodMs(heartbeatTimeoutMs: number | undefined): number {
+  if (!heartbeatTimeoutMs || !Number.isFinite(heartbeatTimeoutMs) || heartbeatTimeoutMs <= 0) {
+    return DEFAULT_HEARTBEAT_PERIOD_MS;
+  }
+  return Math.min(MAX_HEARTBEAT_PERIOD_MS, Math.max(MIN_HEARTBEAT_PERIOD_MS, Math.floor(heartbeatTimeoutMs / 3)));
+}
+
 function toFailure(err: unknown, id: string): unknown {
+  if (err instanceof VideoTaskConfigurationError) {
+    return ApplicationFailure.create({
+      message: `video task ${id}: ${err.message}`,
+      type: VideoTaskFailureTypes.CONFIGURATION,
+      nonRetryable: true,
+      cause: err,
+    });
+  }
   if (!(err instanceof VideoTaskRpcError)) return err;
   const message = `video task ${id}: ${err.message}`;
   const details = [{ code: grpc.status[err.code] ?? String(err.code), message: err.details }];
@@ -85,14 +119,25 @@ export function createVideoTaskActivities(options: VideoTaskActivitiesOptions = 
     // An earlier attempt's heartbeat: resume from the status it reported.
     const resumed = resumedStatus(ctx.info.heartbeatDetails, id);
     let lastStatus: VideoTaskStatus = resumed ?? 'VIDEO_TASK_STATUS_UNSPECIFIED';
+    // Besides a heartbeat per message and per reconnect step, one on a local
+    // timer whenever none was sent for a period: a stream may be open but
+    // silent for longer than the heartbeat timeout (the sidecar waits for its
+    // first successful poll after a vendor error or a 429 pause), and the
+    // heartbeat timeout is there to notice a dead worker, not a slow vendor.
+    const periodMs = heartbeatPeriodMs(ctx.info.heartbeatTimeoutMs);
+    let phase: 'WAITING' | 'RECONNECTING' = 'WAITING';
+    let timer: NodeJS.Timeout | undefined;
     const heartbeat = (event: VideoTaskHeartbeatDetails['event']) => {
       const details: VideoTaskHeartbeatDetails = { id, lastStatus, event };
       ctx.heartbeat(details);
+      clearTimeout(timer);
+      timer = setTimeout(() => heartbeat(phase), periodMs);
     };
     if (resumed) ctx.log.info('resuming video task watch', { taskId: id, lastStatus: resumed, attempt });
 
     let task: VideoTask;
     try {
+      timer = setTimeout(() => heartbeat(phase), periodMs);
       client ??= new VideoTaskClient(options);
       task = await client.await(id, {
         giveUpAfterMs: callOptions.giveUpAfterMs ?? options.giveUpAfterMs,
@@ -114,6 +159,7 @@ export function createVideoTaskActivities(options: VideoTaskActivitiesOptions = 
         // Every message, HEARTBEATs included, keeps the activity alive.
         onMessage: (message, last) => {
           lastStatus = last;
+          phase = 'WAITING';
           heartbeat(message.type);
         },
         // Reconnecting is progress too, and lets a cancellation reach the
@@ -125,6 +171,7 @@ export function createVideoTaskActivities(options: VideoTaskActivitiesOptions = 
             details,
             delayMs,
           });
+          phase = 'RECONNECTING';
           heartbeat('RECONNECTING');
         },
         // So is waiting for the channel to reconnect to the sidecar (which
@@ -136,6 +183,8 @@ export function createVideoTaskActivities(options: VideoTaskActivitiesOptions = 
       // is already cancelled; rethrow the activity's CancelledFailure.
       if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason ?? err;
       throw toFailure(err, id);
+    } finally {
+      clearTimeout(timer);
     }
     if (task.status === 'VIDEO_TASK_STATUS_FAILED') {
       throw ApplicationFailure.create({

@@ -5,11 +5,15 @@
 // jitter and a wait for the channel to be READY, giving up once the sidecar
 // has been unhealthy for `giveUpAfterMs` (the outage clock, see
 // VideoTaskClient.await); the new stream's SNAPSHOT resumes exactly and a
-// status already reported is never reported twice.
+// status already reported is not reported again within one await.
+//
+// The API comes from a descriptor embedded at build time
+// (scripts/embed-proto.js), so there is no .proto file to find at run time.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { VIDEO_TASK_DESCRIPTOR_SET_BASE64 } from './generated/video_task_descriptor';
 import type {
   AwaitVideoTaskOptions,
   VideoTask,
@@ -33,30 +37,7 @@ export const HEALTHY_STREAM_MS = 10_000;
  */
 const READY_WAIT_SLICE_MS = 1_000;
 
-/**
- * The proto file: `explicit` if given, else $VIDEOTASK_PROTO_PATH, else
- * proto/videotask/v1/video_task.proto in the nearest directory above this
- * module that has it (the repository root when the package is used from the
- * repository).
- */
-export function resolveProtoPath(explicit?: string): string {
-  const given = explicit ?? process.env.VIDEOTASK_PROTO_PATH;
-  if (given) {
-    if (!fs.existsSync(given)) throw new Error(`videotask proto not found at ${given}`);
-    return path.resolve(given);
-  }
-  for (let dir = __dirname; ; dir = path.dirname(dir)) {
-    const candidate = path.join(dir, PROTO_RELATIVE_PATH);
-    if (fs.existsSync(candidate)) return candidate;
-    if (path.dirname(dir) === dir) break;
-  }
-  throw new Error(
-    `cannot find ${PROTO_RELATIVE_PATH} in any directory above ${__dirname}; ` +
-      'use the package from the videotask repository, or set VIDEOTASK_PROTO_PATH',
-  );
-}
-
-/** How the proto is loaded: JSON-style field names, enums by name, int64 as strings. */
+/** How the API is loaded: JSON-style field names, enums by name, int64 as strings. */
 export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
   keepCase: false,
   longs: String,
@@ -64,6 +45,46 @@ export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
   defaults: true,
   oneofs: true,
 };
+
+/**
+ * A worker configuration the client cannot work with (an empty target, a
+ * `protoPath` that is missing or not the videotask.v1 API): retrying does not
+ * help, so the activity reports it as a non-retryable failure.
+ */
+export class VideoTaskConfigurationError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'VideoTaskConfigurationError';
+  }
+}
+
+/**
+ * The videotask.v1 package definition: from `protoPath` when given (a
+ * video_task.proto to use instead of the embedded API), else from the
+ * descriptor embedded in this package at build time. Throws a
+ * VideoTaskConfigurationError when `protoPath` is missing or unloadable.
+ */
+export function loadVideoTaskPackageDefinition(protoPath?: string): protoLoader.PackageDefinition {
+  if (protoPath === undefined) {
+    return protoLoader.loadFileDescriptorSetFromBuffer(
+      Buffer.from(VIDEO_TASK_DESCRIPTOR_SET_BASE64, 'base64'),
+      PROTO_LOADER_OPTIONS,
+    );
+  }
+  if (!fs.existsSync(protoPath)) {
+    throw new VideoTaskConfigurationError(
+      `videotask: protoPath ${protoPath} does not exist; leave protoPath unset to use the API embedded in the package`,
+    );
+  }
+  try {
+    return protoLoader.loadSync(path.resolve(protoPath), PROTO_LOADER_OPTIONS);
+  } catch (err) {
+    throw new VideoTaskConfigurationError(
+      `videotask: cannot load protoPath ${protoPath}: ${err instanceof Error ? err.message : String(err)}`,
+      { cause: err },
+    );
+  }
+}
 
 interface VideoTaskServiceStub extends grpc.Client {
   WatchVideoTask(
@@ -78,17 +99,22 @@ type VideoTaskServiceCtor = new (
   options?: grpc.ChannelOptions,
 ) => VideoTaskServiceStub;
 
+/** Service constructors by protoPath ('' for the embedded API). */
 const serviceCtors = new Map<string, VideoTaskServiceCtor>();
 
-function loadService(protoPath: string): VideoTaskServiceCtor {
-  let ctor = serviceCtors.get(protoPath);
+function loadService(protoPath?: string): VideoTaskServiceCtor {
+  const key = protoPath ?? '';
+  let ctor = serviceCtors.get(key);
   if (!ctor) {
-    const definition = protoLoader.loadSync(protoPath, PROTO_LOADER_OPTIONS);
-    const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-      videotask: { v1: { VideoTaskService: VideoTaskServiceCtor } };
+    const loaded = grpc.loadPackageDefinition(loadVideoTaskPackageDefinition(protoPath)) as unknown as {
+      videotask?: { v1?: { VideoTaskService?: VideoTaskServiceCtor } };
     };
-    ctor = loaded.videotask.v1.VideoTaskService;
-    serviceCtors.set(protoPath, ctor);
+    const found = loaded.videotask?.v1?.VideoTaskService;
+    if (typeof found !== 'function') {
+      throw new VideoTaskConfigurationError(`videotask: ${protoPath} does not define videotask.v1.VideoTaskService`);
+    }
+    ctor = found;
+    serviceCtors.set(key, ctor);
   }
   return ctor;
 }
@@ -107,7 +133,11 @@ export class VideoTaskRpcError extends Error {
 export interface VideoTaskClientOptions {
   /** "host:port" or "unix:PATH". Default: $VIDEOTASK_TARGET, else 127.0.0.1:50051. */
   target?: string;
-  /** The video_task.proto to load; see resolveProtoPath(). */
+  /**
+   * A video_task.proto to load instead of the API embedded in the package
+   * (normally unset). Missing or unloadable: the constructor throws a
+   * VideoTaskConfigurationError.
+   */
   protoPath?: string;
   /** Default: insecure (the sidecar listens on loopback or a pod-local address). */
   credentials?: grpc.ChannelCredentials;
@@ -176,6 +206,28 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** The longest delay a Node timer takes (about 24.8 days); longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * An option in milliseconds: `fallback` when unset, else a number from `min`
+ * to MAX_TIMER_MS, else a VideoTaskConfigurationError.
+ */
+function checkedMs(name: string, value: unknown, fallback: number, min: number): number {
+  if (value === undefined || value === null) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > MAX_TIMER_MS) {
+    throw new VideoTaskConfigurationError(
+      `videotask: ${name} must be a number of milliseconds from ${min} to ${MAX_TIMER_MS}, not ${JSON.stringify(value) ?? String(value)}`,
+    );
+  }
+  return value;
+}
+
+/** 1000 -> "1s", 1500 -> "1.5s", 60000 -> "60s". */
+export function formatSeconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10}s`;
+}
+
 function isServiceError(err: unknown): err is grpc.ServiceError {
   return err instanceof Error && typeof (err as Partial<grpc.ServiceError>).code === 'number';
 }
@@ -186,16 +238,23 @@ export class VideoTaskClient {
 
   constructor(options: VideoTaskClientOptions = {}) {
     this.target = options.target || process.env.VIDEOTASK_TARGET || DEFAULT_TARGET;
-    const Service = loadService(resolveProtoPath(options.protoPath));
-    this.stub = new Service(this.target, options.credentials ?? grpc.credentials.createInsecure(), {
-      // Long-lived streams: keep the connection verified while nothing flows.
-      'grpc.keepalive_time_ms': 30_000,
-      'grpc.keepalive_timeout_ms': 10_000,
-      // Reconnect quickly after a sidecar restart.
-      'grpc.initial_reconnect_backoff_ms': 100,
-      'grpc.max_reconnect_backoff_ms': 2_000,
-      ...options.channelOptions,
-    });
+    const Service = loadService(options.protoPath);
+    try {
+      this.stub = new Service(this.target, options.credentials ?? grpc.credentials.createInsecure(), {
+        // Long-lived streams: keep the connection verified while nothing flows.
+        'grpc.keepalive_time_ms': 30_000,
+        'grpc.keepalive_timeout_ms': 10_000,
+        // Reconnect quickly after a sidecar restart.
+        'grpc.initial_reconnect_backoff_ms': 100,
+        'grpc.max_reconnect_backoff_ms': 2_000,
+        ...options.channelOptions,
+      });
+    } catch (err) {
+      throw new VideoTaskConfigurationError(
+        `videotask: cannot make a channel to ${this.target}: ${err instanceof Error ? err.message : String(err)}`,
+        { cause: err },
+      );
+    }
   }
 
   /**
@@ -203,7 +262,11 @@ export class VideoTaskClient {
    * video is a result here, not an error). Rejects with a VideoTaskRpcError
    * for INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION and other final
    * codes, with UNAVAILABLE once the outage clock reaches `giveUpAfterMs`, and
-   * with `signal.reason` when the signal aborts.
+   * with `signal.reason` when the signal aborts. The UNAVAILABLE message is
+   * "sidecar at TARGET unreachable for Ns" when the sidecar was never reached
+   * during the call (no stream answered and the channel never connected:
+   * nothing listens, or it accepts connections but never speaks HTTP/2), else
+   * "sidecar at TARGET unavailable after retries: <last error>".
    *
    * The outage clock starts when the call starts. When a stream ends without
    * a terminal status (with a retryable error, or OK), it was healthy if it
@@ -214,16 +277,35 @@ export class VideoTaskClient {
    * `giveUpAfterMs`, the call gives up; else it sleeps the jittered backoff
    * (never past the give-up point), doubles the backoff (up to
    * `maxBackoffMs`), waits for the channel to be READY (giving up if the
-   * give-up point passes first) and opens a new stream.
+   * give-up point passes first) and opens a new stream. A stream that the
+   * sidecar has not answered (no headers, no message) when the give-up point
+   * comes, on a channel that is not connected, is cancelled and the call gives
+   * up; one on a connected channel is left open (the sidecar is there and
+   * waits for the vendor), and only a stream that was answered or ran on a
+   * connected channel counts as healthy by lasting HEALTHY_STREAM_MS.
    */
   async await(id: string, options: WatchOptions = {}): Promise<VideoTask> {
-    const initialBackoff = options.initialBackoffMs ?? DEFAULT_INITIAL_BACKOFF_MS;
-    const maxBackoff = options.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS;
-    const giveUpAfter = options.giveUpAfterMs ?? DEFAULT_GIVE_UP_AFTER_MS;
+    const initialBackoff = checkedMs('initialBackoffMs', options.initialBackoffMs, DEFAULT_INITIAL_BACKOFF_MS, 0);
+    const maxBackoff = checkedMs('maxBackoffMs', options.maxBackoffMs, DEFAULT_MAX_BACKOFF_MS, 0);
+    const giveUpAfter = checkedMs('giveUpAfterMs', options.giveUpAfterMs, DEFAULT_GIVE_UP_AFTER_MS, 1);
     const { signal } = options;
     let backoff = initialBackoff;
     let outageStart = Date.now();
     let lastReported: VideoTaskStatus = options.lastStatus ?? 'VIDEO_TASK_STATUS_UNSPECIFIED';
+    const channel = this.stub.getChannel();
+    const connected = () => channel.getConnectivityState(false) === grpc.connectivityState.READY;
+    // Whether the sidecar was ever reached during this call: a stream was
+    // answered, or the channel was seen connected.
+    let reached = false;
+    const giveUp = (details: string) => {
+      if (reached) {
+        return new VideoTaskRpcError(grpc.status.UNAVAILABLE, `sidecar at ${this.target} unavailable after retries: ${details}`);
+      }
+      return new VideoTaskRpcError(
+        grpc.status.UNAVAILABLE,
+        `sidecar at ${this.target} unreachable for ${formatSeconds(Date.now() - outageStart)}`,
+      );
+    };
 
     for (;;) {
       if (signal?.aborted) throw abortReason(signal);
@@ -231,6 +313,24 @@ export class VideoTaskClient {
       const call = this.stub.WatchVideoTask({ id });
       const cancel = () => call.cancel();
       signal?.addEventListener('abort', cancel, { once: true });
+      // Whether this stream was answered (headers or a message), or ran on a
+      // connected channel: the sidecar was there.
+      let answered = false;
+      let streamReached = connected();
+      call.once('metadata', () => (answered = true));
+      // At the give-up point, a stream nobody answered on a channel that never
+      // connected (nothing listens, or a peer that never speaks HTTP/2, where
+      // grpc-js queues the call without a limit) is given up on.
+      let unanswered = false;
+      const watchdog = setTimeout(() => {
+        if (answered) return;
+        if (connected()) {
+          streamReached = true;
+          return;
+        }
+        unanswered = true;
+        call.cancel();
+      }, Math.max(0, outageStart + giveUpAfter - streamStart));
       let finalTask: VideoTask | undefined;
       let streamError: unknown;
       let callbackError: { error: unknown } | undefined;
@@ -238,6 +338,7 @@ export class VideoTaskClient {
       let reportedNewStatus = false;
       try {
         for await (const msg of call as AsyncIterable<VideoTaskEvent>) {
+          answered = true;
           const status = msg.task.status;
           const isChange = msg.type !== 'EVENT_TYPE_HEARTBEAT';
           try {
@@ -266,11 +367,15 @@ export class VideoTaskClient {
       } catch (err) {
         streamError = err;
       } finally {
+        clearTimeout(watchdog);
         signal?.removeEventListener('abort', cancel);
       }
+      if (answered || connected()) streamReached = true;
+      if (streamReached) reached = true;
       if (callbackError) throw callbackError.error;
       if (finalTask) return finalTask;
       if (signal?.aborted) throw abortReason(signal);
+      if (unanswered) throw giveUp('a new stream got no answer');
 
       let code: grpc.status = grpc.status.OK;
       let details = 'the stream ended before the task finished';
@@ -280,17 +385,15 @@ export class VideoTaskClient {
         details = streamError.details || streamError.message;
       }
       if (!RETRYABLE_CODES.has(code)) throw new VideoTaskRpcError(code, details);
-      const giveUp = () =>
-        new VideoTaskRpcError(grpc.status.UNAVAILABLE, `sidecar at ${this.target} unavailable after retries: ${details}`);
 
       const now = Date.now();
-      if (reportedNewStatus || now - streamStart >= HEALTHY_STREAM_MS) {
+      if (reportedNewStatus || (streamReached && now - streamStart >= HEALTHY_STREAM_MS)) {
         // A healthy stream: the outage starts now.
         outageStart = now;
         backoff = initialBackoff;
       }
       const giveUpAt = outageStart + giveUpAfter;
-      if (now >= giveUpAt) throw giveUp();
+      if (now >= giveUpAt) throw giveUp(details);
       // Exponential backoff with jitter, not past the give-up point.
       const delayMs = Math.max(0, Math.min(Math.round((0.5 + Math.random() * 0.5) * backoff), giveUpAt - now));
       options.onReconnect?.({ code, details, delayMs });
@@ -298,7 +401,11 @@ export class VideoTaskClient {
       backoff = Math.min(backoff * 2, maxBackoff);
       // While the channel is in TRANSIENT_FAILURE an RPC fails at once: wait
       // for it to connect instead of stacking our backoff on the channel's.
-      if (!(await this.waitForReady(giveUpAt, signal, options.onWaitForReady))) throw giveUp();
+      if (await this.waitForReady(giveUpAt, signal, options.onWaitForReady)) {
+        if (connected()) reached = true;
+      } else {
+        throw giveUp(details);
+      }
     }
   }
 

@@ -8,8 +8,9 @@ export {
   PROTO_LOADER_OPTIONS,
   PROTO_RELATIVE_PATH,
   VideoTaskClient,
+  VideoTaskConfigurationError,
   VideoTaskRpcError,
-  resolveProtoPath,
+  loadVideoTaskPackageDefinition,
 } from './client';
 export type { VideoTaskClientOptions, WatchOptions } from './client';
 export * from './types';

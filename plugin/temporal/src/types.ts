@@ -45,6 +45,22 @@ export interface VideoTask {
   actualDuration: ProtoSecondsNanos | null;
   error: string;
   observeTime: ProtoSecondsNanos | null;
+  /** The sidecar's durable copy (sidecar flag --archive_dir); null when not archived. */
+  archive: VideoArchive | null;
+  /** Why the sidecar could not archive the video; '' otherwise. */
+  archiveError: string;
+}
+
+/** videotask.v1.VideoArchive: where the sidecar copied a completed video. */
+export interface VideoArchive {
+  /** `file:///PATH/ID.EXT` on the volume shared with the sidecar. */
+  uri: string;
+  /** SHA-256 of the file, lowercase hex. */
+  sha256: string;
+  /** int64 as a decimal string. */
+  sizeBytes: string;
+  contentType: string;
+  archiveTime: ProtoSecondsNanos | null;
 }
 
 /** videotask.v1.WatchVideoTaskResponse as a plain object. */
@@ -57,16 +73,22 @@ export interface VideoTaskEvent {
 /**
  * What `awaitVideoTask` passes to `heartbeat()`. A retried attempt reads it
  * from `Context.current().info.heartbeatDetails` and resumes from
- * `lastStatus`, so a status reported by an earlier attempt is not reported
- * again.
+ * `lastStatus`. Statuses are reported at least once: the worker sends
+ * heartbeats throttled, so details recorded by Temporal can lag behind what
+ * an attempt reported, and the retry of an attempt that died then reports
+ * those statuses again (see the package README).
  */
 export interface VideoTaskHeartbeatDetails {
   /** The awaited task id. */
   id: string;
   /** The last status reported (by a SNAPSHOT or TRANSITION); UNSPECIFIED before the first. */
   lastStatus: VideoTaskStatus;
-  /** What caused this heartbeat: the event's type, or RECONNECTING while the sidecar is away. */
-  event: VideoTaskEventType | 'RECONNECTING';
+  /**
+   * What caused this heartbeat: the event's type; RECONNECTING while the
+   * sidecar is away; WAITING when the stream is open but silent (the local
+   * heartbeat timer, e.g. while the sidecar waits for its first poll).
+   */
+  event: VideoTaskEventType | 'RECONNECTING' | 'WAITING';
 }
 
 /** Per-call options of `awaitVideoTask` (serializable, so a workflow may pass them). */
@@ -99,10 +121,16 @@ export const VideoTaskFailureTypes = {
   INVALID_ARGUMENT: 'VideoTaskInvalidArgument',
   /** gRPC FAILED_PRECONDITION: the upstream rejects the sidecar's API key. Non-retryable. */
   FAILED_PRECONDITION: 'VideoTaskFailedPrecondition',
-  /** The sidecar was unreachable (or kept failing transiently) for giveUpAfterMs. Retryable. */
+  /**
+   * The sidecar was unreachable (message "sidecar at ADDR unreachable for
+   * Ns": never reached), or kept failing transiently, for giveUpAfterMs.
+   * Retryable.
+   */
   SIDECAR_UNAVAILABLE: 'VideoTaskSidecarUnavailable',
   /** Any other gRPC error (e.g. UNIMPLEMENTED, INTERNAL). Retryable. */
   RPC_ERROR: 'VideoTaskRpcError',
+  /** The worker's videotask settings are unusable (e.g. a `protoPath` that does not exist). Non-retryable. */
+  CONFIGURATION: 'VideoTaskConfigurationError',
 } as const;
 
 /** The failure types a workflow should list in `RetryPolicy.nonRetryableErrorTypes`. */
@@ -111,4 +139,5 @@ export const NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES: string[] = [
   VideoTaskFailureTypes.NOT_FOUND,
   VideoTaskFailureTypes.INVALID_ARGUMENT,
   VideoTaskFailureTypes.FAILED_PRECONDITION,
+  VideoTaskFailureTypes.CONFIGURATION,
 ];

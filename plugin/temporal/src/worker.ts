@@ -23,6 +23,13 @@ async function main(): Promise<void> {
       // heartbeat the worker sends; send them at least every 20 s (default:
       // 80% of the heartbeat timeout, at most 60 s).
       maxHeartbeatThrottleInterval: '20s',
+      // On SIGTERM the worker stops taking tasks and gives the running ones
+      // this long to finish (default 0: awaitVideoTask would be cancelled at
+      // once). Waits still running then are cancelled and retried on another
+      // worker, resuming from their heartbeat details. The pod's
+      // terminationGracePeriodSeconds must cover this plus the sidecar's drain
+      // (deploy/kubernetes/examples/temporal, checked by deploy/validate).
+      shutdownGraceTime: '30s',
     });
     await worker.run();
   } finally {

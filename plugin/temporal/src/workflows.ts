@@ -10,10 +10,10 @@ import { NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES } from './types';
 const { awaitVideoTask } = proxyActivities<VideoTaskActivities>({
   // One attempt may wait as long as a video can take to render.
   startToCloseTimeout: '2h',
-  // The activity heartbeats on every sidecar message; the sidecar sends one
-  // at least every --heartbeat_interval (default 15 s). One minute is three
-  // missed heartbeats: a dead worker is noticed within a minute and the task
-  // is awaited again elsewhere.
+  // The activity heartbeats on every sidecar message and, when the stream is
+  // silent (the sidecar waiting for the vendor) or reconnecting, on a timer
+  // every third of this. So a dead worker is noticed within a minute and the
+  // task is awaited again elsewhere; a slow vendor never times it out.
   heartbeatTimeout: '1m',
   retry: {
     initialInterval: '5s',

@@ -1,10 +1,15 @@
 // awaitVideoTask in Temporal's MockActivityEnvironment against the real
 // sidecar and the real simulated upstream.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { after, afterEach, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import type { Info } from '@temporalio/activity';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
@@ -15,7 +20,7 @@ import {
   type VideoTaskActivities,
   type VideoTaskActivitiesOptions,
 } from '../src';
-import { PROTO_LOADER_OPTIONS, resolveProtoPath } from '../src/client';
+import { loadVideoTaskPackageDefinition } from '../src/client';
 import type { VideoTaskEvent, VideoTaskHeartbeatDetails, VideoTaskStatus } from '../src/types';
 import { Sidecar, SimUpstream, closedPort, eventually, nextEvent } from '../testing/harness';
 
@@ -38,13 +43,19 @@ const runs: Run[] = [];
 class Run {
   readonly env: MockActivityEnvironment;
   readonly heartbeats: VideoTaskHeartbeatDetails[] = [];
+  /** When each heartbeat came (Date.now()). */
+  readonly heartbeatTimes: number[] = [];
   readonly events: VideoTaskEvent[] = [];
   readonly logs: LogEntry[] = [];
   readonly activities: VideoTaskActivities;
   /** The client made for `options.target`, closed after the test. */
   readonly ownClient?: VideoTaskClient;
 
-  constructor(options: VideoTaskActivitiesOptions, info?: Partial<Info>) {
+  constructor(
+    options: VideoTaskActivitiesOptions,
+    info?: Partial<Info>,
+    onEvent?: (event: VideoTaskEvent, run: Run) => void,
+  ) {
     if (!options.client) {
       this.ownClient = new VideoTaskClient({ target: options.target, channelOptions: options.channelOptions });
       options = { ...options, client: this.ownClient };
@@ -52,10 +63,16 @@ class Run {
     this.env = new MockActivityEnvironment(info, {
       logger: new DefaultLogger('DEBUG', (entry) => this.logs.push(entry)),
     });
-    this.env.on('heartbeat', (d: VideoTaskHeartbeatDetails) => this.heartbeats.push(d));
+    this.env.on('heartbeat', (d: VideoTaskHeartbeatDetails) => {
+      this.heartbeats.push(d);
+      this.heartbeatTimes.push(Date.now());
+    });
     this.activities = createVideoTaskActivities({
       ...options,
-      onEvent: (event) => this.events.push(event),
+      onEvent: (event) => {
+        onEvent?.(event, this);
+        this.events.push(event);
+      },
     });
     runs.push(this);
   }
@@ -127,8 +144,7 @@ class FakeSidecar {
   ) {}
 
   static async start(watch: (call: WatchCall, n: number) => void): Promise<FakeSidecar> {
-    const definition = protoLoader.loadSync(resolveProtoPath(), PROTO_LOADER_OPTIONS);
-    const loaded = grpc.loadPackageDefinition(definition) as unknown as {
+    const loaded = grpc.loadPackageDefinition(loadVideoTaskPackageDefinition()) as unknown as {
       videotask: { v1: { VideoTaskService: { service: grpc.ServiceDefinition } } };
     };
     const server = new grpc.Server();
@@ -158,6 +174,39 @@ function sendThenEnd(call: WatchCall, message: unknown, code: grpc.status): void
     if (code === grpc.status.OK) call.end();
     else call.emit('error', { code, details: 'the fake sidecar flaps' });
   });
+}
+
+/**
+ * A loopback port that accepts TCP connections and never answers (no HTTP/2
+ * settings): a hung sidecar, or the wrong process on the port.
+ */
+async function silentListener(): Promise<{ port: number; connections: () => number; close: () => Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  let connections = 0;
+  const server = net.createServer((socket) => {
+    connections++;
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    connections: () => connections,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** The largest gap between consecutive heartbeats from index `from` on, and from the last one to now. */
+function largestGap(run: Run, from = 0): number {
+  const times = [...run.heartbeatTimes.slice(from), Date.now()];
+  let gap = 0;
+  for (let i = 1; i < times.length; i++) gap = Math.max(gap, times[i] - times[i - 1]);
+  return gap;
 }
 
 describe('awaitVideoTask against a fake sidecar', () => {
@@ -246,6 +295,8 @@ describe('awaitVideoTask', () => {
         actualDuration: { seconds: '8', nanos: 0 },
         error: '',
         observeTime: null,
+        archive: null,
+        archiveError: '',
       },
     );
     assert.deepEqual(run.changes(), ['UNSPECIFIED>QUEUED', 'QUEUED>PROCESSING', 'PROCESSING>COMPLETED']);
@@ -427,7 +478,8 @@ describe('awaitVideoTask', () => {
     await assert.rejects(
       run.start('any-task'),
       isFailure('VideoTaskSidecarUnavailable', false, (f) => {
-        assert.match(f.message, /unavailable/i);
+        // Never reached: says so, and where, not a vague timeout.
+        assert.match(f.message, new RegExp(`^video task any-task: UNAVAILABLE: sidecar at ${target} unreachable for 1s$`));
         assert.deepEqual((f.details?.[0] as { code: string }).code, 'UNAVAILABLE');
       }),
     );
@@ -446,11 +498,165 @@ describe('awaitVideoTask', () => {
     const done = run.start('abandoned');
     await run.heartbeat((d) => d.event === 'EVENT_TYPE_SNAPSHOT');
     await gone.stop();
-    await assert.rejects(done, isFailure('VideoTaskSidecarUnavailable', false));
+    await assert.rejects(
+      done,
+      isFailure('VideoTaskSidecarUnavailable', false, (f) => {
+        // It was reached: not "unreachable", but what ended the last stream.
+        assert.match(f.message, new RegExp(`sidecar at ${gone.target} unavailable after retries: `));
+      }),
+    );
     // It reconnected with the last status in its heartbeats until it gave up.
     const reconnecting = run.heartbeats.filter((d) => d.event === 'RECONNECTING');
     assert.ok(reconnecting.length >= 2, `${reconnecting.length} reconnect heartbeats`);
     assert.ok(reconnecting.every((d) => d.lastStatus === QUEUED));
+  });
+
+  it('gives up on a sidecar that accepts connections but never answers, heartbeating meanwhile', LIMIT, async () => {
+    const silent = await silentListener();
+    try {
+      const target = `127.0.0.1:${silent.port}`;
+      const run = new Run(
+        { target, initialBackoffMs: 50, maxBackoffMs: 200, giveUpAfterMs: 1500 },
+        { heartbeatTimeoutMs: 600 },
+      );
+      const t0 = Date.now();
+      await assert.rejects(
+        run.start('hung-sidecar', 10_000),
+        isFailure('VideoTaskSidecarUnavailable', false, (f) => {
+          assert.match(f.message, new RegExp(`^video task hung-sidecar: UNAVAILABLE: sidecar at ${target} unreachable for 1\\.5s$`));
+        }),
+      );
+      const elapsed = Date.now() - t0;
+      assert.ok(elapsed >= 1500 && elapsed < 4000, `gave up after ${elapsed} ms`);
+      assert.ok(silent.connections() >= 1, 'it did connect');
+      // The heartbeat timer kept the attempt alive while the call hung (every ~200 ms).
+      assert.ok(run.heartbeats.length >= 4, `${run.heartbeats.length} heartbeats`);
+      assert.ok(run.heartbeats.every((d) => d.event === 'WAITING' && d.lastStatus === 'VIDEO_TASK_STATUS_UNSPECIFIED'));
+    } finally {
+      await silent.close();
+    }
+  });
+
+  it('heartbeats on a timer while the stream is open but silent (first poll failed)', LIMIT, async () => {
+    // A sim and sidecar of its own: every poll of the task fails with a 503
+    // until the faults are cleared, so the sidecar has nothing to send (no
+    // SNAPSHOT, no HEARTBEAT) and backs off.
+    const ownSim = await SimUpstream.start('empty');
+    const own = await Sidecar.start(ownSim).catch(async (err) => {
+      await ownSim.stop();
+      throw err;
+    });
+    try {
+      const id = 'first-poll-fails';
+      await ownSim.setTask(id, HOLD_QUEUED);
+      await ownSim.fault({ id, kind: 'server_error', count: -1 });
+      // A heartbeat timeout of 900 ms: a heartbeat at least every 300 ms. The
+      // reconnect deadline (1 s) passes too: the stream is open, not a reason to give up.
+      const run = new Run({ target: own.target, giveUpAfterMs: 1000 }, { heartbeatTimeoutMs: 900 });
+      const done = run.start(id, 20_000);
+      await run.until((hs) => hs.length >= 8, 'timer heartbeats', 5000);
+      const polls = JSON.parse(await ownSim.control('GET', '/_sim/counts')) as { tasks: Record<string, number> };
+      assert.ok((polls.tasks[id] ?? 0) >= 1, `the sidecar polled ${polls.tasks[id] ?? 0} times`);
+      assert.deepEqual(run.events, [], 'nothing from the sidecar yet');
+      assert.ok(run.heartbeats.every((d) => d.event === 'WAITING' && d.id === id));
+      const gap = largestGap(run);
+      assert.ok(gap < 600, `a ${gap} ms gap between heartbeats (period 300 ms)`);
+
+      // The vendor recovers: the SNAPSHOT arrives on the same stream.
+      await ownSim.control('DELETE', '/_sim/faults');
+      const mark = run.heartbeats.length;
+      await run.until((hs) => hs.slice(mark).some((d) => d.event === 'EVENT_TYPE_SNAPSHOT'), 'SNAPSHOT after recovery');
+      await ownSim.complete(id);
+      const task = (await done) as { status: string };
+      assert.equal(task.status, COMPLETED);
+      assert.deepEqual(run.changes(), ['UNSPECIFIED>QUEUED', 'QUEUED>COMPLETED']);
+      assert.ok(!run.logs.some((l) => /reconnecting/.test(l.message)), 'one stream throughout');
+    } finally {
+      await own.stop();
+      await ownSim.stop();
+    }
+  });
+
+  it('reports a status before heartbeating it, so a retry repeats rather than loses it (at least once)', LIMIT, async () => {
+    await sim.setTask('order', { queued_polls: 2, processing_polls: 2 });
+    // What the heartbeats said when each change was reported.
+    const recordedAtReport: string[] = [];
+    const run = new Run({ client }, undefined, (event, r) => {
+      if (event.type === 'EVENT_TYPE_HEARTBEAT') return;
+      recordedAtReport.push(`${short(r.heartbeats.at(-1)?.lastStatus ?? 'VIDEO_TASK_STATUS_UNSPECIFIED')}<${short(event.task.status)}`);
+    });
+    await run.start('order');
+    assert.deepEqual(run.changes(), ['UNSPECIFIED>QUEUED', 'QUEUED>PROCESSING', 'PROCESSING>COMPLETED']);
+    // Each status was reported while the heartbeat details still held the one
+    // before: a worker dying in between leaves details from which the retry
+    // reports the status again (as the 'moved-on' test shows), never skips it.
+    assert.deepEqual(recordedAtReport, ['UNSPECIFIED<QUEUED', 'QUEUED<PROCESSING', 'PROCESSING<COMPLETED']);
+  });
+
+  it('works from a copy of the built package outside the repository (the API is embedded)', LIMIT, async () => {
+    await sim.setTask('embedded', { queued_polls: 0, processing_polls: 0 });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'videotask-temporal-'));
+    try {
+      // dist/src as a package would ship it, with this package's dependencies.
+      fs.cpSync(path.join(__dirname, '..', 'src'), path.join(dir, 'dist', 'src'), { recursive: true });
+      fs.symlinkSync(path.join(__dirname, '..', '..', 'node_modules'), path.join(dir, 'node_modules'), 'dir');
+      const script = `
+        const { VideoTaskClient } = require('./dist/src');
+        const client = new VideoTaskClient({ target: process.argv[1] });
+        client.await(process.argv[2], { giveUpAfterMs: 10000 }).then(
+          (task) => { console.log(JSON.stringify(task)); client.close(); },
+          (err) => { console.error(String(err)); process.exit(1); });`;
+      const env = { ...process.env };
+      delete env.VIDEOTASK_PROTO_PATH;
+      const { stdout } = await promisify(execFile)(process.execPath, ['-e', script, sidecar.target, 'embedded'], {
+        cwd: dir,
+        env,
+        timeout: 20_000,
+      });
+      const task = JSON.parse(stdout) as {
+        id: string; status: string; videoUrl: string; archive: unknown; archiveError: unknown;
+      };
+      assert.equal(task.id, 'embedded');
+      assert.equal(task.status, COMPLETED);
+      assert.equal(task.videoUrl, 'https://cdn.invalid/videos/embedded.mp4');
+      // The embedded API has the archive fields (defaults: this sidecar does not archive).
+      assert.equal(task.archive, null);
+      assert.equal(task.archiveError, '');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('throws a non-retryable VideoTaskConfigurationError for absurd timing options', LIMIT, async () => {
+    const bad: [string, unknown][] = [
+      ['giveUpAfterMs', 0], ['giveUpAfterMs', -1], ['giveUpAfterMs', Number.NaN], ['giveUpAfterMs', 1e12],
+      ['giveUpAfterMs', '60000'], ['initialBackoffMs', -5], ['maxBackoffMs', Number.POSITIVE_INFINITY],
+    ];
+    for (const [name, value] of bad) {
+      const env = new MockActivityEnvironment(undefined, { logger: new DefaultLogger('WARN') });
+      const { awaitVideoTask } = createVideoTaskActivities({ client });
+      const t0 = Date.now();
+      await assert.rejects(
+        env.run(awaitVideoTask, 'any-task', { [name]: value }),
+        isFailure('VideoTaskConfigurationError', true, (f) => {
+          assert.match(f.message, new RegExp(`^video task any-task: videotask: ${name} must be a number of milliseconds from \\d+ to 2147483647, not `));
+        }),
+        `${name}=${String(value)}`,
+      );
+      assert.ok(Date.now() - t0 < 1000, 'at once');
+    }
+  });
+
+  it('throws a non-retryable VideoTaskConfigurationError for a protoPath that does not exist', LIMIT, async () => {
+    const missing = path.join(os.tmpdir(), 'videotask-no-such-dir', 'video_task.proto');
+    const env = new MockActivityEnvironment(undefined, { logger: new DefaultLogger('WARN') });
+    const { awaitVideoTask } = createVideoTaskActivities({ target: sidecar.target, protoPath: missing });
+    await assert.rejects(
+      env.run(awaitVideoTask, 'any-task'),
+      isFailure('VideoTaskConfigurationError', true, (f) => {
+        assert.equal(f.message, `video task any-task: videotask: protoPath ${missing} does not exist; leave protoPath unset to use the API embedded in the package`);
+      }),
+    );
   });
 
   it('cancellation during reconnect backoff ends the activity promptly', LIMIT, async () => {
