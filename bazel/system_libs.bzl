@@ -1,11 +1,12 @@
 """Debian's system libraries as Bazel repositories with their usual names.
 
 Bazel cannot download anything on the machines this project builds on, so
-gRPC, Protobuf, Abseil, GoogleTest, libcurl, cpp-httplib and nlohmann/json
-come from Debian's -dev packages. Each repository here is generated at fetch
-time: link flags come from pkg-config, tools and .proto files are symlinked
-from the system, so no absolute path is committed. Headers live in
-/usr/include, which the auto-configured C++ toolchain already allows.
+gRPC, Protobuf, Abseil, GoogleTest, libcurl, cpp-httplib, nlohmann/json,
+hiredis and OpenSSL's libcrypto come from Debian's -dev packages. Each
+repository here is generated at fetch time: link flags come from pkg-config,
+tools and .proto files are symlinked from the system, so no absolute path is
+committed. Headers live in /usr/include, which the auto-configured C++
+toolchain already allows.
 
 A machine with network access can replace any of these with the upstream
 source archive by editing WORKSPACE alone; BUILD files do not change.
@@ -246,6 +247,16 @@ def system_libs():
         name = "com_github_yhirose_cpp_httplib",
         targets = {"httplib": "cpp-httplib"},
         headers = ["httplib.h"],
+    )
+    simple_system_repository(
+        name = "com_github_redis_hiredis",
+        targets = {"hiredis": "hiredis"},
+        headers = ["hiredis/async.h"],
+    )
+    simple_system_repository(
+        name = "com_github_openssl_openssl",
+        targets = {"crypto": "libcrypto"},
+        headers = ["openssl/hmac.h"],
     )
     simple_system_repository(
         name = "com_github_nlohmann_json",

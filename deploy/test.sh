@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Deployment checks: the container image and the Kubernetes manifests.
+# Deployment checks: the container image, the Kubernetes manifests, the alerts
+# and the dashboard.
 #
 #   deploy/test.sh
 #
 # 1. the tools are here (installs nothing; ./dev installs them: Debian
-#    packages yamllint shellcheck nodejs npm binutils, and `npm ci` in
-#    deploy/validate; kubectl 1.27+ (kustomize v5) on PATH);
+#    packages yamllint shellcheck nodejs npm binutils redis-server, and
+#    `npm ci` in deploy/validate; kubectl 1.27+ (kustomize v5) on PATH);
 # 2. yamllint (deploy/.yamllint) on every YAML file of the project, and
 #    ShellCheck on every shell script it ships;
 # 3. every example under deploy/kubernetes/examples renders with
@@ -17,10 +18,14 @@
 #    package for every shared library the binaries need
 #    (deploy/check-runtime-libs.sh);
 # 5. the sidecar's args and env from the rendered manifests start the real
-#    sidecar, whose probes (the real CLI) pass, and it exits 0 on SIGTERM
-#    (deploy/validate/sidecar-run.test.mjs).
+#    sidecar, whose probes (the real CLI) pass, and it exits 0 on SIGTERM;
+#    in fleet mode (components/fleet) with a real redis-server on loopback
+#    (deploy/validate/sidecar-run.test.mjs);
+# 6. the PrometheusRule (deploy/prometheus) and the Grafana dashboard
+#    (deploy/grafana): schema, PromQL syntax, and every metric they use is
+#    in the real sidecar's /metrics (deploy/validate/observability.test.mjs).
 #
-# Steps 4 and 5 need the binaries, by default from bazel-bin:
+# Steps 4 to 6 need the binaries, by default from bazel-bin:
 #   SIDECAR_BIN  (bazel-bin/server/videotask_sidecar)
 #   CLI_BIN      (bazel-bin/plugin/videotask)
 #   SIM_BIN      (bazel-bin/tests/sim/sim_upstream_server)
@@ -101,6 +106,7 @@ need yamllint "apt-get install yamllint"
 need shellcheck "apt-get install shellcheck"
 need node "apt-get install nodejs npm"
 need readelf "apt-get install binutils"
+need redis-server "apt-get install redis-server (fleet mode runs against a real Redis)"
 need ldd "part of Debian's libc-bin"
 need dpkg "run on Debian (bookworm, like the image)"
 kustomize_ok=0
@@ -119,7 +125,9 @@ else
   fail "tool kubectl is missing: need kubectl 1.27+ (built-in kustomize v5+) on PATH, or KUBECTL=/path/to/kubectl"
 fi
 node_ok=0
-if [ -d "$VALIDATE/node_modules/kubernetes-models" ] && [ -d "$VALIDATE/node_modules/yaml" ]; then
+if [ -d "$VALIDATE/node_modules/kubernetes-models" ] && [ -d "$VALIDATE/node_modules/yaml" ] \
+  && [ -d "$VALIDATE/node_modules/@kubernetes-models/prometheus-operator" ] \
+  && [ -d "$VALIDATE/node_modules/@prometheus-io/lezer-promql" ]; then
   pass "npm packages in deploy/validate"
   node_ok=1
 else
@@ -198,6 +206,14 @@ if [ "$bins_ok" -eq 1 ] && [ "$kustomize_ok" -eq 1 ] && [ "$node_ok" -eq 1 ]; th
   node_tests "sidecar run" "$VALIDATE/sidecar-run.test.mjs"
 else
   fail "sidecar run: not run (binaries or tools missing, see above)"
+fi
+
+# ---- 6. alerts and dashboard ------------------------------------------------
+say "operations: PrometheusRule and Grafana dashboard against the real sidecar's /metrics"
+if [ "$bins_ok" -eq 1 ] && [ "$node_ok" -eq 1 ] && have redis-server; then
+  node_tests "observability" "$VALIDATE/observability.test.mjs"
+else
+  fail "observability: not run (binaries, npm packages or redis-server missing, see above)"
 fi
 
 printf '\ndeploy: %d passed, %d failed\n' "$passed" "$failed"

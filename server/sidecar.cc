@@ -1,5 +1,8 @@
 #include "server/sidecar.h"
 
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -69,12 +72,10 @@ std::string Secs(absl::Duration d) { return absl::FormatDuration(d); }
 // How long Shutdown() lets clients close their connections after the last
 // stream has ended.
 constexpr absl::Duration kCloseConnections = absl::Milliseconds(200);
+// The shutdown grace of a gRPC server that started although Start() failed.
+constexpr absl::Duration kFailedStartGrace = absl::Seconds(1);
 
 }  // namespace
-
-bool IsLoopbackHost(const std::string& host) {
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
-}
 
 absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
   if (c.listen.empty()) return absl::InvalidArgumentError("--listen must not be empty");
@@ -106,8 +107,26 @@ absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
   if (c.service.slow_watcher_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--slow_watcher_timeout must be positive");
   }
+  if (!c.archive_dir.empty()) {
+    FileArchiverOptions archive;
+    archive.dir = c.archive_dir;
+    archive.max_bytes = c.archive_max_bytes;
+    archive.timeout = c.archive_timeout;
+    if (absl::Status s = ValidateFileArchiverOptions(archive); !s.ok()) return s;
+  }
   if (absl::Status s = ValidatePollHubOptions(c.hub); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
+  }
+  if (!c.redis_url.empty()) {
+    if (auto redis = fleet::RedisUrl::Parse(c.redis_url); !redis.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--redis_url: ", redis.status().message()));
+    }
+  } else if (!c.redis_password_file.empty() || c.fleet_max_upstream_qps != 0) {
+    return absl::InvalidArgumentError(
+        "--redis_password_file and --fleet_max_upstream_qps need --redis_url (fleet mode)");
+  }
+  if (!(c.fleet_max_upstream_qps >= 0) || c.fleet_max_upstream_qps > 1e6) {
+    return absl::InvalidArgumentError("--fleet_max_upstream_qps must be in [0, 1000000]");
   }
   return absl::OkStatus();
 }
@@ -120,12 +139,14 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
 
   absl::StatusOr<std::unique_ptr<ApiKeySource>> key =
       config.api_key_file.empty() ? ApiKeySource::FromEnv(config.api_key_env)
-                                  : ApiKeySource::FromFile(config.api_key_file, config.clock);
+                                  : ApiKeySource::FromFile(config.api_key_file);
   if (!key.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "no usable API key (set --api_key_file or ", config.api_key_env, "): ",
         key.status().message()));
   }
+  // Fleet mode derives its Redis namespace and signing key from the key.
+  absl::StatusOr<std::string> fleet_key = (*key)->Get();
   CurlUpstreamClient::Options copts;
   copts.base_url = config.upstream_url;
   copts.timeout = config.upstream_timeout;
@@ -137,7 +158,51 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   if (!client.ok()) return client.status();
   sc->client_ = std::move(*client);
 
-  auto hub = PollHub::Create(config.hub, sc->client_.get(), config.clock, &sc->metrics_);
+  // Metrics before the gRPC server (and before the hub, whose teardown logs):
+  // a port that is taken fails the start before the gRPC port was ever open.
+  if (absl::Status s = sc->StartMetrics(); !s.ok()) return s;
+
+
+  if (!config.archive_dir.empty()) {
+    FileArchiverOptions archive;
+    archive.dir = config.archive_dir;
+    archive.max_bytes = config.archive_max_bytes;
+    archive.timeout = config.archive_timeout;
+    auto archiver = FileArchiver::Create(archive, config.clock, &sc->metrics_);
+    if (!archiver.ok()) return archiver.status();
+    sc->archiver_ = std::move(*archiver);
+    LogEvent(LogLevel::kInfo, "archive_enabled",
+             {{"archive_dir", sc->archiver_->dir()},
+              {"archive_max_bytes", absl::StrCat(config.archive_max_bytes)},
+              {"archive_timeout", absl::FormatDuration(config.archive_timeout)}});
+  }
+  if (!config.redis_url.empty()) {
+    fleet::FleetGateOptions fo;
+    fo.redis.url = *fleet::RedisUrl::Parse(config.redis_url);  // validated
+    if (!config.redis_password_file.empty()) {
+      auto password = fleet::RedisPasswordFile::Open(config.redis_password_file);
+      if (!password.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--redis_password_file: ", password.status().message()));
+      }
+      sc->redis_password_ = std::move(*password);
+      fleet::RedisPasswordFile* file = sc->redis_password_.get();
+      fo.redis.password = [file] { return file->Get(); };
+    }
+    if (!fleet_key.ok()) return fleet_key.status();
+    fo.api_key = *fleet_key;
+    fo.upstream_host = ParseUrl(config.upstream_url)->host;
+    fo.fleet_qps = config.fleet_max_upstream_qps;
+    fo.poll_interval = config.hub.poll_interval;
+    fo.terminal_cache_ttl = config.hub.terminal_cache_ttl;
+    fo.metrics = &sc->metrics_;
+    auto gate = fleet::FleetPollGate::Create(std::move(fo));
+    if (!gate.ok()) return gate.status();
+    sc->gate_ = std::move(*gate);
+  }
+
+  auto hub = PollHub::Create(config.hub, sc->client_.get(), config.clock, &sc->metrics_,
+                             sc->gate_.get(), sc->archiver_.get());
   if (!hub.ok()) return hub.status();
   sc->hub_ = std::move(*hub);
   PollHub* h = sc->hub_.get();
@@ -145,8 +210,19 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
                         [h] { return static_cast<double>(h->GetStats().active_watches); });
   sc->metrics_.AddGauge("videotask_watched_tasks", "Tasks with at least one watcher.",
                         [h] { return static_cast<double>(h->GetStats().watched_tasks); });
-  sc->metrics_.AddGauge("videotask_cached_tasks", "Tasks in memory, cached terminal ones too.",
+  sc->metrics_.AddGauge("videotask_cached_tasks",
+                        "Tasks in memory: watched, lingering and cached terminal ones.",
                         [h] { return static_cast<double>(h->GetStats().tasks); });
+  sc->metrics_.AddGauge("videotask_pending_gets", "GetVideoTask calls waiting for the upstream.",
+                        [h] { return static_cast<double>(h->GetStats().pending_gets); });
+  const double max_watches = static_cast<double>(config.hub.max_watches);
+  sc->metrics_.AddGauge("videotask_max_watches", "The --max_watches limit.",
+                        [max_watches] { return max_watches; });
+  if (sc->gate_ != nullptr) {
+    sc->metrics_.AddGauge("videotask_fleet_follower_tasks",
+                          "Watched tasks another sidecar of the fleet polls for this one.",
+                          [h] { return static_cast<double>(h->GetStats().following); });
+  }
   sc->service_ = std::make_unique<VideoTaskServiceImpl>(h, config.clock, &sc->metrics_,
                                                         config.service);
 
@@ -161,6 +237,9 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10 * 1000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  // A port another process listens on is an error, not shared (gRPC's
+  // default SO_REUSEPORT would split the connections between the two).
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                              static_cast<int>(std::min<int64_t>(config.hub.max_watches + 1000,
                                                                  1 << 30)));
@@ -168,6 +247,8 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   builder.RegisterService(sc->service_.get());
   sc->server_ = builder.BuildAndStart();
   if (sc->server_ == nullptr || (!absl::StartsWith(config.listen, "unix:") && sc->grpc_port_ == 0)) {
+    // A server that started stops like a running one, bounded and drained.
+    sc->TearDown(kFailedStartGrace);
     return absl::UnavailableError(absl::StrCat("cannot listen on --listen=", config.listen));
   }
   if (absl::StartsWith(config.listen, "unix:")) {
@@ -182,28 +263,6 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   grpc::HealthCheckServiceInterface* health = sc->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
-
-  if (!config.metrics_listen.empty()) {
-    auto hp = SplitHostPort("metrics_listen", config.metrics_listen);
-    sc->metrics_server_ = std::make_unique<httplib::Server>();
-    MetricsRegistry* registry = &sc->metrics_;
-    sc->metrics_server_->Get("/metrics", [registry](const httplib::Request&, httplib::Response& res) {
-      res.set_content(registry->Render(), "text/plain; version=0.0.4; charset=utf-8");
-    });
-    httplib::Server* ms = sc->metrics_server_.get();
-    ms->new_task_queue = [] { return new httplib::ThreadPool(2); };
-    if (hp->second == 0) {
-      sc->metrics_port_ = ms->bind_to_any_port(hp->first);
-    } else {
-      sc->metrics_port_ = ms->bind_to_port(hp->first, hp->second) ? hp->second : -1;
-    }
-    if (sc->metrics_port_ <= 0) {
-      sc->server_->Shutdown();
-      return absl::UnavailableError(
-          absl::StrCat("cannot listen on --metrics_listen=", config.metrics_listen));
-    }
-    sc->metrics_thread_ = std::thread([ms] { ms->listen_after_bind(); });
-  }
 
   LogEvent(LogLevel::kInfo, "sidecar_started",
            {{"listen", config.listen},
@@ -237,36 +296,92 @@ void Sidecar::Drain() {
     server_->GetHealthCheckService()->SetServingStatus("", false);
     server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
   }
+  // Stuck streams are cut after a second instead of holding up shutdown.
+  if (service_ != nullptr) service_->Drain();
   if (hub_ != nullptr) hub_->Drain();
+}
+
+absl::Status Sidecar::StartMetrics() {
+  if (config_.metrics_listen.empty()) return absl::OkStatus();
+  auto hp = SplitHostPort("metrics_listen", config_.metrics_listen);
+  metrics_server_ = std::make_unique<httplib::Server>();
+  MetricsRegistry* registry = &metrics_;
+  metrics_server_->Get("/metrics", [registry](const httplib::Request&, httplib::Response& res) {
+    res.set_content(registry->Render(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  httplib::Server* ms = metrics_server_.get();
+  ms->new_task_queue = [] { return new httplib::ThreadPool(2); };
+  // SO_REUSEADDR only: httplib's default SO_REUSEPORT would let a second
+  // process bind a port that is taken.
+  ms->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
+  if (hp->second == 0) {
+    metrics_port_ = ms->bind_to_any_port(hp->first);
+  } else {
+    metrics_port_ = ms->bind_to_port(hp->first, hp->second) ? hp->second : -1;
+  }
+  if (metrics_port_ <= 0) {
+    metrics_port_ = 0;
+    metrics_server_.reset();  // nothing is bound
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on --metrics_listen=", config_.metrics_listen));
+  }
+  metrics_thread_ = std::thread([ms, done = &metrics_done_] {
+    ms->listen_after_bind();
+    done->store(true);
+  });
+  return absl::OkStatus();
+}
+
+void Sidecar::StopMetrics() {
+  if (metrics_server_ == nullptr) return;
+  // httplib's stop() does nothing until the accept loop runs; wait for it
+  // (or for the thread to have ended) so the socket is closed for sure.
+  while (!metrics_server_->is_running() && !metrics_done_.load()) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  metrics_server_->stop();
+  if (metrics_thread_.joinable()) metrics_thread_.join();
+  metrics_server_.reset();
 }
 
 void Sidecar::Shutdown(absl::Duration grace) {
   if (stopped_) return;
   stopped_ = true;
-  Drain();
+  TearDown(grace);
+  LogEvent(LogLevel::kInfo, "sidecar_stopped");
+}
+
+void Sidecar::TearDown(absl::Duration grace) {
+  if (torn_down_) return;
+  torn_down_ = true;
   const absl::Time end = absl::Now() + std::max(grace, absl::ZeroDuration());
-  // Drain() has ended every watch; let their UNAVAILABLE reach the clients
-  // before connections close, within the grace.
-  while (service_ != nullptr && service_->open_streams() > 0 && absl::Now() < end) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
   if (server_ != nullptr) {
+    Drain();
+    // Drain() has ended every watch; let their UNAVAILABLE reach the clients
+    // before connections close, within the grace.
+    while (service_ != nullptr && service_->open_streams() > 0 && absl::Now() < end) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
     // Idle client connections would hold Shutdown until the deadline; no
     // stream is left to protect, so give them only a moment.
     server_->Shutdown(absl::ToChronoTime(std::min(end, absl::Now() + kCloseConnections)));
     server_->Wait();
   }
+  // The hub stops scheduling, then the client completes what is outstanding
+  // while the hub still exists; the hub itself goes last (~Sidecar).
   if (hub_ != nullptr) hub_->Shutdown();
-  client_.reset();  // completes outstanding requests while the hub exists
-  if (metrics_server_ != nullptr) {
-    metrics_server_->stop();
-    if (metrics_thread_.joinable()) metrics_thread_.join();
-  }
-  LogEvent(LogLevel::kInfo, "sidecar_stopped");
+  gate_.reset();  // completes pending admissions while the hub exists
+  client_.reset();
+  archiver_.reset();  // aborts downloads; their callbacks still find the hub
+  StopMetrics();
 }
 
 Sidecar::~Sidecar() {
   Shutdown(absl::ZeroDuration());
+  TearDown(absl::ZeroDuration());  // what a Start that failed halfway left
   // Destroy the server and service before the hub they point to.
   server_.reset();
   service_.reset();

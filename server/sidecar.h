@@ -3,12 +3,21 @@
 // reflection, metrics endpoint), for main() and for in-process tests.
 //
 // Start() validates the configuration first and returns INVALID_ARGUMENT
-// with one clear sentence on a bad value; nothing is started then. Drain()
-// turns health NOT_SERVING, refuses new watches and ends open ones with
-// UNAVAILABLE. Shutdown() drains, then stops everything within `grace`.
+// with one clear sentence on a bad value; nothing is started then. It binds
+// the metrics port before the gRPC server starts listening, so a port that
+// is taken (UNAVAILABLE naming --metrics_listen or --listen; ports are not
+// shared with other processes, no SO_REUSEPORT) fails the start before the
+// gRPC port was ever open; whatever had started is then stopped as by
+// Shutdown(), bounded. Drain() turns health NOT_SERVING, refuses new watches
+// and ends open ones with UNAVAILABLE. Shutdown() drains, then stops
+// everything within `grace`. Teardown, also of a Start() that failed
+// halfway, always goes: gRPC server stopped, hub Shutdown(), upstream client
+// destroyed (its late completions still find the hub), metrics endpoint
+// stopped, then server, service and hub destroyed.
 #ifndef VIDEOTASK_SERVER_SIDECAR_H_
 #define VIDEOTASK_SERVER_SIDECAR_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -18,6 +27,10 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "server/clock.h"
+#include "server/file_archiver.h"
+#include "server/fleet/fleet_gate.h"
+#include "server/fleet/redis_url.h"
+#include "server/loopback.h"  // IsLoopbackHost
 #include "server/metrics.h"
 #include "server/poll_hub.h"
 #include "server/upstream_client.h"
@@ -44,14 +57,19 @@ struct SidecarConfig {
   VideoTaskServiceOptions service;
   std::string metrics_listen = "127.0.0.1:9464";  // empty: no metrics endpoint
   Clock* clock = nullptr;                           // null: the real clock
+  // Fleet mode (empty redis_url: one pod). See server/fleet/fleet_gate.h.
+  std::string redis_url;
+  std::string redis_password_file;
+  double fleet_max_upstream_qps = 0;  // 0: no fleet budget
+  // Archiving completed videos (empty archive_dir: off); see file_archiver.h.
+  std::string archive_dir;
+  int64_t archive_max_bytes = int64_t{2} << 30;
+  absl::Duration archive_timeout = absl::Minutes(30);
 };
 
 // OK, or INVALID_ARGUMENT naming the bad setting. Also rejects a plain
 // http:// upstream on a non-loopback host unless allow_insecure_upstream.
 absl::Status ValidateSidecarConfig(const SidecarConfig& config);
-
-// True for localhost, 127.0.0.0/8 and ::1.
-bool IsLoopbackHost(const std::string& host);
 
 class Sidecar {
  public:
@@ -73,18 +91,29 @@ class Sidecar {
  private:
   Sidecar() = default;
 
+  // Binds --metrics_listen and starts serving it; no-op when empty.
+  absl::Status StartMetrics();
+  void StopMetrics();
+  // Stops whatever has been started, in the order above; idempotent.
+  void TearDown(absl::Duration grace);
+
   SidecarConfig config_;
   MetricsRegistry metrics_;
   std::unique_ptr<UpstreamClient> client_;
+  std::unique_ptr<fleet::RedisPasswordFile> redis_password_;
+  std::unique_ptr<fleet::FleetPollGate> gate_;  // fleet mode only
+  std::unique_ptr<FileArchiver> archiver_;      // null: archiving off
   std::unique_ptr<PollHub> hub_;
   std::unique_ptr<VideoTaskServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<httplib::Server> metrics_server_;
   std::thread metrics_thread_;
+  std::atomic<bool> metrics_done_{false};  // metrics_thread_ has returned
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   std::string target_;
   bool stopped_ = true;  // until Start() succeeds
+  bool torn_down_ = false;
 };
 
 }  // namespace videotask

@@ -11,6 +11,7 @@ export const DEPLOY_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..")
 export const KUBE_DIR = join(DEPLOY_DIR, "kubernetes");
 export const BASE_DIR = join(KUBE_DIR, "base");
 export const EXAMPLES_DIR = join(KUBE_DIR, "examples");
+export const FLEET_DIR = join(KUBE_DIR, "components", "fleet");
 export const SIDECAR_NAME = "videotask-sidecar";
 export const SIDECAR_ANNOTATION = "videotask.dev/sidecar";
 
@@ -55,6 +56,7 @@ const MODEL_MODULES = {
   "apps/v1": "kubernetes-models/apps/v1",
   "batch/v1": "kubernetes-models/batch/v1",
   "argoproj.io/v1alpha1": "@kubernetes-models/argo-workflows/argoproj.io/v1alpha1",
+  "monitoring.coreos.com/v1": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1",
 };
 
 async function modelClass(apiVersion, kind) {

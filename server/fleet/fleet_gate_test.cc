@@ -1,0 +1,176 @@
+#include "server/fleet/fleet_gate.h"
+
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "server/fleet/redis_url.h"
+#include "tests/testing/redis_server.h"
+
+namespace videotask::fleet {
+namespace {
+
+using ::videotask::testing::RedisServer;
+using videotask::v1::VideoTask;
+using Kind = PollGate::Admission::Kind;
+
+constexpr char kKey[] = "sk-gate-SECRET-0a9b";
+
+VideoTask Task(const std::string& id, videotask::v1::VideoTaskStatus s) {
+  VideoTask t;
+  t.set_id(id);
+  t.set_status(s);
+  return t;
+}
+
+class FleetGateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto s = RedisServer::Start();
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+  }
+  std::unique_ptr<FleetPollGate> Gate(double qps = 0, const std::string& key = kKey) {
+    FleetGateOptions o;
+    o.redis.url = *RedisUrl::Parse(server_->Url());
+    o.api_key = key;
+    o.upstream_host = "vendor.example";
+    o.fleet_qps = qps;
+    o.poll_interval = absl::Seconds(2);
+    auto g = FleetPollGate::Create(std::move(o));
+    EXPECT_TRUE(g.ok()) << g.status();
+    EXPECT_TRUE((*g)->client()->WaitUntilUp(absl::Seconds(5)));
+    return std::move(*g);
+  }
+  static PollGate::Admission Admit(PollGate& gate, const std::string& id, bool watched) {
+    absl::Notification n;
+    PollGate::Admission out;
+    out.kind = Kind::kWait;
+    gate.Admit(id, watched, [&](PollGate::Admission a) {
+      out = std::move(a);
+      n.Notify();
+    });
+    EXPECT_TRUE(n.WaitForNotificationWithTimeout(absl::Seconds(5)));
+    return out;
+  }
+  // Waits (bounded) until a PTTL/GET-style check on Redis holds.
+  template <typename Pred>
+  static bool Eventually(Pred pred) {
+    const absl::Time end = absl::Now() + absl::Seconds(5);
+    while (absl::Now() < end) {
+      if (pred()) return true;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return pred();
+  }
+  std::unique_ptr<RedisServer> server_;
+};
+
+// One poller per watched task: the lease holder polls, the other follows
+// with what the holder shared; Gets never take the lease.
+TEST_F(FleetGateTest, OneSidecarPollsTheOthersFollow) {
+  auto a = Gate();
+  auto b = Gate();
+  EXPECT_EQ(Admit(*b, "t", /*watched=*/false).kind, Kind::kPoll) << "a Get with nothing shared";
+  EXPECT_EQ(Admit(*a, "t", true).kind, Kind::kPoll);
+  EXPECT_EQ(Admit(*a, "t", true).kind, Kind::kPoll) << "the holder renews";
+  PollGate::Admission follow = Admit(*b, "t", true);
+  EXPECT_EQ(follow.kind, Kind::kFollow);
+  EXPECT_FALSE(follow.shared.has_value());
+  a->Observed(Task("t", videotask::v1::VIDEO_TASK_STATUS_PROCESSING));
+  ASSERT_TRUE(Eventually([&] { return Admit(*b, "t", true).shared.has_value(); }));
+  follow = Admit(*b, "t", true);
+  EXPECT_EQ(follow.kind, Kind::kFollow);
+  EXPECT_EQ(follow.shared->status(), videotask::v1::VIDEO_TASK_STATUS_PROCESSING);
+  // A Get on B is answered by the shared state.
+  PollGate::Admission get = Admit(*b, "t", false);
+  EXPECT_EQ(get.kind, Kind::kFollow);
+  ASSERT_TRUE(get.shared.has_value());
+  // The holder lets go: the other takes over at its next ask.
+  a->Released("t");
+  ASSERT_TRUE(Eventually([&] { return Admit(*b, "t", true).kind == Kind::kPoll; }));
+  EXPECT_EQ(Admit(*a, "t", true).kind, Kind::kFollow);
+}
+
+// A terminal shared state answers watchers too: nobody polls again.
+TEST_F(FleetGateTest, TerminalStateAnswersEveryone) {
+  auto a = Gate();
+  auto b = Gate();
+  a->Observed(Task("done", videotask::v1::VIDEO_TASK_STATUS_COMPLETED));
+  ASSERT_TRUE(Eventually([&] { return Admit(*b, "done", true).shared.has_value(); }));
+  PollGate::Admission x = Admit(*b, "done", true);
+  EXPECT_EQ(x.kind, Kind::kFollow);
+  EXPECT_EQ(x.shared->status(), videotask::v1::VIDEO_TASK_STATUS_COMPLETED);
+}
+
+// Published states reach the other sidecar's listener; another fleet (a
+// different key) shares nothing.
+TEST_F(FleetGateTest, PublishedStatesReachTheFleetOnly) {
+  auto a = Gate();
+  auto b = Gate();
+  auto stranger = Gate(0, "sk-another-fleet");
+  absl::Mutex mu;
+  std::vector<VideoTask> got_b, got_stranger;
+  b->SetListener([&](VideoTask t) {
+    absl::MutexLock lock(&mu);
+    got_b.push_back(t);
+  });
+  stranger->SetListener([&](VideoTask t) {
+    absl::MutexLock lock(&mu);
+    got_stranger.push_back(t);
+  });
+  a->SetListener([](VideoTask) {});
+  absl::SleepFor(absl::Milliseconds(200));  // subscriptions established
+  a->Observed(Task("p", videotask::v1::VIDEO_TASK_STATUS_QUEUED));
+  a->Observed(Task("p", videotask::v1::VIDEO_TASK_STATUS_PROCESSING));
+  ASSERT_TRUE(Eventually([&] {
+    absl::MutexLock lock(&mu);
+    return got_b.size() == 2;
+  }));
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(got_b[1].status(), videotask::v1::VIDEO_TASK_STATUS_PROCESSING);
+  EXPECT_TRUE(got_stranger.empty());
+  EXPECT_EQ(Admit(*stranger, "p", false).kind, Kind::kPoll) << "another fleet's state was used";
+}
+
+// The shared pause and the fleet budget make requests wait; a forged entry
+// is ignored and counted.
+TEST_F(FleetGateTest, PauseBudgetAndForgedEntries) {
+  auto a = Gate(/*qps=*/2);
+  auto b = Gate(2);
+  a->RateLimited(absl::Seconds(3));
+  ASSERT_TRUE(Eventually([&] { return Admit(*b, "x", true).kind == Kind::kWait; }));
+  PollGate::Admission w = Admit(*b, "x", true);
+  EXPECT_GT(w.wait, absl::Seconds(1));
+  EXPECT_LE(w.wait, absl::Seconds(3));
+  ASSERT_TRUE(server_->Command({"DEL", "vt:{" + a->fingerprint() + "}:pause"}).ok());
+  // Budget: 2 a second across both; a burst of asks gets waits.
+  int granted = 0, waited = 0;
+  for (int i = 0; i < 6; ++i) {
+    const PollGate::Admission r = Admit(i % 2 ? *a : *b, "y" + std::to_string(i), true);
+    (r.kind == Kind::kPoll ? granted : waited)++;
+  }
+  EXPECT_LE(granted, 2);
+  EXPECT_GE(waited, 4);
+  // Anyone with write access to Redis but not the key cannot feed a state.
+  ASSERT_TRUE(server_->Command({"SET", "vt:{" + a->fingerprint() + "}:state:forged",
+                                "vts1-not-signed-COMPLETED"})
+                  .ok());
+  PollGate::Admission f = Admit(*a, "forged", false);
+  EXPECT_FALSE(f.shared.has_value());
+}
+
+// Redis gone: every admission is a local poll, at once.
+TEST_F(FleetGateTest, RedisDownAdmitsLocally) {
+  auto a = Gate();
+  server_->Kill();
+  ASSERT_TRUE(Eventually([&] { return !a->up(); }));
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(Admit(*a, "t", true).kind, Kind::kPoll);
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(100));
+}
+
+}  // namespace
+}  // namespace videotask::fleet

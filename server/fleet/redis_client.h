@@ -1,0 +1,192 @@
+// RedisClient: an asynchronous Redis client (hiredis 0.14's async API) run
+// by one thread of its own, for fleet mode.
+//
+// Guarantees:
+//   - Command() never blocks on Redis: it queues the command and returns.
+//     `done` runs exactly once, on the client's thread, never inside
+//     Command() and with no lock of the client held. Commands are pipelined
+//     on one connection and answered in order.
+//   - A command never waits unbounded: it fails with DEADLINE_EXCEEDED after
+//     its timeout (default `command_timeout`, 250 ms), whether it is still
+//     queued or already sent (a late reply is then dropped).
+//   - While the connection is not up (connecting, AUTH/SELECT pending,
+//     backing off, wrong password) commands fail at once with UNAVAILABLE.
+//   - The client (re)connects in the background with capped, jittered
+//     exponential backoff (`min_backoff`..`max_backoff`); a host name is
+//     resolved again at each attempt, on a resolver thread, so a slow DNS
+//     never stalls the client's thread. On connect it sends AUTH (password
+//     and optional user) and SELECT db, then PING; only then is it up().
+//   - A connection that stops answering (no reply for `stall_timeout` while
+//     commands are outstanding: a paused or partitioned server) is dropped
+//     and re-established, so the client goes down within about a second.
+//   - `on_state(up, reason)` runs on the client's thread each time up()
+//     changes, and once when the first connection attempt fails (so a Redis
+//     unreachable at start is reported once). `reason` never contains the
+//     password.
+//   - Pub/sub: Subscribe() uses a second connection (a subscribed Redis
+//     connection cannot run commands); after any reconnect every channel is
+//     subscribed again and `on_subscribed` runs again, so the caller can
+//     refresh what it may have missed. A stall of the command connection
+//     also resets the subscriber connection.
+//   - The destructor completes every pending command with CANCELLED and
+//     joins its threads; it must not be called from a callback of the client.
+//
+// Error contract of `done`: OK with a RedisReply (a Redis error reply such as
+// NOSCRIPT or WRONGTYPE is an OK status with type kError); UNAVAILABLE (not
+// connected, connection lost before the reply), DEADLINE_EXCEEDED (timeout),
+// CANCELLED (client destroyed), INVALID_ARGUMENT (empty argv).
+#ifndef VIDEOTASK_SERVER_FLEET_REDIS_CLIENT_H_
+#define VIDEOTASK_SERVER_FLEET_REDIS_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/fleet/redis_url.h"
+
+struct redisAsyncContext;  // hiredis
+
+namespace videotask::fleet {
+
+struct RedisReply {
+  enum class Type { kNil, kString, kStatus, kInteger, kArray, kError };
+  Type type = Type::kNil;
+  std::string str;      // kString, kStatus, kError
+  int64_t integer = 0;  // kInteger
+  std::vector<RedisReply> elements;  // kArray
+
+  bool is_error() const { return type == Type::kError; }
+  bool is_nil() const { return type == Type::kNil; }
+};
+
+struct RedisClientOptions {
+  RedisUrl url;
+  // When set, called at each connection attempt (on the client's thread) for
+  // the password, e.g. [f](){ return f->Get(); } with a RedisPasswordFile;
+  // a non-empty result overrides url.password.
+  std::function<std::string()> password;
+  absl::Duration command_timeout = absl::Milliseconds(250);
+  // Limit of one connection attempt: resolve, connect, AUTH, SELECT, PING.
+  absl::Duration connect_timeout = absl::Seconds(1);
+  // No reply for this long while commands are outstanding: reconnect.
+  absl::Duration stall_timeout = absl::Seconds(1);
+  absl::Duration min_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(2);
+  std::function<void(bool up, const absl::Status& reason)> on_state;
+};
+
+class RedisClient {
+ public:
+  using Done = absl::AnyInvocable<void(absl::StatusOr<RedisReply>)>;
+  using MessageFn = std::function<void(const std::string& channel, const std::string& message)>;
+  using SubscribedFn = std::function<void(const std::string& channel)>;
+
+  // Starts the client's thread, which connects in the background.
+  explicit RedisClient(RedisClientOptions options);
+  ~RedisClient();
+  RedisClient(const RedisClient&) = delete;
+  RedisClient& operator=(const RedisClient&) = delete;
+
+  // Sends argv (binary-safe) with the default or the given timeout.
+  void Command(std::vector<std::string> argv, Done done);
+  void Command(std::vector<std::string> argv, absl::Duration timeout, Done done);
+
+  // Subscribes `channel` on the subscriber connection, now and after every
+  // reconnect. Messages arrive on the client's thread, in order. One
+  // callback pair per channel (a second call replaces the first).
+  void Subscribe(std::string channel, MessageFn on_message, SubscribedFn on_subscribed = nullptr);
+
+  // True while the command connection is established and authenticated.
+  bool up() const;
+  // Waits (bounded) until up(); for tests and start-up checks.
+  bool WaitUntilUp(absl::Duration timeout) const;
+  // The reason of the last failure (OK while up).
+  absl::Status last_error() const;
+
+  struct Stats {
+    int64_t commands = 0;   // sent to Redis
+    int64_t timeouts = 0;   // completed with DEADLINE_EXCEEDED
+    int64_t connects = 0;   // successful handshakes of the command connection
+  };
+  Stats stats() const;
+
+ private:
+  struct Conn;
+  struct Pending {
+    Done done;
+    absl::Duration deadline;  // monotonic
+  };
+  struct Queued {
+    std::vector<std::string> argv;
+    Done done;
+    absl::Duration deadline;
+  };
+  struct Channel {
+    MessageFn on_message;
+    SubscribedFn on_subscribed;
+  };
+
+  void Loop();
+  void Wake();
+  void DrainQueue(absl::Duration now);
+  void Send(Conn& c, std::vector<std::string> argv, Done done, absl::Duration deadline);
+  void ExpireDeadlines(absl::Duration now);
+  void StartConnect(Conn& c, absl::Duration now);
+  void ConnectTo(Conn& c, const std::string& address);
+  void OnConnected(Conn& c);
+  void HandshakeStep(Conn& c, uint64_t generation, absl::StatusOr<RedisReply> r);
+  void SetReady(Conn& c);
+  // Drops the connection (if any) and schedules a reconnect.
+  void Fail(Conn& c, absl::Status why);
+  void Complete(uint64_t id, absl::StatusOr<RedisReply> r);
+  void SubscribeOn(Conn& c, const std::string& channel);
+  void SetUp(bool up, const absl::Status& why);
+
+  static void OnReply(::redisAsyncContext* ac, void* reply, void* privdata);
+  static void OnSubReply(::redisAsyncContext* ac, void* reply, void* privdata);
+  static void OnConnect(const ::redisAsyncContext* ac, int status);
+  static void OnDisconnect(const ::redisAsyncContext* ac, int status);
+
+  const RedisClientOptions options_;
+  int wake_fd_ = -1;
+
+  mutable absl::Mutex mu_;
+  std::vector<Queued> queue_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<std::string, Channel>> new_channels_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool up_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status last_error_ ABSL_GUARDED_BY(mu_) = absl::UnavailableError("redis: not connected yet");
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+
+  // Owned by the client's thread.
+  std::unique_ptr<Conn> cmd_;
+  std::unique_ptr<Conn> sub_;
+  uint64_t next_id_ = 1;
+  std::map<uint64_t, Pending> pending_;
+  std::set<std::pair<absl::Duration, uint64_t>> deadlines_;
+  std::map<std::string, Channel> channels_;
+  bool reported_first_failure_ = false;
+  bool stopping_ = false;
+
+  // Host-name resolution runs on a detached thread that shares this state,
+  // so a getaddrinfo() stuck on DNS never holds up the destructor.
+  struct Resolver;
+  std::shared_ptr<Resolver> resolver_;
+  std::thread thread_;
+};
+
+}  // namespace videotask::fleet
+
+#endif  // VIDEOTASK_SERVER_FLEET_REDIS_CLIENT_H_

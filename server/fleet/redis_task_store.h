@@ -1,0 +1,97 @@
+// RedisTaskStore: the fleet's shared task states and per-task poll leases.
+//
+// States: Put() stores the task's signed state (SignedState) at
+// FleetKeys::StateKey(id) with a TTL (terminal states `terminal_ttl`, running
+// ones `running_ttl`) and, when the status moved forward, PUBLISHes the same
+// signed entry on FleetKeys::StatesChannel(), all in one Lua script. Status
+// only moves forward in Redis: a terminal state is never replaced, and a
+// state behind the stored one is ignored (a lagging lease holder cannot undo
+// a newer one). Subscribe() delivers every published state that verifies;
+// anything that does not verify goes to `on_rejected` and is dropped.
+//
+// Leases: one owner polls a task. AcquireLease takes the lease if free (SET
+// NX PX) or extends it if already ours; RenewLease extends and ReleaseLease
+// deletes it only if the caller still owns it (Lua compare-and-set), so an
+// owner whose lease expired cannot renew or delete another's.
+//
+// Error contract: every `done` runs once, on the RedisClient's thread, never
+// inline; transport errors are the client's (UNAVAILABLE, DEADLINE_EXCEEDED,
+// CANCELLED); a stored entry that fails verification is reported as
+// Verify's error (DATA_LOSS / PERMISSION_DENIED / FAILED_PRECONDITION), to
+// be counted and treated as absent; an unexpected reply is INTERNAL.
+// Thread-safe; `client` must outlive the store.
+#ifndef VIDEOTASK_SERVER_FLEET_REDIS_TASK_STORE_H_
+#define VIDEOTASK_SERVER_FLEET_REDIS_TASK_STORE_H_
+
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "proto/videotask/v1/video_task.pb.h"
+#include "server/fleet/fleet_keys.h"
+#include "server/fleet/redis_client.h"
+#include "server/fleet/redis_script.h"
+#include "server/fleet/signed_state.h"
+
+namespace videotask::fleet {
+
+class RedisTaskStore {
+ public:
+  struct Options {
+    absl::Duration terminal_ttl = absl::Hours(1);   // --terminal_cache_ttl
+    absl::Duration running_ttl = absl::Minutes(5);  // a few poll intervals
+    absl::Duration lease_ttl = absl::Seconds(60);   // about two poll intervals
+    std::string owner;  // this sidecar's lease id; empty: NewOwnerId()
+  };
+  enum class PutResult {
+    kPublished,  // stored and published: the status moved forward
+    kRefreshed,  // same status: stored again (TTL, observe_time), not published
+    kIgnored,    // behind the stored status, or the stored one is terminal
+  };
+  using PutDone = absl::AnyInvocable<void(absl::StatusOr<PutResult>)>;
+  using GetDone = absl::AnyInvocable<void(absl::StatusOr<std::optional<videotask::v1::VideoTask>>)>;
+  using LeaseDone = absl::AnyInvocable<void(absl::StatusOr<bool>)>;
+
+  RedisTaskStore(RedisClient* client, const FleetKeys& keys, Options options);
+
+  // A random 128-bit id (hex), unique per sidecar process.
+  static std::string NewOwnerId();
+  const std::string& owner() const { return options_.owner; }
+
+  void Put(const videotask::v1::VideoTask& task, PutDone done = nullptr);
+  // nullopt when Redis has no state for `id`.
+  void Get(const std::string& id, GetDone done);
+
+  // Verified states published by any sidecar of the fleet (this one too).
+  // `on_subscribed` runs each time the subscription is (re)established:
+  // states published while it was down were missed, re-Get what matters.
+  void Subscribe(std::function<void(const videotask::v1::VideoTask&)> on_state,
+                 std::function<void(const absl::Status&)> on_rejected,
+                 std::function<void()> on_subscribed = nullptr);
+
+  // true: the caller holds the lease for lease_ttl from now.
+  void AcquireLease(const std::string& id, LeaseDone done);
+  void RenewLease(const std::string& id, LeaseDone done);
+  // true: it was ours and is released.
+  void ReleaseLease(const std::string& id, LeaseDone done);
+
+ private:
+  void RunLease(const RedisScript& script, const std::string& id, bool with_ttl, LeaseDone done);
+
+  RedisClient* const client_;
+  const FleetKeys keys_;
+  const SignedState signer_;
+  Options options_;
+  const RedisScript put_;
+  const RedisScript acquire_;
+  const RedisScript renew_;
+  const RedisScript release_;
+};
+
+}  // namespace videotask::fleet
+
+#endif  // VIDEOTASK_SERVER_FLEET_REDIS_TASK_STORE_H_
