@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -52,6 +53,25 @@ struct PendingFault {
   int left;  // -1: until ClearFaults()
 };
 
+std::optional<VideoFault> ParseVideoFault(const std::string& s) {
+  static const auto* const kinds = new std::map<std::string, VideoFault>{
+      {"none", VideoFault::kNone},
+      {"truncated", VideoFault::kTruncated},
+      {"wrong_length", VideoFault::kWrongLength},
+      {"not_found", VideoFault::kNotFound},
+      {"server_error", VideoFault::kServerError}};
+  auto it = kinds->find(s);
+  if (it == kinds->end()) return std::nullopt;
+  return it->second;
+}
+
+struct VideoState {
+  VideoScript script;
+  int faults_served = 0;
+};
+
+constexpr size_t kVideoChunk = 64 << 10;
+
 std::optional<FaultKind> ParseKind(const std::string& s) {
   static const auto* const kinds = new std::map<std::string, FaultKind>{
       {"rate_limit", FaultKind::kRateLimit},
@@ -63,15 +83,23 @@ std::optional<FaultKind> ParseKind(const std::string& s) {
       {"not_found", FaultKind::kNotFound},
       {"unauthorized", FaultKind::kUnauthorized},
       {"slow", FaultKind::kSlow},
-      {"hang", FaultKind::kHang}};
+      {"hang", FaultKind::kHang},
+      {"status", FaultKind::kStatus},
+      {"truncated", FaultKind::kTruncated},
+      {"reset", FaultKind::kReset}};
   auto it = kinds->find(s);
   if (it == kinds->end()) return std::nullopt;
   return it->second;
 }
 
+// JSON text for the wire. Ids come from request paths and may hold any
+// bytes; dump() would throw on invalid UTF-8 (a 500, and /_sim/counts broken
+// for good), so such bytes become U+FFFD.
+std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 void JsonError(httplib::Response& res, int status, const std::string& message) {
   res.status = status;
-  res.set_content(json{{"error", {{"message", message}, {"code", status}}}}.dump(),
+  res.set_content(Dump(json{{"error", {{"message", message}, {"code", status}}}}),
                   "application/json");
 }
 
@@ -149,6 +177,49 @@ void ShutdownConnectionsOnPort(int port) {
   closedir(dir);
 }
 
+// Drops the accepted connection from loopback port `peer_port` to `port`
+// without an answer: SO_LINGER 0 makes the server's later close() a reset.
+void DropConnection(int port, int peer_port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return;
+  const int self = dirfd(dir);
+  while (struct dirent* e = readdir(dir)) {
+    int fd;
+    if (!absl::SimpleAtoi(e->d_name, &fd) || fd == self) continue;
+    sockaddr_in local, peer;
+    socklen_t len = sizeof(local), peer_len = sizeof(peer);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0 ||
+        local.sin_family != AF_INET || ntohs(local.sin_port) != port) {
+      continue;
+    }
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
+        ntohs(peer.sin_port) != peer_port) {
+      continue;
+    }
+    linger lg{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    ::shutdown(fd, SHUT_RDWR);
+  }
+  closedir(dir);
+}
+
+// A task's body as the vendor sends it, with `status` (any string). A
+// completed task without a scripted video_url gets `video_prefix` + id + ".mp4".
+std::string TaskBody(const std::string& id, const TaskScript& s, const std::string& status,
+                     const std::string& error, const std::string& video_prefix) {
+  json body = {{"id", id},         {"object", "video"}, {"created", s.created},
+               {"model", s.model}, {"status", status},  {"video_url", nullptr},
+               {"error", nullptr}};
+  if (status == "completed") {
+    body["video_url"] =
+        s.video_url.empty() ? absl::StrCat(video_prefix, id, ".mp4") : s.video_url;
+    body["actualDuration"] = s.actual_duration;
+  } else if (status == "failed") {
+    body["error"] = error;
+  }
+  return Dump(body);
+}
+
 }  // namespace
 
 struct SimUpstream::Impl {
@@ -162,9 +233,20 @@ struct SimUpstream::Impl {
   std::map<std::string, TaskState> tasks ABSL_GUARDED_BY(mu);
   std::deque<PendingFault> faults ABSL_GUARDED_BY(mu);
   std::map<std::string, int> counts ABSL_GUARDED_BY(mu);
+  // (id, status or refusal code) -> answers served.
+  std::map<std::pair<std::string, std::string>, int> served ABSL_GUARDED_BY(mu);
   std::vector<absl::Time> times ABSL_GUARDED_BY(mu);
   int total ABSL_GUARDED_BY(mu) = 0;
   bool stopping ABSL_GUARDED_BY(mu) = false;
+  // The video host.
+  std::map<std::string, VideoState> videos ABSL_GUARDED_BY(mu);
+  std::map<std::string, int> video_counts ABSL_GUARDED_BY(mu);
+  int video_total ABSL_GUARDED_BY(mu) = 0;
+  int video_authorization ABSL_GUARDED_BY(mu) = 0;
+  // Default video_url prefix of completed tasks (set once the port is known).
+  std::string video_prefix = "https://cdn.invalid/videos/";
+
+  std::string Origin() const { return absl::StrCat("http://", options.host, ":", port); }
 
   // Waits up to `d`, or less when the server stops.
   void Wait(absl::Duration d) ABSL_LOCKS_EXCLUDED(mu) {
@@ -218,29 +300,19 @@ struct SimUpstream::Impl {
                          : t.phase == Phase::kProcessing ? "processing"
                          : s.fails                       ? "failed"
                                                          : "completed";
-    json body = {{"id", id},         {"object", "video"}, {"created", s.created},
-                 {"model", s.model}, {"status", status},  {"video_url", nullptr},
-                 {"error", nullptr}};
     if ((status == "completed" || status == "failed") &&
         t.terminal_served == absl::InfiniteFuture()) {
       t.terminal_served = now;
     }
-    if (status == "completed") {
-      body["video_url"] = s.video_url.empty()
-                              ? absl::StrCat("https://cdn.invalid/videos/", id, ".mp4")
-                              : s.video_url;
-      body["actualDuration"] = s.actual_duration;
-    } else if (status == "failed") {
-      body["error"] = t.forced.empty() ? s.error : t.forced_error;
-    }
-    return body.dump();
+    ++served[{id, status}];
+    return TaskBody(id, s, status, t.forced.empty() ? s.error : t.forced_error, video_prefix);
   }
 
   // A 200 body of exactly `n` bytes; valid JSON (a task with padding) when
   // `n` allows, so that only the size is wrong with it.
   static std::string Oversized(const std::string& id, size_t n) {
     const std::string head =
-        json{{"id", id}, {"object", "video"}, {"status", "processing"}}.dump();
+        Dump(json{{"id", id}, {"object", "video"}, {"status", "processing"}});
     const std::string open = head.substr(0, head.size() - 1) + ",\"padding\":\"";
     const std::string close = "\"}";
     if (n < open.size() + close.size()) return std::string(n, ' ');
@@ -257,6 +329,7 @@ struct SimUpstream::Impl {
       ++total;
       times.push_back(absl::Now());
       if (req.get_header_value("Authorization") != "Bearer " + options.api_key) {
+        ++served[{id, "401"}];
         JsonError(res, 401, "invalid api key");
         return;
       }
@@ -264,10 +337,23 @@ struct SimUpstream::Impl {
       if (!fault.has_value()) {
         TaskState* t = Find(id);
         if (t == nullptr) {
+          ++served[{id, "404"}];
           JsonError(res, 404, "task not found");
           return;
         }
         body = Answer(id, *t);
+      } else if (fault->kind == FaultKind::kNotFound) {
+        ++served[{id, "404"}];
+      } else if (fault->kind == FaultKind::kUnauthorized) {
+        ++served[{id, "401"}];
+      } else if (fault->kind == FaultKind::kStatus || fault->kind == FaultKind::kUnknownStatus) {
+        TaskState* t = Find(id);
+        const std::string status =
+            fault->kind == FaultKind::kStatus ? fault->status : std::string("exploded");
+        ++served[{id, status}];
+        body = TaskBody(id, t != nullptr ? t->script : options.default_script, status,
+                        t != nullptr ? t->script.error : options.default_script.error,
+                        video_prefix);
       }
     }
     if (!fault.has_value()) {
@@ -297,15 +383,22 @@ struct SimUpstream::Impl {
         res.set_content(Oversized(id, f.body_bytes), "application/json");
         return;
       case FaultKind::kUnknownStatus:
-        res.set_content(json{{"id", id},
-                             {"object", "video"},
-                             {"created", 1761635478},
-                             {"model", "videos"},
-                             {"status", "exploded"},
-                             {"video_url", nullptr},
-                             {"error", nullptr}}
-                            .dump(),
-                        "application/json");
+      case FaultKind::kStatus:
+        res.set_content(body, "application/json");
+        return;
+      case FaultKind::kTruncated: {
+        const std::string full =
+            TaskBody(id, options.default_script, "completed", "", video_prefix);
+        res.set_content_provider(
+            full.size(), "application/json",
+            [full](size_t offset, size_t, httplib::DataSink& sink) {
+              if (offset == 0) sink.write(full.data(), full.size() / 2);
+              return false;  // ends the connection short of Content-Length
+            });
+        return;
+      }
+      case FaultKind::kReset:
+        DropConnection(port, req.remote_port);
         return;
       case FaultKind::kNotFound:
         JsonError(res, 404, "task not found");
@@ -318,6 +411,7 @@ struct SimUpstream::Impl {
         absl::MutexLock lock(&mu);
         TaskState* t = Find(id);
         if (t == nullptr) {
+          ++served[{id, "404"}];
           JsonError(res, 404, "task not found");
           return;
         }
@@ -330,6 +424,74 @@ struct SimUpstream::Impl {
         JsonError(res, 504, "hung request released");
         return;
     }
+  }
+
+  // GET /videos/{name}: the video of the id `name` names (up to its first
+  // '.'), as its VideoScript says; bytes generated chunk by chunk.
+  void HandleVideo(const httplib::Request& req, httplib::Response& res) ABSL_LOCKS_EXCLUDED(mu) {
+    const std::string name = req.matches[1];
+    const std::string id = name.substr(0, name.find('.'));
+    int hop = 0;
+    if (req.has_param("hop") && !absl::SimpleAtoi(req.get_param_value("hop"), &hop)) hop = 0;
+    VideoScript s;
+    VideoFault fault = VideoFault::kNone;
+    {
+      absl::MutexLock lock(&mu);
+      ++video_counts[id];
+      ++video_total;
+      if (req.has_header("Authorization")) ++video_authorization;
+      auto it = videos.find(id);
+      if (it == videos.end()) it = videos.emplace(id, VideoState{options.default_video}).first;
+      VideoState& v = it->second;
+      s = v.script;
+      if (!s.redirect_location.empty() && !req.has_param("hop")) {
+        res.set_redirect(s.redirect_location, 302);
+        return;
+      }
+      if (hop < s.redirect_hops) {
+        res.set_redirect(absl::StrCat(Origin(), req.path, "?hop=", hop + 1), 302);
+        return;
+      }
+      if (s.fault != VideoFault::kNone && (s.fault_count < 0 || v.faults_served < s.fault_count)) {
+        ++v.faults_served;
+        fault = s.fault;
+      }
+    }
+    if (fault == VideoFault::kNotFound) return JsonError(res, 404, "no such video");
+    if (fault == VideoFault::kServerError) return JsonError(res, 503, "video host trouble");
+    const size_t size = static_cast<size_t>(std::max<int64_t>(0, s.size_bytes));
+    const size_t send = fault == VideoFault::kTruncated ? size / 2 : size;
+    const size_t claimed = fault == VideoFault::kWrongLength ? size + 1024 : size;
+    const absl::Duration delay = s.chunk_delay;
+    auto chunk = [this, id, send, delay](size_t offset, httplib::DataSink& sink) {
+      if (offset >= send) return false;  // ends the connection short of the promise
+      if (delay > absl::ZeroDuration()) {
+        Wait(delay);
+        absl::MutexLock lock(&mu);
+        if (stopping) return false;
+      }
+      std::string buf(std::min(kVideoChunk, send - offset), '\0');
+      VideoBytes(id, offset, buf.data(), buf.size());
+      return sink.write(buf.data(), buf.size());
+    };
+    if (!s.content_type.empty()) res.set_header("Content-Type", s.content_type);
+    if (s.chunked) {
+      const bool short_body = send < size;
+      res.set_chunked_content_provider(
+          s.content_type, [chunk, send, short_body](size_t offset, httplib::DataSink& sink) {
+            if (offset >= send) {
+              if (short_body) return false;  // no last chunk: the transfer is cut
+              sink.done();
+              return true;
+            }
+            return chunk(offset, sink);
+          });
+      return;
+    }
+    res.set_content_provider(claimed, s.content_type,
+                             [chunk](size_t offset, size_t, httplib::DataSink& sink) {
+                               return chunk(offset, sink);
+                             });
   }
 
   void InstallAdmin() {
@@ -386,7 +548,8 @@ struct SimUpstream::Impl {
       if (!kind) {
         return JsonError(res, 400,
                          "unknown fault kind; one of rate_limit, server_error, malformed_json, "
-                         "html, oversized, unknown_status, not_found, unauthorized, slow, hang");
+                         "html, oversized, unknown_status, not_found, unauthorized, slow, hang, "
+                         "status, truncated, reset");
       }
       Fault f;
       f.kind = *kind;
@@ -405,6 +568,7 @@ struct SimUpstream::Impl {
               IntField(*j, "delay_ms", 0, 0, int64_t{24} * 3600 * 1000));
         }
         f.body_bytes = IntField(*j, "body_bytes", f.body_bytes, 0, kMaxBodyBytes);
+        f.status = StringField(*j, "status", f.status);
       } catch (const std::exception& e) {
         return JsonError(res, 400, e.what());
       }
@@ -420,12 +584,59 @@ struct SimUpstream::Impl {
       absl::MutexLock lock(&mu);
       json j = {{"total", total}, {"tasks", json::object()}};
       for (const auto& [id, n] : counts) j["tasks"][id] = n;
-      res.set_content(j.dump(), "application/json");
+      res.set_content(Dump(j), "application/json");
+    });
+    server.Put(R"(/_sim/videos/([^/]+))", [this](const httplib::Request& req,
+                                                  httplib::Response& res) {
+      std::optional<json> j = ObjectBody(req.body);
+      if (!j) return JsonError(res, 400, "body must be a JSON object");
+      VideoScript v;
+      try {
+        constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+        v.size_bytes = IntField(*j, "size_bytes", v.size_bytes, 0, int64_t{1} << 40);
+        v.content_type = StringField(*j, "content_type", v.content_type);
+        if (v.content_type.find_first_of("\r\n") != std::string::npos) {
+          throw std::invalid_argument("\"content_type\" must be one line");
+        }
+        v.chunk_delay =
+            absl::Milliseconds(IntField(*j, "chunk_delay_ms", 0, 0, int64_t{3600} * 1000));
+        const std::string fault = StringField(*j, "fault", "none");
+        std::optional<VideoFault> kind = ParseVideoFault(fault);
+        if (!kind) {
+          throw std::invalid_argument(
+              "unknown video fault; one of none, truncated, wrong_length, not_found, server_error");
+        }
+        v.fault = *kind;
+        v.fault_count = IntField(*j, "fault_count", v.fault_count, -1, kMaxInt);
+        v.redirect_hops = IntField(*j, "redirect_hops", 0, 0, 100);
+        v.redirect_location = StringField(*j, "redirect_location", "");
+        if (v.redirect_location.find_first_of("\r\n") != std::string::npos) {
+          throw std::invalid_argument("\"redirect_location\" must be one line");
+        }
+        v.chunked = BoolField(*j, "chunked", false);
+      } catch (const std::exception& e) {
+        return JsonError(res, 400, e.what());
+      }
+      SetVideo(req.matches[1], std::move(v));
+      res.status = 204;
+    });
+    server.Get("/_sim/video_counts", [this](const httplib::Request&, httplib::Response& res) {
+      absl::MutexLock lock(&mu);
+      json j = {{"total", video_total},
+                {"authorization", video_authorization},
+                {"videos", json::object()}};
+      for (const auto& [id, n] : video_counts) j["videos"][id] = n;
+      res.set_content(Dump(j), "application/json");
     });
     server.Post("/_sim/reset", [this](const httplib::Request&, httplib::Response& res) {
       ResetCounts();
       res.status = 204;
     });
+  }
+
+  void SetVideo(const std::string& id, VideoScript v) ABSL_LOCKS_EXCLUDED(mu) {
+    absl::MutexLock lock(&mu);
+    videos[id] = VideoState{std::move(v)};
   }
 
   void SetTask(const std::string& id, TaskScript s) ABSL_LOCKS_EXCLUDED(mu) {
@@ -452,12 +663,22 @@ struct SimUpstream::Impl {
   void ResetCounts() ABSL_LOCKS_EXCLUDED(mu) {
     absl::MutexLock lock(&mu);
     counts.clear();
+    served.clear();
     times.clear();
     total = 0;
+    video_counts.clear();
+    video_total = 0;
+    video_authorization = 0;
   }
 };
 
 absl::StatusOr<std::unique_ptr<SimUpstream>> SimUpstream::Start(Options options) {
+  // A client that leaves mid-answer (a timed-out hang, a reset) must not kill
+  // the process with SIGPIPE when the answer is written.
+  struct sigaction old_action;
+  if (sigaction(SIGPIPE, nullptr, &old_action) == 0 && old_action.sa_handler == SIG_DFL) {
+    signal(SIGPIPE, SIG_IGN);
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   Impl* p = impl.get();
@@ -476,6 +697,9 @@ absl::StatusOr<std::unique_ptr<SimUpstream>> SimUpstream::Start(Options options)
                 [p](const httplib::Request& req, httplib::Response& res) {
                   p->HandleResult(req, res);
                 });
+  p->server.Get(R"(/videos/([^/]+))", [p](const httplib::Request& req, httplib::Response& res) {
+    p->HandleVideo(req, res);
+  });
   p->InstallAdmin();
   // Every error answer carries a JSON body, also for paths nobody serves.
   p->server.set_error_handler(httplib::Server::HandlerWithResponse(
@@ -510,6 +734,7 @@ absl::StatusOr<std::unique_ptr<SimUpstream>> SimUpstream::Start(Options options)
     return absl::UnavailableError(
         absl::StrCat("simulated upstream cannot listen on ", options.host, ":", options.port));
   }
+  if (options.video_urls_on_sim) p->video_prefix = absl::StrCat(p->Origin(), "/videos/");
   p->thread = std::thread([p] {
     p->server.listen_after_bind();
     p->loop_done = true;
@@ -569,11 +794,52 @@ std::vector<absl::Time> SimUpstream::RequestTimes() const {
   absl::MutexLock lock(&impl_->mu);
   return impl_->times;
 }
+int SimUpstream::ServedCount(const std::string& id, const std::string& what) const {
+  absl::MutexLock lock(&impl_->mu);
+  auto it = impl_->served.find({id, what});
+  return it == impl_->served.end() ? 0 : it->second;
+}
 absl::Time SimUpstream::TerminalServedAt(const std::string& id) const {
   absl::MutexLock lock(&impl_->mu);
   auto it = impl_->tasks.find(id);
   return it == impl_->tasks.end() ? absl::InfiniteFuture() : it->second.terminal_served;
 }
 void SimUpstream::ResetCounts() { impl_->ResetCounts(); }
+
+void SimUpstream::SetVideo(const std::string& id, VideoScript script) {
+  impl_->SetVideo(id, std::move(script));
+}
+int SimUpstream::VideoRequestCount(const std::string& id) const {
+  absl::MutexLock lock(&impl_->mu);
+  auto it = impl_->video_counts.find(id);
+  return it == impl_->video_counts.end() ? 0 : it->second;
+}
+int SimUpstream::VideoAuthorizationCount() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->video_authorization;
+}
+std::string SimUpstream::VideoUrl(const std::string& id, const std::string& ext) const {
+  return absl::StrCat(impl_->Origin(), "/videos/", id, ext);
+}
+
+// splitmix64 of (a hash of the id + the 8-byte block index): any byte range
+// can be produced without the ones before it.
+void VideoBytes(const std::string& id, uint64_t offset, char* out, size_t n) {
+  uint64_t seed = 1469598103934665603ULL;  // FNV-1a of the id
+  for (unsigned char c : id) seed = (seed ^ c) * 1099511628211ULL;
+  auto block = [seed](uint64_t index) {
+    uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  };
+  size_t i = 0;
+  while (i < n) {
+    const uint64_t pos = offset + i;
+    const uint64_t word = block(pos / 8);
+    size_t k = pos % 8;
+    for (; k < 8 && i < n; ++k, ++i) out[i] = static_cast<char>((word >> (8 * k)) & 0xff);
+  }
+}
 
 }  // namespace videotask::sim

@@ -13,12 +13,26 @@
 //   POST   /_sim/tasks/{id}/complete                                  -> 204
 //   POST   /_sim/tasks/{id}/fail     {"error"} (optional)              -> 204
 //   POST   /_sim/faults  {"id","kind","count","http_status","retry_after",
-//          "delay_ms","body_bytes"}; kind: rate_limit, server_error,
+//          "delay_ms","body_bytes","status"}; kind: rate_limit, server_error,
 //          malformed_json, html, oversized, unknown_status, not_found,
-//          unauthorized, slow, hang                                   -> 204
+//          unauthorized, slow, hang, status ("status": the status string
+//          served, e.g. one that goes backwards), truncated, reset     -> 204
 //   DELETE /_sim/faults                                               -> 204
 //   GET    /_sim/counts  -> {"total":N,"tasks":{"<id>":n,...}}
 //   POST   /_sim/reset   (request counts only)                        -> 204
+//   PUT    /_sim/videos/{id}  {"size_bytes","content_type","chunk_delay_ms",
+//          "fault","fault_count","redirect_hops","redirect_location",
+//          "chunked"} (all optional; see VideoScript) -> 204; fault: none,
+//          truncated, wrong_length, not_found, server_error
+//   GET    /_sim/video_counts -> {"total":N,"authorization":M,
+//          "videos":{"<id>":n,...}}  (M: video requests with an
+//          Authorization header; reset by /_sim/reset too)
+//
+// It also plays the video host: GET /videos/{id}[.ext] answers the bytes of
+// the task's video (no key needed), generated on the fly from the id
+// (VideoBytes), so a test can check content and SHA-256 without holding the
+// video. With Options::video_urls_on_sim a completed task's default
+// video_url points there: http://127.0.0.1:PORT/videos/{id}.mp4.
 // Bad input is a 400 with a JSON {"error":{"message":...}} body.
 #ifndef VIDEOTASK_TESTS_SIM_SIM_UPSTREAM_H_
 #define VIDEOTASK_TESTS_SIM_SIM_UPSTREAM_H_
@@ -64,6 +78,11 @@ enum class FaultKind {
   kUnauthorized,   // 401
   kSlow,           // waits `delay`, then answers normally
   kHang,           // waits `delay` (default 1 h) or until the server stops
+  kStatus,         // 200 with a well-formed task in `status` (any string, e.g.
+                   // one that goes backwards or flaps); the script stays put
+  kTruncated,      // 200 whose body stops halfway: the connection closes
+                   // before the promised Content-Length
+  kReset,          // the connection is dropped without an answer
 };
 
 struct Fault {
@@ -73,7 +92,37 @@ struct Fault {
   std::string retry_after_header;
   absl::Duration delay = absl::Hours(1);
   size_t body_bytes = 2 << 20;
+  std::string status = "queued";  // kStatus only
 };
+
+// How the sim's video host answers GET /videos/{id}[.ext].
+enum class VideoFault {
+  kNone,
+  kTruncated,    // Content-Length is the full size; the connection closes halfway
+  kWrongLength,  // Content-Length claims 1 KiB more than the body, which then ends
+  kNotFound,     // 404
+  kServerError,  // 503
+};
+
+struct VideoScript {
+  int64_t size_bytes = 1 << 20;
+  std::string content_type = "video/mp4";  // empty: no Content-Type header
+  // Slow: waits this long before each 64 KiB chunk (released when the sim stops).
+  absl::Duration chunk_delay = absl::ZeroDuration();
+  VideoFault fault = VideoFault::kNone;
+  int fault_count = -1;  // how many requests the fault answers; -1: every one
+  // Answers 302 to the same path with ?hop=N+1 this many times (on loopback
+  // http), then the video; redirects are not faults and do not use up
+  // fault_count.
+  int redirect_hops = 0;
+  // When set, a request without ?hop= is answered 302 to this URL instead.
+  std::string redirect_location;
+  bool chunked = false;  // no Content-Length: chunked transfer encoding
+};
+
+// The video bytes of task `id` at [offset, offset + n): a deterministic
+// pseudo-random stream, the same for every request.
+void VideoBytes(const std::string& id, uint64_t offset, char* out, size_t n);
 
 class SimUpstream {
  public:
@@ -87,6 +136,11 @@ class SimUpstream {
     int threads = 16;
     // Logs one line per request (method, path, status) to stderr.
     bool log_requests = false;
+    // A completed task without a scripted video_url points at this sim's
+    // video host (http://HOST:PORT/videos/{id}.mp4) instead of cdn.invalid.
+    bool video_urls_on_sim = false;
+    // What /videos/ serves for ids without SetVideo().
+    VideoScript default_video;
   };
 
   static absl::StatusOr<std::unique_ptr<SimUpstream>> Start(Options options);
@@ -109,7 +163,21 @@ class SimUpstream {
   int RequestCount(const std::string& id) const;  // all requests for id
   int TotalRequests() const;                      // every request
   std::vector<absl::Time> RequestTimes() const;   // start times, all ids
-  void ResetCounts();
+  // How many answers for `id` carried `what`: a task status ("queued",
+  // "processing", "completed", "failed", also from kSlow and kStatus) or the
+  // HTTP code of a refusal ("404", "401"). Lets a test check that whatever a
+  // client of the sidecar saw was really served.
+  int ServedCount(const std::string& id, const std::string& what) const;
+  void ResetCounts();  // request counts, times and served answers
+  // The video host: the script of `id`'s video, its request count (every
+  // request, redirects included), and how many video requests carried an
+  // Authorization header (any id; the key must never reach a video host).
+  void SetVideo(const std::string& id, VideoScript script);
+  int VideoRequestCount(const std::string& id) const;
+  int VideoAuthorizationCount() const;
+  // The URL of `id`'s video on this sim: http://HOST:PORT/videos/{id}{ext}.
+  std::string VideoUrl(const std::string& id, const std::string& ext = ".mp4") const;
+
   // When the task's terminal state (completed or failed) was first served;
   // InfiniteFuture if it has not been.
   absl::Time TerminalServedAt(const std::string& id) const;

@@ -35,6 +35,9 @@ ABSL_FLAG(std::string, scenario, "demo",
           "scripted, unknown ids are 404.");
 ABSL_FLAG(int, threads, 16, "HTTP worker threads.");
 ABSL_FLAG(bool, verbose, false, "Log each request to stderr.");
+ABSL_FLAG(bool, video_urls_on_sim, false,
+          "Completed tasks without a scripted video_url point at this sim's "
+          "video host (http://HOST:PORT/videos/{id}.mp4) instead of cdn.invalid.");
 
 namespace {
 
@@ -80,6 +83,7 @@ int main(int argc, char** argv) {
   }
   options.threads = absl::GetFlag(FLAGS_threads);
   options.log_requests = absl::GetFlag(FLAGS_verbose);
+  options.video_urls_on_sim = absl::GetFlag(FLAGS_video_urls_on_sim);
   if (options.port < 0 || options.port > 65535) {
     std::cerr << "sim_upstream_server: --port must be in [0, 65535]\n";
     return 2;

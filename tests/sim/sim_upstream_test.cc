@@ -392,6 +392,72 @@ TEST_F(SimUpstreamTest, UnknownStatus) {
   EXPECT_EQ(r.Json()["id"], "u");
 }
 
+TEST_F(SimUpstreamTest, StatusFaultServesAnyStatusWithoutMovingTheScript) {
+  sim_->SetTask("f", Script(1, 1));
+  EXPECT_EQ(Get("f").Status(), "queued");
+  EXPECT_EQ(Get("f").Status(), "processing");
+  Fault back = MakeFault(FaultKind::kStatus);
+  back.status = "queued";  // backwards
+  sim_->InjectFault("f", back);
+  Reply r = Get("f");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.Status(), "queued");
+  EXPECT_EQ(r.Json()["id"], "f");
+  Fault done = MakeFault(FaultKind::kStatus);
+  done.status = "failed";
+  sim_->InjectFault("f", done);
+  EXPECT_EQ(Get("f").Json()["error"], "unsupported reference material");
+  EXPECT_EQ(Get("f").Status(), "completed");  // the script's own next answer
+  EXPECT_EQ(sim_->ServedCount("f", "queued"), 2);
+  EXPECT_EQ(sim_->ServedCount("f", "processing"), 1);
+  EXPECT_EQ(sim_->ServedCount("f", "failed"), 1);
+  EXPECT_EQ(sim_->ServedCount("f", "completed"), 1);
+  EXPECT_EQ(sim_->ServedCount("g", "queued"), 0);
+}
+
+TEST_F(SimUpstreamTest, TruncatedBodyAndResetGiveNoAnswer) {
+  sim_->SetTask("t", Script(1, 1));
+  sim_->InjectFault("t", MakeFault(FaultKind::kTruncated));
+  sim_->InjectFault("t", MakeFault(FaultKind::kReset));
+  // A raw client sees the truncation: a Content-Length it never gets.
+  httplib::Client raw("127.0.0.1", sim_->port());
+  raw.set_read_timeout(5);
+  std::string got;
+  size_t promised = 0;
+  auto res = raw.Get(Path("t").c_str(), {{"Authorization", absl::StrCat("Bearer ", kKey)}},
+                     [&](const httplib::Response& r) {
+                       promised = std::stoul(r.get_header_value("Content-Length"));
+                       return true;
+                     },
+                     [&](const char* data, size_t n) {
+                       got.append(data, n);
+                       return true;
+                     });
+  EXPECT_FALSE(res);  // the read failed
+  EXPECT_GT(promised, 0u);
+  EXPECT_LT(got.size(), promised);
+  EXPECT_FALSE(got.empty());
+  EXPECT_EQ(Get("t").status, -1);  // reset: no HTTP answer at all
+  EXPECT_EQ(Get("t").Status(), "queued");  // neither moved the script
+  EXPECT_EQ(sim_->RequestCount("t"), 3);
+  EXPECT_EQ(sim_->ServedCount("t", "queued"), 1);
+  EXPECT_EQ(sim_->ServedCount("t", "completed"), 0);
+}
+
+TEST_F(SimUpstreamTest, ServedCountsRefusals) {
+  sim_->SetTask("r", Script(1, 1));
+  Get("r", "wrong");
+  Get("ghost");
+  sim_->InjectFault("r", MakeFault(FaultKind::kNotFound));
+  Get("r");
+  EXPECT_EQ(sim_->ServedCount("r", "401"), 1);
+  EXPECT_EQ(sim_->ServedCount("ghost", "404"), 1);
+  EXPECT_EQ(sim_->ServedCount("r", "404"), 1);
+  EXPECT_EQ(sim_->ServedCount("r", "queued"), 0);
+  sim_->ResetCounts();
+  EXPECT_EQ(sim_->ServedCount("r", "401"), 0);
+}
+
 TEST_F(SimUpstreamTest, NotFoundAndUnauthorizedFaults) {
   sim_->SetTask("n", Script(1, 1));
   sim_->InjectFault("n", MakeFault(FaultKind::kNotFound));
@@ -652,6 +718,9 @@ TEST_F(SimUpstreamTest, AdminFaultsOfEveryKind) {
            {R"({"id":"a","kind":"unauthorized"})", 401},
            {R"({"id":"a","kind":"slow","delay_ms":50})", 200},
            {R"({"id":"a","kind":"hang","delay_ms":50})", 504},
+           {R"({"id":"a","kind":"status","status":"failed"})", 200},
+           {R"({"id":"a","kind":"truncated"})", -1},
+           {R"({"id":"a","kind":"reset"})", -1},
        }) {
     SCOPED_TRACE(c.body);
     Reply admin = Admin("POST", "/_sim/faults", c.body);
@@ -675,6 +744,9 @@ TEST_F(SimUpstreamTest, AdminFaultsOfEveryKind) {
     }
     if (c.body.find("slow") != std::string::npos) {
       EXPECT_EQ(r.Status(), "queued");
+    }
+    if (c.body.find("\"status\"") != std::string::npos) {
+      EXPECT_EQ(r.Status(), "failed");
     }
     EXPECT_EQ(Get("a").Status(), "queued");  // count 1 by default
   }
@@ -743,6 +815,7 @@ TEST_F(SimUpstreamTest, AdminBadInputIs400) {
            {"POST", "/_sim/faults", R"({"kind":"rate_limit","retry_after":2})"},
            {"POST", "/_sim/faults", "{\"kind\":\"rate_limit\",\"retry_after\":\"2\\r\\nX: y\"}"},
            {"POST", "/_sim/faults", R"({"kind":"rate_limit","id":7})"},
+           {"POST", "/_sim/faults", R"({"kind":"status","status":2})"},
        }) {
     SCOPED_TRACE(c.method + " " + c.path + " " + c.body);
     Reply r = Admin(c.method, c.path, c.body);
@@ -757,6 +830,137 @@ TEST_F(SimUpstreamTest, AdminBadInputIs400) {
   Reply r = Admin("GET", "/_sim/nothing");
   EXPECT_EQ(r.status, 404);
   EXPECT_TRUE(r.Json().is_object()) << r.body;
+}
+
+// ---- The video host -------------------------------------------------------
+
+std::string ExpectedVideo(const std::string& id, size_t n) {
+  std::string out(n, '\0');
+  VideoBytes(id, 0, out.data(), n);
+  return out;
+}
+
+TEST(VideoBytesTest, AnyRangeMatchesTheWholeStream) {
+  const std::string all = ExpectedVideo("v1", 1000);
+  for (size_t off : {0, 1, 7, 8, 9, 500, 999}) {
+    for (size_t n : {0, 1, 3, 8, 17}) {
+      if (off + n > all.size()) continue;
+      std::string part(n, '\0');
+      VideoBytes("v1", off, part.data(), n);
+      EXPECT_EQ(part, all.substr(off, n)) << off << " " << n;
+    }
+  }
+  EXPECT_NE(ExpectedVideo("v2", 64), all.substr(0, 64));
+}
+
+TEST_F(SimUpstreamTest, VideoHostServesGeneratedBytesAndCountsKeys) {
+  VideoScript v;
+  v.size_bytes = 300000;
+  sim_->SetVideo("v", v);
+  Reply r = ToReply(client_->Get("/videos/v.mp4"));
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.content_type, "video/mp4");
+  EXPECT_EQ(r.body, ExpectedVideo("v", 300000));
+  EXPECT_EQ(sim_->VideoAuthorizationCount(), 0);
+  // Unscripted ids get the default video (1 MiB); a key sent is counted.
+  Reply d = ToReply(client_->Get("/videos/other", {{"Authorization", "Bearer x"}}));
+  ASSERT_EQ(d.status, 200);
+  EXPECT_EQ(d.body, ExpectedVideo("other", 1 << 20));
+  EXPECT_EQ(sim_->VideoAuthorizationCount(), 1);
+  EXPECT_EQ(sim_->VideoRequestCount("v"), 1);
+  EXPECT_EQ(sim_->VideoRequestCount("other"), 1);
+  EXPECT_EQ(sim_->TotalRequests(), 0);  // not upstream requests
+  EXPECT_EQ(Admin("GET", "/_sim/video_counts").Json(),
+            json::parse(R"({"total":2,"authorization":1,"videos":{"v":1,"other":1}})"));
+  EXPECT_EQ(Admin("POST", "/_sim/reset").status, 204);
+  EXPECT_EQ(sim_->VideoAuthorizationCount(), 0);
+  EXPECT_EQ(sim_->VideoRequestCount("v"), 0);
+  // Chunked, another type.
+  v.chunked = true;
+  v.content_type = "video/webm";
+  sim_->SetVideo("v", v);
+  r = ToReply(client_->Get("/videos/v"));
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.content_type, "video/webm");
+  EXPECT_EQ(r.body, ExpectedVideo("v", 300000));
+}
+
+TEST_F(SimUpstreamTest, VideoFaultsAndRedirects) {
+  ASSERT_EQ(Admin("PUT", "/_sim/videos/t",
+                  R"({"size_bytes":200000,"fault":"truncated","fault_count":1})")
+                .status,
+            204);
+  EXPECT_EQ(ToReply(client_->Get("/videos/t.mp4")).status, -1);  // cut short
+  Reply ok = ToReply(client_->Get("/videos/t.mp4"));            // the fault answered one request
+  EXPECT_EQ(ok.status, 200);
+  EXPECT_EQ(ok.body, ExpectedVideo("t", 200000));
+  ASSERT_EQ(
+      Admin("PUT", "/_sim/videos/w", R"({"size_bytes":1000,"fault":"wrong_length"})").status,
+      204);
+  EXPECT_EQ(ToReply(client_->Get("/videos/w.mp4")).status, -1);
+  ASSERT_EQ(Admin("PUT", "/_sim/videos/n", R"({"fault":"not_found"})").status, 204);
+  EXPECT_EQ(ToReply(client_->Get("/videos/n.mp4")).status, 404);
+  ASSERT_EQ(
+      Admin("PUT", "/_sim/videos/e", R"({"fault":"server_error","fault_count":2})").status,
+      204);
+  EXPECT_EQ(ToReply(client_->Get("/videos/e.mp4")).status, 503);
+  EXPECT_EQ(ToReply(client_->Get("/videos/e.mp4")).status, 503);
+  EXPECT_EQ(ToReply(client_->Get("/videos/e.mp4")).status, 200);
+  // Two hops on the sim itself, then the video.
+  ASSERT_EQ(Admin("PUT", "/_sim/videos/r", R"({"size_bytes":10,"redirect_hops":2})").status, 204);
+  httplib::Result first = client_->Get("/videos/r.mp4");
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->status, 302);
+  EXPECT_EQ(first->get_header_value("Location"),
+            absl::StrCat("http://127.0.0.1:", sim_->port(), "/videos/r.mp4?hop=1"));
+  client_->set_follow_location(true);
+  Reply followed = ToReply(client_->Get("/videos/r.mp4"));
+  EXPECT_EQ(followed.status, 200);
+  EXPECT_EQ(followed.body, ExpectedVideo("r", 10));
+  EXPECT_EQ(sim_->VideoRequestCount("r"), 4);
+  client_->set_follow_location(false);
+  ASSERT_EQ(Admin("PUT", "/_sim/videos/x",
+                  R"({"redirect_location":"http://video.invalid/x.mp4"})").status, 204);
+  httplib::Result away = client_->Get("/videos/x.mp4");
+  ASSERT_TRUE(away);
+  EXPECT_EQ(away->status, 302);
+  EXPECT_EQ(away->get_header_value("Location"), "http://video.invalid/x.mp4");
+  for (const char* bad : {"[]", R"({"size_bytes":-1})", R"({"fault":"meteor"})",
+                          R"({"fault_count":-2})", R"({"redirect_hops":"2"})",
+                          R"({"chunk_delay_ms":-1})", R"({"chunked":1})",
+                          "{\"content_type\":\"a\\r\\nX: y\"}"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_EQ(Admin("PUT", "/_sim/videos/x", bad).status, 400);
+  }
+}
+
+TEST_F(SimUpstreamTest, SlowVideoIsReleasedWhenTheSimStops) {
+  VideoScript v;
+  v.size_bytes = 10 << 20;
+  v.chunk_delay = absl::Hours(1);
+  sim_->SetVideo("slow", v);
+  std::thread t([port = sim_->port()] {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(30);
+    c.Get("/videos/slow.mp4");
+  });
+  while (sim_->VideoRequestCount("slow") == 0) absl::SleepFor(absl::Milliseconds(5));
+  const absl::Time start = absl::Now();
+  sim_.reset();
+  t.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+TEST_F(SimUpstreamTest, VideoUrlsOnSim) {
+  SimUpstream::Options o;
+  o.video_urls_on_sim = true;
+  Start(o);
+  sim_->SetTask("done", Script(0, 0));
+  Reply r = Get("done");
+  ASSERT_EQ(r.Status(), "completed");
+  EXPECT_EQ(r.Json()["video_url"], sim_->VideoUrl("done"));
+  EXPECT_EQ(sim_->VideoUrl("done"),
+            absl::StrCat("http://127.0.0.1:", sim_->port(), "/videos/done.mp4"));
 }
 
 }  // namespace
