@@ -116,7 +116,10 @@ int64_t IntField(const json& j, const char* name, int64_t def, int64_t lo, int64
   if (!j.contains(name) || j[name].is_null()) return def;
   const json& v = j[name];
   int64_t n;
-  if (v.is_number_integer()) {
+  if (v.is_number_unsigned() &&
+      v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    throw std::invalid_argument(absl::StrCat("\"", name, "\" must be in [", lo, ", ", hi, "]"));
+  } else if (v.is_number_integer()) {
     n = v.get<int64_t>();
   } else if (v.is_number_float() && std::abs(v.get<double>()) < 9e15 &&
              v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>()))) {

@@ -806,6 +806,9 @@ TEST_F(SimUpstreamTest, AdminBadInputIs400) {
            {"POST", "/_sim/faults", R"({"kind":"hang","count":0})"},
            {"POST", "/_sim/faults", R"({"kind":"hang","count":-2})"},
            {"POST", "/_sim/faults", R"({"kind":"hang","count":"1"})"},
+           // Above INT64_MAX: read as -1 ("until cleared") before the fix.
+           {"POST", "/_sim/faults", R"({"kind":"hang","count":18446744073709551615})"},
+           {"PUT", "/_sim/tasks/x", R"({"queued_polls":18446744073709551615})"},
            {"POST", "/_sim/faults", R"({"kind":"server_error","http_status":42})"},
            {"POST", "/_sim/faults", R"({"kind":"server_error","http_status":600})"},
            {"POST", "/_sim/faults", R"({"kind":"oversized","body_bytes":-1})"},

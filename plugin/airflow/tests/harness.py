@@ -241,10 +241,11 @@ def http_request_sync(port, method, path, body=None, timeout=5.0):
 class Sim:
     """The simulated upstream (tests/sim/sim_upstream_main.cc) and its control API."""
 
-    def __init__(self, scenario="empty"):
+    def __init__(self, scenario="empty", extra_args=()):
         self.proc = Proc("sim_upstream_server",
                          [binary("VIDEOTASK_SIM_BIN", "tests/sim/sim_upstream_server"),
-                          "--port=0", "--api_key=" + API_KEY, "--scenario=" + scenario])
+                          "--port=0", "--api_key=" + API_KEY, "--scenario=" + scenario]
+                         + list(extra_args))
         try:
             self.port = int(self.proc.wait_for("stdout", r"SIM_UPSTREAM_PORT=(\d+)").group(1))
         except BaseException:

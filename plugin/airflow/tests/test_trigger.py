@@ -184,3 +184,25 @@ async def test_two_copies_of_one_trigger_are_harmless(sim, sidecar):
         await harness.cancel(*copies)
     assert [[e.payload["status"] for e in r] for r in results] == [["completed"], ["completed"]]
     assert results[0][0].payload == results[1][0].payload
+
+
+async def test_archived_video_is_in_the_payload(tmp_path):
+    """With --archive_dir, the event's task carries the archive (videos served by the sim)."""
+    video_sim = harness.Sim("empty", extra_args=("--video_urls_on_sim",))
+    try:
+        sc = harness.Sidecar(video_sim, extra_args=("--archive_dir=%s" % tmp_path,))
+        try:
+            video_sim.set_task("tr-archived", {"queued_polls": 1, "processing_polls": 1})
+            events = await run_trigger(VideoTaskTrigger("tr-archived", target=sc.target))
+            assert len(events) == 1
+            payload = events[0].payload
+            assert payload["status"] == "completed", payload
+            archive = payload["task"]["archive"]
+            assert archive["uri"] == "file://%s/tr-archived.mp4" % tmp_path, archive
+            assert len(archive["sha256"]) == 64
+            assert int(archive["sizeBytes"]) == (tmp_path / "tr-archived.mp4").stat().st_size
+            json.dumps(payload)
+        finally:
+            sc.stop()
+    finally:
+        video_sim.stop()
