@@ -1,4 +1,4 @@
-// videotask_sidecar: the gRPC sidecar. Flags below; each flag can also be set
+// videotask_sidecar: the gRPC sidecar. Flags in sidecar_flags.cc; each can also be set
 // by the environment variable VIDEOTASK_<FLAG_IN_CAPS> (a flag given on the
 // command line wins). SIGTERM/SIGINT drain and exit 0 within --shutdown_grace.
 #include <csignal>
@@ -11,112 +11,33 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/ascii.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "server/command_line.h"
 #include "server/log.h"
 #include "server/sidecar.h"
-
-ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
-          "gRPC listen address: host:port (port 0 picks a free one) or unix:PATH.");
-ABSL_FLAG(std::string, upstream_url, videotask::kDefaultUpstreamUrl,
-          "The vendor's API base; the sidecar polls {upstream_url}/result/{id}. Must be "
-          "https:// unless the host is loopback.");
-ABSL_FLAG(std::string, api_key_file, "",
-          "File holding the vendor API key (e.g. a mounted Secret); re-read when it changes. "
-          "When empty the key is read from the environment variable VIDEOTASK_API_KEY.");
-ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(30),
-          "Time between upstream polls of one task (+-10% jitter). The vendor asks for 30-60s. "
-          "A task nobody watches any more keeps its state and poll schedule this long, so a "
-          "watcher that reconnects within it, or a Get, costs no upstream request.");
-ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(15),
-          "A HEARTBEAT repeats a task's state to its watchers this often while nothing changes.");
-ABSL_FLAG(absl::Duration, upstream_timeout, absl::Seconds(10),
-          "Total time limit of one upstream request.");
-ABSL_FLAG(absl::Duration, upstream_connect_timeout, absl::Seconds(5),
-          "Connection time limit of one upstream request.");
-ABSL_FLAG(int32_t, max_upstream_qps, 5,
-          "At most this many upstream requests in any sliding one-second window, all tasks "
-          "together (a request holds its slot until one second after it ends).");
-ABSL_FLAG(int32_t, max_inflight, 16, "At most this many upstream requests run at once.");
-ABSL_FLAG(absl::Duration, terminal_cache_ttl, absl::Hours(1),
-          "How long a completed or failed task is remembered and served without upstream "
-          "requests.");
-ABSL_FLAG(absl::Duration, max_backoff, absl::Minutes(5),
-          "Cap of the per-task backoff after transient upstream errors (poll_interval * 2^n) "
-          "and of every 429 pause, a Retry-After longer than this included (the capped "
-          "value is logged).");
-ABSL_FLAG(int64_t, max_watches, 100000,
-          "Open watches beyond this are refused with RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int64_t, max_pending_gets, 1000,
-          "GetVideoTask calls waiting for an upstream answer beyond this are refused with "
-          "RESOURCE_EXHAUSTED (a Get whose caller leaves is dropped from the queue).");
-ABSL_FLAG(absl::Duration, slow_watcher_timeout, absl::Seconds(60),
-          "A watch stream whose client has not taken a message for this long is ended with "
-          "RESOURCE_EXHAUSTED, and reset if the client still does not read for as long again.");
-ABSL_FLAG(std::string, redis_url, "",
-          "Fleet mode: redis://[:password@]host:port[/db] or unix:PATH of a Redis shared by every "
-          "sidecar with this API key (one rate budget, one 429 pause, one poll per task, one "
-          "state). Empty: single-pod mode. Redis faults fall back to local limits.");
-ABSL_FLAG(std::string, redis_password_file, "",
-          "File with the Redis password (a mounted Secret), re-read when it changes; overrides a "
-          "password in --redis_url.");
-ABSL_FLAG(double, fleet_max_upstream_qps, 0,
-          "Fleet mode: at most this many upstream requests per second across every sidecar of "
-          "the fleet (set it to the vendor's per-key limit); 0 turns the fleet budget off. The "
-          "local --max_upstream_qps and --max_inflight still apply.");
-ABSL_FLAG(std::string, archive_dir, "",
-          "Archive completed videos into this directory (a volume the worker mounts too): a "
-          "COMPLETED event then waits for the copy and carries it (task.archive), or "
-          "task.archive_error when it could not be made. Empty: off.");
-ABSL_FLAG(int64_t, archive_max_bytes, int64_t{2} << 30,
-          "Largest video archived (bytes); a larger one gets archive_error.");
-ABSL_FLAG(absl::Duration, archive_timeout, absl::Minutes(30),
-          "How long a failing video download is retried before COMPLETED is sent with "
-          "archive_error.");
-ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
-          "Prometheus /metrics listen address (host:port); empty disables it.");
-ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
-          "On SIGTERM/SIGINT: drain, and exit 0 within this time.");
-ABSL_FLAG(std::string, log_format, "text", "Log line format on stderr: text or json.");
-ABSL_FLAG(bool, allow_insecure_upstream, false,
-          "Allow a plain http:// upstream on a non-loopback host (sends the key in clear "
-          "text; logged loudly).");
+#include "server/sidecar_flags.h"
 
 namespace {
-
-// Every flag above, for the VIDEOTASK_<FLAG> environment variables.
-const char* const kEnvFlags[] = {
-    "listen",           "upstream_url",       "api_key_file",        "poll_interval",
-    "heartbeat_interval", "upstream_timeout", "upstream_connect_timeout", "max_upstream_qps",
-    "max_inflight",     "terminal_cache_ttl", "max_backoff",         "max_watches",
-    "max_pending_gets", "redis_url",          "redis_password_file", "fleet_max_upstream_qps",
-    "slow_watcher_timeout", "metrics_listen", "shutdown_grace",      "log_format",
-    "allow_insecure_upstream", "archive_dir", "archive_max_bytes", "archive_timeout"};
 
 [[noreturn]] void Die(const std::string& message) {
   std::fprintf(stderr, "videotask_sidecar: %s\n", message.c_str());
   std::exit(2);
 }
 
-// Applied before argv is parsed, so that flags on the command line win.
-void ApplyEnvironment() {
-  for (const char* name : kEnvFlags) {
-    const std::string var = absl::StrCat("VIDEOTASK_", absl::AsciiStrToUpper(name));
-    const char* value = std::getenv(var.c_str());
-    if (value == nullptr) continue;
-    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-    std::string error;
-    if (flag == nullptr || !flag->ParseFrom(value, &error)) {
-      Die(absl::StrCat("bad value in ", var, ": ", error));
-    }
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help and --helpshort list the flags of sidecar_flags.cc (absl's
+  // default looks only in this file).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/sidecar_flags.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "videotask gRPC sidecar: polls the video vendor once per task and streams status "
       "transitions to every WatchVideoTask caller.\n"
@@ -127,7 +48,9 @@ int main(int argc, char** argv) {
   // (one Mutex per open stream): a profile of a 10,000-watcher fan-out
   // spent 8% in it. Tests keep it on; the production binary turns it off.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  ApplyEnvironment();
+  if (absl::Status s = videotask::ApplyFlagEnvironment(); !s.ok()) {
+    Die(std::string(s.message()));
+  }
   // A bad flag exits 2 like any bad value, not absl's 1.
   if (absl::Status s = videotask::CheckCommandLineFlags(argc, argv); !s.ok()) {
     Die(std::string(s.message()));
@@ -144,29 +67,7 @@ int main(int argc, char** argv) {
   const absl::Duration grace = absl::GetFlag(FLAGS_shutdown_grace);
   if (grace < absl::ZeroDuration()) Die("--shutdown_grace must not be negative");
 
-  videotask::SidecarConfig config;
-  config.listen = absl::GetFlag(FLAGS_listen);
-  config.upstream_url = absl::GetFlag(FLAGS_upstream_url);
-  config.api_key_file = absl::GetFlag(FLAGS_api_key_file);
-  config.allow_insecure_upstream = absl::GetFlag(FLAGS_allow_insecure_upstream);
-  config.upstream_timeout = absl::GetFlag(FLAGS_upstream_timeout);
-  config.upstream_connect_timeout = absl::GetFlag(FLAGS_upstream_connect_timeout);
-  config.hub.poll_interval = absl::GetFlag(FLAGS_poll_interval);
-  config.hub.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
-  config.hub.max_upstream_qps = absl::GetFlag(FLAGS_max_upstream_qps);
-  config.hub.max_inflight = absl::GetFlag(FLAGS_max_inflight);
-  config.hub.terminal_cache_ttl = absl::GetFlag(FLAGS_terminal_cache_ttl);
-  config.hub.backoff_max = absl::GetFlag(FLAGS_max_backoff);
-  config.hub.max_watches = absl::GetFlag(FLAGS_max_watches);
-  config.hub.max_pending_gets = absl::GetFlag(FLAGS_max_pending_gets);
-  config.service.slow_watcher_timeout = absl::GetFlag(FLAGS_slow_watcher_timeout);
-  config.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
-  config.archive_dir = absl::GetFlag(FLAGS_archive_dir);
-  config.archive_max_bytes = absl::GetFlag(FLAGS_archive_max_bytes);
-  config.archive_timeout = absl::GetFlag(FLAGS_archive_timeout);
-  config.redis_url = absl::GetFlag(FLAGS_redis_url);
-  config.redis_password_file = absl::GetFlag(FLAGS_redis_password_file);
-  config.fleet_max_upstream_qps = absl::GetFlag(FLAGS_fleet_max_upstream_qps);
+  videotask::SidecarConfig config = videotask::SidecarConfigFromFlags();
 
   // Signals are taken by sigwait below; block them before any thread starts.
   sigset_t signals;

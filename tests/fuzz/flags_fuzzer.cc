@@ -26,26 +26,9 @@
 #include "absl/time/time.h"
 #include "server/command_line.h"
 #include "server/sidecar.h"
+#include "server/sidecar_flags.h"
 #include "tests/fuzz/fuzz_util.h"
 
-ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "");
-ABSL_FLAG(std::string, upstream_url, videotask::kDefaultUpstreamUrl, "");
-ABSL_FLAG(std::string, api_key_file, "", "");
-ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(30), "");
-ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(15), "");
-ABSL_FLAG(absl::Duration, upstream_timeout, absl::Seconds(10), "");
-ABSL_FLAG(absl::Duration, upstream_connect_timeout, absl::Seconds(5), "");
-ABSL_FLAG(int32_t, max_upstream_qps, 5, "");
-ABSL_FLAG(int32_t, max_inflight, 16, "");
-ABSL_FLAG(absl::Duration, terminal_cache_ttl, absl::Hours(1), "");
-ABSL_FLAG(absl::Duration, max_backoff, absl::Minutes(5), "");
-ABSL_FLAG(int64_t, max_watches, 100000, "");
-ABSL_FLAG(int64_t, max_pending_gets, 1000, "");
-ABSL_FLAG(absl::Duration, slow_watcher_timeout, absl::Seconds(60), "");
-ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "");
-ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10), "");
-ABSL_FLAG(std::string, log_format, "text", "");
-ABSL_FLAG(bool, allow_insecure_upstream, false, "");
 
 namespace {
 
@@ -124,23 +107,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
 
-  videotask::SidecarConfig config;
-  config.listen = absl::GetFlag(FLAGS_listen);
-  config.upstream_url = absl::GetFlag(FLAGS_upstream_url);
-  config.api_key_file = absl::GetFlag(FLAGS_api_key_file);
-  config.allow_insecure_upstream = absl::GetFlag(FLAGS_allow_insecure_upstream);
-  config.upstream_timeout = absl::GetFlag(FLAGS_upstream_timeout);
-  config.upstream_connect_timeout = absl::GetFlag(FLAGS_upstream_connect_timeout);
-  config.hub.poll_interval = absl::GetFlag(FLAGS_poll_interval);
-  config.hub.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
-  config.hub.max_upstream_qps = absl::GetFlag(FLAGS_max_upstream_qps);
-  config.hub.max_inflight = absl::GetFlag(FLAGS_max_inflight);
-  config.hub.terminal_cache_ttl = absl::GetFlag(FLAGS_terminal_cache_ttl);
-  config.hub.backoff_max = absl::GetFlag(FLAGS_max_backoff);
-  config.hub.max_watches = absl::GetFlag(FLAGS_max_watches);
-  config.hub.max_pending_gets = absl::GetFlag(FLAGS_max_pending_gets);
-  config.service.slow_watcher_timeout = absl::GetFlag(FLAGS_slow_watcher_timeout);
-  config.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  // The binary's own flags and mapping (server/sidecar_flags).
+  const videotask::SidecarConfig config = videotask::SidecarConfigFromFlags();
 
   const absl::Status valid = videotask::ValidateSidecarConfig(config);
   if (valid.ok()) {
