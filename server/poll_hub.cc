@@ -546,11 +546,13 @@ void PollHub::ApplyAdmission(const std::string& id, PollGate::Admission admissio
   MaybeRelease(id);
 }
 
-void PollHub::OnShared(VideoTask state) {
+void PollHub::OnShared(VideoTask state) { Enqueue(Completion::Kind::kShared, std::move(state)); }
+
+void PollHub::Enqueue(Completion::Kind kind, VideoTask state) {
   {
     absl::MutexLock lock(&mu_);
     Completion c;
-    c.kind = Completion::Kind::kShared;
+    c.kind = kind;
     c.id = state.id();
     c.admission.shared = std::move(state);
     EnqueueLocked(std::move(c));
@@ -820,16 +822,8 @@ void PollHub::Flush() {
     for (VideoTask& task : to_archive) {
       const std::string id = task.id();
       archiver_->Archive(task, [this, id](VideoTask archived) {
-        {
-          absl::MutexLock lock(&mu_);
-          Completion c;
-          c.kind = Completion::Kind::kArchived;
-          c.id = id;
-          archived.set_id(id);
-          c.admission.shared = std::move(archived);
-          EnqueueLocked(std::move(c));
-        }
-        Flush();
+        archived.set_id(id);
+        Enqueue(Completion::Kind::kArchived, std::move(archived));
       });
     }
     for (Delivery& d : deliveries) {

@@ -263,6 +263,9 @@ class PollHub {
   // answers its Gets from it.
   void ApplyShared(Task& task, videotask::v1::VideoTask state, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A state from outside (kShared, kArchived) for the task `state.id()`:
+  // queued or applied, then flushed.
+  void Enqueue(Completion::Kind kind, videotask::v1::VideoTask state) ABSL_LOCKS_EXCLUDED(mu_);
   // Queues `c` for the scheduler thread, or applies it now without one.
   void EnqueueLocked(Completion c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyCompletion(Completion c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -8,6 +8,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "server/task_status.h"
 
 namespace videotask::fleet {
 namespace {
@@ -61,11 +62,6 @@ return 0
 
 std::string Millis(absl::Duration d) {
   return absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(absl::Ceil(d, absl::Milliseconds(1)))));
-}
-
-bool IsTerminal(videotask::v1::VideoTaskStatus s) {
-  return s == videotask::v1::VIDEO_TASK_STATUS_COMPLETED ||
-         s == videotask::v1::VIDEO_TASK_STATUS_FAILED;
 }
 
 }  // namespace
