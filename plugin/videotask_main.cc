@@ -29,8 +29,8 @@
 #include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
 #include "plugin/client.h"
-#include "server/command_line.h"
-#include "server/task_id.h"
+#include "server/base/command_line.h"
+#include "server/base/task_id.h"
 
 ABSL_FLAG(std::string, target, "",
           "Sidecar address (host:port or unix:PATH). Default: $VIDEOTASK_TARGET, else "

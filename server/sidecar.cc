@@ -13,9 +13,9 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "httplib.h"
-#include "server/api_key.h"
-#include "server/curl_upstream_client.h"
-#include "server/log.h"
+#include "server/upstream/api_key.h"
+#include "server/upstream/curl_upstream_client.h"
+#include "server/base/log.h"
 
 namespace videotask {
 namespace {

@@ -26,15 +26,15 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
-#include "server/clock.h"
-#include "server/file_archiver.h"
+#include "server/base/clock.h"
+#include "server/archive/file_archiver.h"
 #include "server/fleet/fleet_gate.h"
 #include "server/fleet/redis_url.h"
-#include "server/loopback.h"  // IsLoopbackHost
-#include "server/metrics.h"
-#include "server/poll_hub.h"
-#include "server/upstream_client.h"
-#include "server/video_task_service.h"
+#include "server/base/loopback.h"  // IsLoopbackHost
+#include "server/base/metrics.h"
+#include "server/hub/poll_hub.h"
+#include "server/upstream/upstream_client.h"
+#include "server/api/video_task_service.h"
 
 namespace httplib {
 class Server;

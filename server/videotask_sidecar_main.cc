@@ -15,8 +15,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "server/command_line.h"
-#include "server/log.h"
+#include "server/base/command_line.h"
+#include "server/base/log.h"
 #include "server/sidecar.h"
 #include "server/sidecar_flags.h"
 

@@ -8,8 +8,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "server/log.h"
-#include "server/task_status.h"
+#include "server/base/log.h"
+#include "server/base/task_status.h"
 
 namespace videotask::fleet {
 namespace {

@@ -34,8 +34,8 @@
 #include "server/fleet/redis_client.h"
 #include "server/fleet/redis_rate_budget.h"
 #include "server/fleet/redis_task_store.h"
-#include "server/metrics.h"
-#include "server/poll_gate.h"
+#include "server/base/metrics.h"
+#include "server/hub/poll_gate.h"
 
 namespace videotask::fleet {
 

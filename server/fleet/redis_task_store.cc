@@ -8,7 +8,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "server/task_status.h"
+#include "server/base/task_status.h"
 
 namespace videotask::fleet {
 namespace {

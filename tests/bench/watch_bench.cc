@@ -36,9 +36,9 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/videotask/v1/video_task.grpc.pb.h"
-#include "server/api_key.h"
-#include "server/clock.h"
-#include "server/curl_upstream_client.h"
+#include "server/upstream/api_key.h"
+#include "server/base/clock.h"
+#include "server/upstream/curl_upstream_client.h"
 #include "tests/sim/sim_upstream.h"
 #include "tests/testing/subprocess.h"
 

@@ -15,7 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "server/api_key.h"
+#include "server/upstream/api_key.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

@@ -24,7 +24,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/strings/match.h"
 #include "absl/time/time.h"
-#include "server/command_line.h"
+#include "server/base/command_line.h"
 #include "server/sidecar.h"
 #include "server/sidecar_flags.h"
 #include "tests/fuzz/fuzz_util.h"

@@ -1,5 +1,5 @@
 // The raw request bytes of both RPCs, as gRPC hands them to the service:
-// ParseRequest (server/request_parse.h) into WatchVideoTaskRequest and
+// ParseRequest (server/api/request_parse.h) into WatchVideoTaskRequest and
 // GetVideoTaskRequest, then ValidateTaskId, the path every request takes
 // before anything else happens. Input: the first byte picks how the bytes
 // are cut into slices (gRPC delivers a message in any number of them), the
@@ -14,8 +14,8 @@
 #include "absl/strings/ascii.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/videotask/v1/video_task.pb.h"
-#include "server/request_parse.h"
-#include "server/task_id.h"
+#include "server/api/request_parse.h"
+#include "server/base/task_id.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

@@ -10,7 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/time/time.h"
-#include "server/task_json.h"
+#include "server/upstream/task_json.h"
 #include "tests/fuzz/fuzz_util.h"
 
 using videotask::fuzz::AsView;

@@ -26,9 +26,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
-#include "server/clock.h"
-#include "server/metrics.h"
-#include "server/poll_hub.h"
+#include "server/base/clock.h"
+#include "server/base/metrics.h"
+#include "server/hub/poll_hub.h"
 #include "tests/soak/sequence_check.h"
 
 namespace videotask::soak {

@@ -20,7 +20,7 @@
 
 #include "absl/status/status.h"
 #include "proto/videotask/v1/video_task.pb.h"
-#include "server/task_status.h"
+#include "server/base/task_status.h"
 
 namespace videotask::soak {
 
@@ -30,7 +30,7 @@ using ServedFn = std::function<int(const std::string& id, const std::string& wha
 
 // The sim's word for a status ("queued", ...), "" for UNSPECIFIED/unknown.
 std::string StatusWord(videotask::v1::VideoTaskStatus status);
-// COMPLETED or FAILED (server/task_status.h).
+// COMPLETED or FAILED (server/base/task_status.h).
 using videotask::IsTerminal;
 
 class SequenceCheck {

@@ -1,0 +1,665 @@
+// FileArchiver against a real HTTP video host: the simulated upstream on
+// loopback. Time is a SimulatedClock that the tests advance (Pump) while
+// they wait; downloads themselves are real.
+#include "server/archive/file_archiver.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "proto/videotask/v1/video_task.pb.h"
+#include "server/base/clock.h"
+#include "server/base/metrics.h"
+#include "tests/sim/sim_upstream.h"
+#include "tests/testing/sha256.h"
+
+extern char** environ;
+
+namespace videotask {
+namespace {
+
+using sim::SimUpstream;
+using sim::VideoFault;
+using sim::VideoScript;
+using testing::FileSha256;
+using testing::SimVideoSha256;
+using videotask::v1::VideoTask;
+
+constexpr char kChildEnv[] = "FILE_ARCHIVER_TEST_CHILD";
+
+std::set<std::string> ListDir(const std::string& dir) {
+  std::set<std::string> out;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != "..") out.insert(name);
+    }
+    closedir(d);
+  }
+  return out;
+}
+
+int64_t FileSize(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 ? st.st_size : -1;
+}
+
+// What the archiver's `done` callbacks delivered.
+struct Results {
+  absl::Mutex mu;
+  std::vector<VideoTask> tasks ABSL_GUARDED_BY(mu);
+  std::vector<std::thread::id> threads ABSL_GUARDED_BY(mu);
+
+  Archiver::Done Callback() {
+    return [this](VideoTask t) {
+      absl::MutexLock lock(&mu);
+      tasks.push_back(std::move(t));
+      threads.push_back(std::this_thread::get_id());
+    };
+  }
+  size_t size() {
+    absl::MutexLock lock(&mu);
+    return tasks.size();
+  }
+};
+
+VideoTask Completed(const std::string& id, const std::string& url) {
+  VideoTask t;
+  t.set_id(id);
+  t.set_status(videotask::v1::VIDEO_TASK_STATUS_COMPLETED);
+  t.set_video_url(url);
+  t.set_model("videos");
+  return t;
+}
+
+class FileArchiverTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string templ = ::testing::TempDir() + "/archive.XXXXXX";
+    ASSERT_NE(mkdtemp(templ.data()), nullptr);
+    dir_ = templ;
+    SimUpstream::Options o;
+    o.video_urls_on_sim = true;
+    auto sim = SimUpstream::Start(o);
+    ASSERT_TRUE(sim.ok()) << sim.status();
+    sim_ = std::move(*sim);
+    options_.dir = dir_;
+    options_.initial_backoff = absl::Seconds(1);
+    options_.max_backoff = absl::Seconds(8);
+  }
+
+  void TearDown() override {
+    archiver_.reset();
+    sim_.reset();
+  }
+
+  void StartArchiver() {
+    archiver_.reset();
+    auto a = FileArchiver::Create(options_, &clock_, &metrics_);
+    ASSERT_TRUE(a.ok()) << a.status();
+    archiver_ = std::move(*a);
+  }
+
+  // Waits (real time, bounded) for `n` results, advancing the simulated
+  // clock by `step` whenever nothing arrives for a few milliseconds, so
+  // backoffs and timeouts pass without sleeping through them.
+  std::vector<VideoTask> Await(Results& r, size_t n = 1,
+                               absl::Duration step = absl::Milliseconds(250)) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(120);
+    while (absl::Now() < give_up) {
+      {
+        absl::MutexLock lock(&r.mu);
+        auto enough = [&r, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) { return r.tasks.size() >= n; };
+        if (r.mu.AwaitWithTimeout(absl::Condition(&enough), absl::Milliseconds(5))) {
+          return r.tasks;
+        }
+      }
+      clock_.Advance(step);
+      archiver_->Kick();
+    }
+    ADD_FAILURE() << "no result within 120 s";
+    return {};
+  }
+
+  VideoTask ArchiveOne(const std::string& id, const std::string& url) {
+    Results r;
+    archiver_->Archive(Completed(id, url), r.Callback());
+    std::vector<VideoTask> out = Await(r);
+    EXPECT_EQ(out.size(), 1u);
+    return out.empty() ? VideoTask() : out[0];
+  }
+
+  uint64_t Failures(const std::string& reason) {
+    return metrics_
+        .GetCounter("videotask_archive_failures_total", "", absl::StrCat("reason=\"", reason, "\""))
+        ->value();
+  }
+
+  std::string dir_;
+  std::unique_ptr<SimUpstream> sim_;
+  SimulatedClock clock_;
+  MetricsRegistry metrics_;
+  FileArchiverOptions options_;
+  std::unique_ptr<FileArchiver> archiver_;
+};
+
+TEST(IsLoopbackAddressTest, OnlyRealLoopbackAddresses) {
+  for (const char* yes : {"127.0.0.1", "127.1.2.3", "localhost", "LOCALHOST", "::1", "[::1]"}) {
+    EXPECT_TRUE(IsLoopbackAddress(yes)) << yes;
+  }
+  for (const char* no : {"127.evil.example", "127.0.0.1.nip.io", "10.0.0.1", "::2", "",
+                         "localhost.evil.example", "localhost.", "0.0.0.0",
+                         "[::ffff:10.0.0.1]"}) {
+    EXPECT_FALSE(IsLoopbackAddress(no)) << no;
+  }
+}
+
+TEST(FileArchiverOptionsTest, BadOptionsAndDirectoriesAreRefused) {
+  SimulatedClock clock;
+  FileArchiverOptions o;
+  EXPECT_EQ(FileArchiver::Create(o, &clock, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o.dir = "/nonexistent/archive/dir";
+  auto missing = FileArchiver::Create(o, &clock, nullptr);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(missing.status().message(), "--archive_dir"));
+  o.dir = "/proc/self/status";  // not a directory
+  EXPECT_EQ(FileArchiver::Create(o, &clock, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o.dir = ::testing::TempDir();
+  o.max_bytes = 0;
+  EXPECT_EQ(FileArchiver::Create(o, &clock, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o.max_bytes = 1;
+  o.timeout = absl::ZeroDuration();
+  EXPECT_TRUE(absl::StrContains(ValidateFileArchiverOptions(o).message(), "--archive_timeout"));
+}
+
+TEST_F(FileArchiverTest, CopiesTheVideoWithItsSha256AndMetadata) {
+  VideoScript v;
+  v.size_bytes = (3 << 20) + 12345;
+  sim_->SetVideo("proj_1", v);
+  StartArchiver();
+  const absl::Time before = clock_.Now();
+  Results r;
+  archiver_->Archive(Completed("proj_1", sim_->VideoUrl("proj_1")), r.Callback());
+  std::vector<VideoTask> got = Await(r);
+  ASSERT_EQ(got.size(), 1u);
+  const VideoTask& t = got[0];
+  EXPECT_EQ(t.id(), "proj_1");
+  EXPECT_EQ(t.model(), "videos");  // the rest of the task is kept
+  EXPECT_EQ(t.status(), videotask::v1::VIDEO_TASK_STATUS_COMPLETED);
+  EXPECT_EQ(t.archive_error(), "");
+  ASSERT_TRUE(t.has_archive());
+  const std::string final_path = archiver_->dir() + "/proj_1.mp4";
+  EXPECT_EQ(t.archive().uri(), "file://" + final_path);
+  EXPECT_EQ(t.archive().size_bytes(), v.size_bytes);
+  EXPECT_EQ(t.archive().sha256(), SimVideoSha256("proj_1", v.size_bytes));
+  EXPECT_EQ(FileSha256(final_path), t.archive().sha256());
+  EXPECT_EQ(t.archive().content_type(), "video/mp4");
+  const absl::Time at = absl::FromUnixSeconds(t.archive().archive_time().seconds()) +
+                        absl::Nanoseconds(t.archive().archive_time().nanos());
+  EXPECT_GE(at, before);  // the injected clock's wall time
+  EXPECT_LE(at, clock_.Now());
+  {
+    absl::MutexLock lock(&r.mu);
+    EXPECT_NE(r.threads[0], std::this_thread::get_id());  // never inline
+  }
+  // Metadata next to it; nothing else left in the directory.
+  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"proj_1.mp4", "proj_1.json"}));
+  std::ifstream meta(dir_ + "/proj_1.json");
+  std::stringstream text;
+  text << meta.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, false);
+  ASSERT_TRUE(j.is_object()) << text.str();
+  EXPECT_EQ(j["uri"], t.archive().uri());
+  EXPECT_EQ(j["sha256"], t.archive().sha256());
+  EXPECT_EQ(j["size_bytes"], v.size_bytes);
+  EXPECT_EQ(j["content_type"], "video/mp4");
+  EXPECT_TRUE(j["archive_time"].is_string());
+  // No key, no header of any kind that would carry one.
+  EXPECT_EQ(sim_->VideoAuthorizationCount(), 0);
+  EXPECT_EQ(sim_->VideoRequestCount("proj_1"), 1);
+  EXPECT_EQ(metrics_.GetCounter("videotask_archive_bytes_total", "")->value(),
+            static_cast<uint64_t>(v.size_bytes));
+  EXPECT_NE(metrics_.Render().find("videotask_archive_duration_seconds_count 1"),
+            std::string::npos);
+}
+
+TEST_F(FileArchiverTest, ExtensionFromUrlThenContentTypeThenMp4) {
+  StartArchiver();
+  VideoScript webm;
+  webm.size_bytes = 1000;
+  webm.content_type = "video/webm; codecs=vp9";
+  sim_->SetVideo("a", webm);
+  VideoTask a = ArchiveOne("a", sim_->VideoUrl("a", ""));  // no extension in the URL
+  EXPECT_TRUE(absl::EndsWith(a.archive().uri(), "/a.webm")) << a.archive().uri();
+  EXPECT_EQ(a.archive().content_type(), "video/webm; codecs=vp9");
+  sim_->SetVideo("b", webm);
+  VideoTask b = ArchiveOne("b", sim_->VideoUrl("b", ".MOV"));
+  EXPECT_TRUE(absl::EndsWith(b.archive().uri(), "/b.mov")) << b.archive().uri();
+  VideoScript plain;
+  plain.size_bytes = 10;
+  plain.content_type = "";
+  sim_->SetVideo("c", plain);
+  VideoTask c = ArchiveOne("c", sim_->VideoUrl("c", "") + "?sig=abc.def");
+  EXPECT_TRUE(absl::EndsWith(c.archive().uri(), "/c.mp4")) << c.archive().uri();
+  EXPECT_EQ(c.archive().sha256(), SimVideoSha256("c", 10));
+}
+
+TEST_F(FileArchiverTest, NoPartialFileEverHasTheFinalName) {
+  VideoScript v;
+  v.size_bytes = 2 << 20;
+  v.chunk_delay = absl::Milliseconds(15);  // 32 chunks: about half a second
+  sim_->SetVideo("slow", v);
+  StartArchiver();
+  const std::string final_path = dir_ + "/slow.mp4";
+  std::atomic<bool> stop{false};
+  std::atomic<int> partial_seen{0}, wrong_final{0}, looks{0};
+  std::thread watcher([&] {
+    while (!stop) {
+      const int64_t size = FileSize(final_path);
+      if (size >= 0 && size != v.size_bytes) ++wrong_final;
+      for (const std::string& name : ListDir(dir_)) {
+        if (absl::StartsWith(name, ".slow.") && absl::EndsWith(name, ".part")) ++partial_seen;
+      }
+      ++looks;
+    }
+  });
+  VideoTask t = ArchiveOne("slow", sim_->VideoUrl("slow"));
+  stop = true;
+  watcher.join();
+  EXPECT_EQ(t.archive().sha256(), SimVideoSha256("slow", v.size_bytes));
+  EXPECT_EQ(wrong_final, 0) << "the final name held a partial file";
+  EXPECT_GT(partial_seen, 0) << "the watcher never saw the download under way";
+  EXPECT_GT(looks, 100);
+  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"slow.mp4", "slow.json"}));
+}
+
+// Runs this test binary again with only `test` and the child marker set;
+// returns its exit status (0: the child's test passed).
+int RunChild(const std::string& test) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string kv = *e;
+    // The child must not write the parent's XML report or premature-exit marker.
+    if (absl::StartsWith(kv, "XML_OUTPUT_FILE=") || absl::StartsWith(kv, "GTEST_OUTPUT=") ||
+        absl::StartsWith(kv, "TEST_PREMATURE_EXIT_FILE=") || absl::StartsWith(kv, "GTEST_SHARD") ||
+        absl::StartsWith(kv, "TEST_SHARD_STATUS_FILE=") ||
+        absl::StartsWith(kv, "TEST_TOTAL_SHARDS=")) {
+      continue;
+    }
+    env.push_back(kv);
+  }
+  env.push_back(absl::StrCat(kChildEnv, "=1"));
+  std::vector<char*> envp;
+  for (std::string& s : env) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::string exe = "/proc/self/exe";
+  std::string filter = "--gtest_filter=" + test;
+  char* argv[] = {exe.data(), filter.data(), nullptr};
+  pid_t pid;
+  if (posix_spawn(&pid, exe.c_str(), nullptr, nullptr, argv, envp.data()) != 0) return -1;
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+bool InChild() { return std::getenv(kChildEnv) != nullptr; }
+
+int64_t VmHwmKib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (absl::StartsWith(line, "VmHWM:")) {
+      int64_t kib = 0;
+      std::vector<std::string> parts = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (parts.size() >= 2 && absl::SimpleAtoi(parts[1], &kib)) return kib;
+    }
+  }
+  return -1;
+}
+
+// In a fresh process (the child below), a 200 MiB video raises the peak RSS
+// by little: the video streams through a small buffer.
+TEST(FileArchiverProcessTest, PeakRssStaysSmallFor200MiB) {
+  EXPECT_EQ(RunChild("FileArchiverChild.PeakRss"), 0);
+}
+
+TEST(FileArchiverChild, PeakRss) {
+  if (!InChild()) GTEST_SKIP() << "runs in the subprocess of PeakRssStaysSmallFor200MiB";
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer's quarantine keeps freed buffers resident";
+#endif
+  std::string templ = ::testing::TempDir() + "/rss.XXXXXX";
+  ASSERT_NE(mkdtemp(templ.data()), nullptr);
+  SimUpstream::Options so;
+  so.threads = 2;
+  auto sim = SimUpstream::Start(so);
+  ASSERT_TRUE(sim.ok());
+  constexpr int64_t kBig = int64_t{200} << 20;
+  VideoScript big;
+  big.size_bytes = kBig;
+  (*sim)->SetVideo("big", big);
+  VideoScript small;
+  small.size_bytes = 1 << 20;
+  (*sim)->SetVideo("warm", small);
+  FileArchiverOptions o;
+  o.dir = templ;
+  auto a = FileArchiver::Create(o, RealClock::Get(), nullptr);
+  ASSERT_TRUE(a.ok());
+  auto archive = [&](const std::string& id) {
+    Results r;
+    (*a)->Archive(Completed(id, (*sim)->VideoUrl(id)), r.Callback());
+    absl::MutexLock lock(&r.mu);
+    auto one = [&r]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) { return !r.tasks.empty(); };
+    EXPECT_TRUE(r.mu.AwaitWithTimeout(absl::Condition(&one), absl::Seconds(100)));
+    return r.tasks.empty() ? VideoTask() : r.tasks[0];
+  };
+  archive("warm");  // libcurl, threads and the sim's buffers are counted before
+  const int64_t before = VmHwmKib();
+  VideoTask t = archive("big");
+  const int64_t after = VmHwmKib();
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  EXPECT_EQ(t.archive().size_bytes(), kBig);
+  EXPECT_EQ(t.archive().sha256(), SimVideoSha256("big", kBig));
+  std::printf("VmHWM before %lld KiB, after %lld KiB\n", static_cast<long long>(before),
+              static_cast<long long>(after));
+  ASSERT_GT(before, 0);
+  EXPECT_LT(after - before, 24 << 10) << "peak RSS grew by " << (after - before) << " KiB";
+  unlink((templ + "/big.mp4").c_str());
+}
+
+// A file-size limit (RLIMIT_FSIZE, set in a subprocess) stands in for a
+// full disk: the write fails with EFBIG.
+TEST(FileArchiverProcessTest, FullDiskGivesArchiveErrorAndRemovesThePartialFile) {
+  EXPECT_EQ(RunChild("FileArchiverChild.FullDisk"), 0);
+}
+
+TEST(FileArchiverChild, FullDisk) {
+  if (!InChild()) GTEST_SKIP() << "runs in the subprocess of FullDiskGivesArchiveError...";
+  std::string templ = ::testing::TempDir() + "/full.XXXXXX";
+  ASSERT_NE(mkdtemp(templ.data()), nullptr);
+  auto sim = SimUpstream::Start(SimUpstream::Options());
+  ASSERT_TRUE(sim.ok());
+  VideoScript v;
+  v.size_bytes = 8 << 20;
+  (*sim)->SetVideo("full", v);
+  MetricsRegistry metrics;
+  FileArchiverOptions o;
+  o.dir = templ;
+  auto a = FileArchiver::Create(o, RealClock::Get(), &metrics);  // ignores SIGXFSZ
+  ASSERT_TRUE(a.ok());
+  rlimit lim{2 << 20, RLIM_INFINITY};
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+  Results r;
+  (*a)->Archive(Completed("full", (*sim)->VideoUrl("full")), r.Callback());
+  {
+    absl::MutexLock lock(&r.mu);
+    auto one = [&r]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(r.mu) { return !r.tasks.empty(); };
+    ASSERT_TRUE(r.mu.AwaitWithTimeout(absl::Condition(&one), absl::Seconds(30)));
+    EXPECT_FALSE(r.tasks[0].has_archive());
+    EXPECT_TRUE(absl::StrContains(r.tasks[0].archive_error(), "full"))
+        << r.tasks[0].archive_error();
+  }
+  EXPECT_EQ(ListDir(templ), std::set<std::string>{});  // the partial file is gone
+  EXPECT_EQ((*sim)->VideoRequestCount("full"), 1);     // not retried
+  EXPECT_EQ(
+      metrics.GetCounter("videotask_archive_failures_total", "", "reason=\"disk_full\"")->value(),
+      1u);
+}
+
+TEST_F(FileArchiverTest, CutTransfersAreRetried) {
+  StartArchiver();
+  VideoScript v;
+  v.size_bytes = 1 << 20;
+  v.fault = VideoFault::kTruncated;
+  v.fault_count = 2;
+  sim_->SetVideo("cut", v);
+  VideoTask t = ArchiveOne("cut", sim_->VideoUrl("cut"));
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  EXPECT_EQ(t.archive().sha256(), SimVideoSha256("cut", v.size_bytes));
+  EXPECT_EQ(sim_->VideoRequestCount("cut"), 3);
+  v.fault = VideoFault::kWrongLength;
+  v.fault_count = 1;
+  sim_->SetVideo("wrong", v);
+  VideoTask w = ArchiveOne("wrong", sim_->VideoUrl("wrong"));
+  ASSERT_TRUE(w.has_archive()) << w.archive_error();
+  EXPECT_EQ(w.archive().size_bytes(), v.size_bytes);
+  EXPECT_EQ(sim_->VideoRequestCount("wrong"), 2);
+  v.fault = VideoFault::kServerError;
+  v.fault_count = 3;
+  v.chunked = true;
+  sim_->SetVideo("flaky", v);
+  VideoTask f = ArchiveOne("flaky", sim_->VideoUrl("flaky"));
+  ASSERT_TRUE(f.has_archive()) << f.archive_error();
+  EXPECT_EQ(f.archive().sha256(), SimVideoSha256("flaky", v.size_bytes));
+  EXPECT_EQ(sim_->VideoRequestCount("flaky"), 4);
+  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"cut.mp4", "cut.json", "wrong.mp4", "wrong.json",
+                                                  "flaky.mp4", "flaky.json"}));
+}
+
+TEST_F(FileArchiverTest, RetriesBackOffAndStopAtTheTimeout) {
+  options_.timeout = absl::Seconds(30);
+  StartArchiver();
+  VideoScript v;
+  v.fault = VideoFault::kServerError;  // every request
+  sim_->SetVideo("down", v);
+  const absl::Time start = clock_.Monotonic();
+  Results r;
+  archiver_->Archive(Completed("down", sim_->VideoUrl("down")), r.Callback());
+  std::vector<VideoTask> got = Await(r, 1, absl::Milliseconds(100));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_FALSE(got[0].has_archive());
+  EXPECT_TRUE(absl::StrContains(got[0].archive_error(), "HTTP 503")) << got[0].archive_error();
+  EXPECT_TRUE(absl::StrContains(got[0].archive_error(), "gave up")) << got[0].archive_error();
+  // Backoff 1 s doubling (+-20%), capped at 8 s, within 30 s: 5-7 attempts,
+  // not one per pump.
+  const int requests = sim_->VideoRequestCount("down");
+  EXPECT_GE(requests, 4);
+  EXPECT_LE(requests, 8);
+  EXPECT_LE(clock_.Monotonic() - start, absl::Seconds(31));  // never beyond the timeout
+  EXPECT_EQ(Failures("http_5xx"), 1u);
+  EXPECT_EQ(ListDir(dir_), std::set<std::string>{});
+  // Still exactly one result.
+  for (int i = 0; i < 20; ++i) {
+    clock_.Advance(absl::Seconds(5));
+    archiver_->Kick();
+  }
+  EXPECT_EQ(r.size(), 1u);
+}
+
+TEST_F(FileArchiverTest, ClientErrorsEndEarly) {
+  StartArchiver();
+  VideoScript v;
+  v.fault = VideoFault::kNotFound;
+  sim_->SetVideo("gone", v);
+  VideoTask t = ArchiveOne("gone", sim_->VideoUrl("gone"));
+  EXPECT_FALSE(t.has_archive());
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "HTTP 404")) << t.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("gone"), options_.max_client_error_attempts);
+  EXPECT_EQ(Failures("http_4xx"), 1u);
+}
+
+TEST_F(FileArchiverTest, TooLargeIsAbortedWithAndWithoutContentLength) {
+  options_.max_bytes = 1 << 20;
+  StartArchiver();
+  VideoScript v;
+  v.size_bytes = (1 << 20) + 1;
+  sim_->SetVideo("big", v);
+  VideoTask t = ArchiveOne("big", sim_->VideoUrl("big"));
+  EXPECT_FALSE(t.has_archive());
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "--archive_max_bytes")) << t.archive_error();
+  v.chunked = true;  // no Content-Length: counted while streaming
+  v.size_bytes = 5 << 20;
+  sim_->SetVideo("chunked", v);
+  VideoTask c = ArchiveOne("chunked", sim_->VideoUrl("chunked"));
+  EXPECT_TRUE(absl::StrContains(c.archive_error(), "--archive_max_bytes")) << c.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("big") + sim_->VideoRequestCount("chunked"), 2);  // no retry
+  EXPECT_EQ(Failures("too_large"), 2u);
+  EXPECT_EQ(ListDir(dir_), std::set<std::string>{});
+  // Exactly the cap is fine.
+  v.size_bytes = 1 << 20;
+  sim_->SetVideo("exact", v);
+  EXPECT_TRUE(ArchiveOne("exact", sim_->VideoUrl("exact")).has_archive());
+}
+
+TEST_F(FileArchiverTest, RedirectsOnlyToHttpsOrLoopback) {
+  StartArchiver();
+  VideoScript v;
+  v.size_bytes = 4096;
+  v.redirect_hops = 2;
+  sim_->SetVideo("hops", v);
+  VideoTask t = ArchiveOne("hops", sim_->VideoUrl("hops"));
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  EXPECT_EQ(t.archive().sha256(), SimVideoSha256("hops", 4096));
+  EXPECT_EQ(sim_->VideoRequestCount("hops"), 3);
+
+  v.redirect_hops = 0;
+  v.redirect_location = "http://video.invalid/x.mp4";  // plain http, not loopback
+  sim_->SetVideo("away", v);
+  VideoTask away = ArchiveOne("away", sim_->VideoUrl("away"));
+  EXPECT_FALSE(away.has_archive());
+  EXPECT_TRUE(absl::StrContains(away.archive_error(), "refused http://video.invalid"))
+      << away.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("away"), 1);  // not retried
+
+  v.redirect_location = absl::StrCat("http://127.evil.invalid:", sim_->port(), "/videos/x.mp4");
+  sim_->SetVideo("lookalike", v);
+  EXPECT_TRUE(absl::StrContains(
+      ArchiveOne("lookalike", sim_->VideoUrl("lookalike")).archive_error(), "refused"));
+
+  v.redirect_location = "";
+  v.redirect_hops = options_.max_redirects + 1;
+  sim_->SetVideo("loop", v);
+  VideoTask loop = ArchiveOne("loop", sim_->VideoUrl("loop"));
+  EXPECT_TRUE(absl::StrContains(loop.archive_error(), "redirects")) << loop.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("loop"), options_.max_redirects + 1);
+
+  // The first URL obeys the same rule; nothing is fetched.
+  VideoTask plain = ArchiveOne("plain", "http://video.invalid/plain.mp4");
+  EXPECT_TRUE(absl::StrContains(plain.archive_error(), "refused")) << plain.archive_error();
+  EXPECT_EQ(Failures("insecure_url"), 3u);
+  EXPECT_EQ(sim_->VideoAuthorizationCount(), 0);
+  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"hops.mp4", "hops.json"}));
+}
+
+TEST_F(FileArchiverTest, BadTasksGetAnArchiveErrorNotACrash) {
+  StartArchiver();
+  EXPECT_TRUE(absl::StrContains(ArchiveOne("nourl", "").archive_error(), "no video_url"));
+  EXPECT_TRUE(absl::StrContains(ArchiveOne("../../etc/passwd", sim_->VideoUrl("x")).archive_error(),
+                                "not a valid id"));
+  EXPECT_FALSE(ArchiveOne("garbage", "::not a url::").has_archive());
+  EXPECT_EQ(ListDir(dir_), std::set<std::string>{});
+}
+
+TEST_F(FileArchiverTest, ManyCallersOfOneIdShareOneDownload) {
+  VideoScript v;
+  v.size_bytes = 1 << 20;
+  v.chunk_delay = absl::Milliseconds(10);
+  sim_->SetVideo("shared", v);
+  StartArchiver();
+  Results r;
+  for (int i = 0; i < 50; ++i) {
+    archiver_->Archive(Completed("shared", sim_->VideoUrl("shared")), r.Callback());
+  }
+  std::vector<VideoTask> got = Await(r, 50);
+  ASSERT_EQ(got.size(), 50u);
+  for (const VideoTask& t : got) EXPECT_EQ(t.archive().sha256(), SimVideoSha256("shared", 1 << 20));
+  EXPECT_EQ(sim_->VideoRequestCount("shared"), 1);
+  EXPECT_EQ(archiver_->GetStats().downloads, 1);
+}
+
+TEST_F(FileArchiverTest, ARestartReusesTheFinishedCopy) {
+  VideoScript v;
+  v.size_bytes = 700000;
+  sim_->SetVideo("kept", v);
+  StartArchiver();
+  VideoTask first = ArchiveOne("kept", sim_->VideoUrl("kept"));
+  ASSERT_TRUE(first.has_archive()) << first.archive_error();
+  clock_.Advance(absl::Hours(1));
+  StartArchiver();  // a new process, the same volume
+  VideoTask again = ArchiveOne("kept", sim_->VideoUrl("kept"));
+  ASSERT_TRUE(again.has_archive()) << again.archive_error();
+  EXPECT_EQ(again.archive().SerializeAsString(), first.archive().SerializeAsString());
+  EXPECT_EQ(sim_->VideoRequestCount("kept"), 1);  // not downloaded again
+  EXPECT_EQ(archiver_->GetStats().reused, 1);
+  // A copy whose bytes no longer match its metadata is downloaded again.
+  {
+    const std::string path = dir_ + "/kept.mp4";
+    const int fd = open(path.c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, "X", 1, 1000), 1);
+    close(fd);
+  }
+  StartArchiver();
+  VideoTask fixed = ArchiveOne("kept", sim_->VideoUrl("kept"));
+  ASSERT_TRUE(fixed.has_archive());
+  EXPECT_EQ(fixed.archive().sha256(), first.archive().sha256());
+  EXPECT_EQ(FileSha256(dir_ + "/kept.mp4"), first.archive().sha256());
+  EXPECT_EQ(sim_->VideoRequestCount("kept"), 2);
+  // A stale temporary file of a crashed run is removed at start; a fresh one is not.
+  const std::string stale = dir_ + "/.old.0123456789abcdef.part";
+  const std::string fresh = dir_ + "/.new.0123456789abcdef.part";
+  for (const std::string& p : {stale, fresh}) std::ofstream(p) << "partial";
+  timespec times[2] = {{0, UTIME_OMIT}, {absl::ToTimeT(clock_.Now() - absl::Hours(2)), 0}};
+  ASSERT_EQ(utimensat(AT_FDCWD, stale.c_str(), times, 0), 0);
+  StartArchiver();
+  EXPECT_EQ(FileSize(stale), -1);
+  EXPECT_GT(FileSize(fresh), 0);
+}
+
+TEST_F(FileArchiverTest, DestroyingRunsEveryPendingDoneOnce) {
+  VideoScript v;
+  v.size_bytes = 10 << 20;
+  v.chunk_delay = absl::Hours(1);  // stalls after the headers
+  sim_->SetVideo("stuck", v);
+  options_.max_concurrent = 1;
+  StartArchiver();
+  Results r;
+  archiver_->Archive(Completed("stuck", sim_->VideoUrl("stuck")), r.Callback());
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (sim_->VideoRequestCount("stuck") == 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  // Waits behind "stuck" (one download at a time).
+  archiver_->Archive(Completed("queued", sim_->VideoUrl("queued")), r.Callback());
+  archiver_->Kick();
+  const absl::Time start = absl::Now();
+  archiver_.reset();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  absl::MutexLock lock(&r.mu);
+  ASSERT_EQ(r.tasks.size(), 2u);
+  for (const VideoTask& t : r.tasks) {
+    EXPECT_TRUE(absl::StrContains(t.archive_error(), "stopped")) << t.archive_error();
+  }
+  EXPECT_EQ(ListDir(dir_), std::set<std::string>{});
+  EXPECT_EQ(sim_->VideoRequestCount("queued"), 0);  // it never started
+}
+
+}  // namespace
+}  // namespace videotask
