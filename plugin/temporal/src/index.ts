@@ -4,12 +4,15 @@ export {
   DEFAULT_GIVE_UP_AFTER_MS,
   DEFAULT_INITIAL_BACKOFF_MS,
   DEFAULT_MAX_BACKOFF_MS,
+  DEFAULT_MAX_SILENT_MS,
+  DEFAULT_NOT_FOUND_RETRY_MS,
   DEFAULT_TARGET,
   PROTO_LOADER_OPTIONS,
   PROTO_RELATIVE_PATH,
   VideoTaskClient,
   VideoTaskConfigurationError,
   VideoTaskRpcError,
+  VideoTaskSilenceError,
   loadVideoTaskPackageDefinition,
 } from './client';
 export type { VideoTaskClientOptions, WatchOptions } from './client';
