@@ -1,3 +1,5 @@
+// The package's main entry (Node only: the gRPC client and the activities).
+// Workflow code imports `videotask-temporal/workflow` instead (src/workflow.ts).
 export { createVideoTaskActivities } from './activities';
 export type { VideoTaskActivities, VideoTaskActivitiesOptions } from './activities';
 export {

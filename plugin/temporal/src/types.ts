@@ -1,6 +1,8 @@
 // Types and constants of the videotask Temporal activity. This module has no
-// dependencies, so workflow code may import it (the activity module may not be
-// imported by workflows except with `import type`).
+// dependencies, so workflow code may import it: it is the runtime part of the
+// package's workflow-safe entry, `videotask-temporal/workflow` (src/workflow.ts).
+// The activity and client modules may be imported by workflows only with
+// `import type`.
 
 /** videotask.v1.VideoTaskStatus, as the enum value's name. */
 export type VideoTaskStatus =
