@@ -5,7 +5,12 @@
 // jitter and a wait for the channel to be READY, giving up once the sidecar
 // has been unhealthy for `giveUpAfterMs` (the outage clock, see
 // VideoTaskClient.await); the new stream's SNAPSHOT resumes exactly and a
-// status already reported is not reported again within one await.
+// status already reported is not reported again within one await. Two more
+// bounds: nothing from the sidecar for `maxSilentMs` ends the await, and a
+// NOT_FOUND for an id not seen yet is retried for `notFoundRetryMs`.
+//
+// VideoTaskClient.await is the one wait loop of the package: every activity
+// that waits for a task (awaitVideoTask; later, create-and-wait) runs it.
 //
 // The API comes from a descriptor embedded at build time
 // (scripts/embed-proto.js), so there is no .proto file to find at run time.
@@ -28,6 +33,8 @@ export const DEFAULT_TARGET = '127.0.0.1:50051';
 export const DEFAULT_GIVE_UP_AFTER_MS = 60_000;
 export const DEFAULT_INITIAL_BACKOFF_MS = 200;
 export const DEFAULT_MAX_BACKOFF_MS = 10_000;
+export const DEFAULT_MAX_SILENT_MS = 600_000;
+export const DEFAULT_NOT_FOUND_RETRY_MS = 10_000;
 /** A stream open at least this long was healthy (ends the outage), messages or not. */
 export const HEALTHY_STREAM_MS = 10_000;
 /**
@@ -121,12 +128,32 @@ function loadService(protoPath?: string): VideoTaskServiceCtor {
 
 /** A gRPC error that ended an await: its status code and message. */
 export class VideoTaskRpcError extends Error {
+  /**
+   * When the await gave up reconnecting (code UNAVAILABLE): the status that
+   * ended the last stream (OK: it ended without a terminal state); null when
+   * no stream got an answer. Undefined for other errors.
+   */
+  readonly lastCode?: grpc.status | null;
+
   constructor(
     readonly code: grpc.status,
     readonly details: string,
+    options?: { lastCode?: grpc.status | null },
   ) {
     super(`${grpc.status[code] ?? code}: ${details}`);
     this.name = 'VideoTaskRpcError';
+    if (options && 'lastCode' in options) this.lastCode = options.lastCode;
+  }
+}
+
+/** Nothing came from the sidecar for `maxSilentMs`: the await was ended (its stream cancelled). */
+export class VideoTaskSilenceError extends Error {
+  constructor(
+    readonly target: string,
+    readonly silentMs: number,
+  ) {
+    super(`no message from the sidecar at ${target} for ${formatSeconds(silentMs)} (maxSilentMs)`);
+    this.name = 'VideoTaskSilenceError';
   }
 }
 
@@ -266,7 +293,14 @@ export class VideoTaskClient {
    * "sidecar at TARGET unreachable for Ns" when the sidecar was never reached
    * during the call (no stream answered and the channel never connected:
    * nothing listens, or it accepts connections but never speaks HTTP/2), else
-   * "sidecar at TARGET unavailable after retries: <last error>".
+   * "sidecar at TARGET unavailable after retries: <last code>: <last error>";
+   * its `lastCode` is the status that ended the last stream. Rejects with a
+   * VideoTaskSilenceError when no message came from the sidecar for
+   * `maxSilentMs` (counted from the start of the call and from every
+   * message, whatever the state: stream open, backoff, waiting for the
+   * channel); the stream is cancelled. A NOT_FOUND while no status has been
+   * reported (or given as `lastStatus`) and less than `notFoundRetryMs` has
+   * passed since the call started is retried like UNAVAILABLE.
    *
    * The outage clock starts when the call starts. When a stream ends without
    * a terminal status (with a retryable error, or OK), it was healthy if it
@@ -288,124 +322,153 @@ export class VideoTaskClient {
     const initialBackoff = checkedMs('initialBackoffMs', options.initialBackoffMs, DEFAULT_INITIAL_BACKOFF_MS, 0);
     const maxBackoff = checkedMs('maxBackoffMs', options.maxBackoffMs, DEFAULT_MAX_BACKOFF_MS, 0);
     const giveUpAfter = checkedMs('giveUpAfterMs', options.giveUpAfterMs, DEFAULT_GIVE_UP_AFTER_MS, 1);
-    const { signal } = options;
+    const maxSilent = checkedMs('maxSilentMs', options.maxSilentMs, DEFAULT_MAX_SILENT_MS, 1);
+    const notFoundRetry = checkedMs('notFoundRetryMs', options.notFoundRetryMs, DEFAULT_NOT_FOUND_RETRY_MS, 0);
+    const callStart = Date.now();
     let backoff = initialBackoff;
-    let outageStart = Date.now();
+    let outageStart = callStart;
     let lastReported: VideoTaskStatus = options.lastStatus ?? 'VIDEO_TASK_STATUS_UNSPECIFIED';
     const channel = this.stub.getChannel();
     const connected = () => channel.getConnectivityState(false) === grpc.connectivityState.READY;
     // Whether the sidecar was ever reached during this call: a stream was
     // answered, or the channel was seen connected.
     let reached = false;
+    // The status that ended the last stream; null while none has ended with one.
+    let lastCode: grpc.status | null = null;
     const giveUp = (details: string) => {
+      // A NOT_FOUND still being retried (notFoundRetryMs) is what it is.
+      if (lastCode === grpc.status.NOT_FOUND) return new VideoTaskRpcError(grpc.status.NOT_FOUND, details);
       if (reached) {
-        return new VideoTaskRpcError(grpc.status.UNAVAILABLE, `sidecar at ${this.target} unavailable after retries: ${details}`);
+        const last = lastCode === null ? details : `${grpc.status[lastCode]}: ${details}`;
+        return new VideoTaskRpcError(grpc.status.UNAVAILABLE, `sidecar at ${this.target} unavailable after retries: ${last}`, {
+          lastCode,
+        });
       }
       return new VideoTaskRpcError(
         grpc.status.UNAVAILABLE,
         `sidecar at ${this.target} unreachable for ${formatSeconds(Date.now() - outageStart)}`,
+        { lastCode },
       );
     };
 
-    for (;;) {
-      if (signal?.aborted) throw abortReason(signal);
-      const streamStart = Date.now();
-      const call = this.stub.WatchVideoTask({ id });
-      const cancel = () => call.cancel();
-      signal?.addEventListener('abort', cancel, { once: true });
-      // Whether this stream was answered (headers or a message), or ran on a
-      // connected channel: the sidecar was there.
-      let answered = false;
-      let streamReached = connected();
-      call.once('metadata', () => (answered = true));
-      // At the give-up point, a stream nobody answered on a channel that never
-      // connected (nothing listens, or a peer that never speaks HTTP/2, where
-      // grpc-js queues the call without a limit) is given up on.
-      let unanswered = false;
-      const watchdog = setTimeout(() => {
-        if (answered) return;
-        if (connected()) {
-          streamReached = true;
-          return;
-        }
-        unanswered = true;
-        call.cancel();
-      }, Math.max(0, outageStart + giveUpAfter - streamStart));
-      let finalTask: VideoTask | undefined;
-      let streamError: unknown;
-      let callbackError: { error: unknown } | undefined;
-      // Whether this stream reported a status not reported before.
-      let reportedNewStatus = false;
-      try {
-        for await (const msg of call as AsyncIterable<VideoTaskEvent>) {
-          answered = true;
-          const status = msg.task.status;
-          const isChange = msg.type !== 'EVENT_TYPE_HEARTBEAT';
-          try {
-            if (isChange && status === lastReported) {
-              // The SNAPSHOT of a resumed stream repeats what was already reported.
-            } else {
-              if (isChange) reportedNewStatus = true;
-              if (options.onEvent) {
-                if (msg.type === 'EVENT_TYPE_SNAPSHOT' && lastReported !== 'VIDEO_TASK_STATUS_UNSPECIFIED') {
-                  // Changed while disconnected: report the change, not a new start.
-                  options.onEvent({ ...msg, type: 'EVENT_TYPE_TRANSITION', previousStatus: lastReported });
-                } else {
-                  options.onEvent(msg);
+    // The silence bound: aborts everything (stream, backoff, channel wait)
+    // with a VideoTaskSilenceError when no message came for maxSilentMs. It
+    // restarts at every message. `abort` is it or the caller's signal.
+    const silence = new AbortController();
+    const silenceTimer = setTimeout(() => silence.abort(new VideoTaskSilenceError(this.target, maxSilent)), maxSilent);
+    const abort = options.signal ? AbortSignal.any([options.signal, silence.signal]) : silence.signal;
+    try {
+      for (;;) {
+        if (abort.aborted) throw abortReason(abort);
+        const streamStart = Date.now();
+        const call = this.stub.WatchVideoTask({ id });
+        const cancel = () => call.cancel();
+        abort.addEventListener('abort', cancel, { once: true });
+        // Whether this stream was answered (headers or a message), or ran on a
+        // connected channel: the sidecar was there.
+        let answered = false;
+        let streamReached = connected();
+        call.once('metadata', () => (answered = true));
+        // At the give-up point, a stream nobody answered on a channel that never
+        // connected (nothing listens, or a peer that never speaks HTTP/2, where
+        // grpc-js queues the call without a limit) is given up on.
+        let unanswered = false;
+        const watchdog = setTimeout(() => {
+          if (answered) return;
+          if (connected()) {
+            streamReached = true;
+            return;
+          }
+          unanswered = true;
+          call.cancel();
+        }, Math.max(0, outageStart + giveUpAfter - streamStart));
+        let finalTask: VideoTask | undefined;
+        let streamError: unknown;
+        let callbackError: { error: unknown } | undefined;
+        // Whether this stream reported a status not reported before.
+        let reportedNewStatus = false;
+        try {
+          for await (const msg of call as AsyncIterable<VideoTaskEvent>) {
+            answered = true;
+            silenceTimer.refresh();
+            const status = msg.task.status;
+            const isChange = msg.type !== 'EVENT_TYPE_HEARTBEAT';
+            try {
+              if (isChange && status === lastReported) {
+                // The SNAPSHOT of a resumed stream repeats what was already reported.
+              } else {
+                if (isChange) reportedNewStatus = true;
+                if (options.onEvent) {
+                  if (msg.type === 'EVENT_TYPE_SNAPSHOT' && lastReported !== 'VIDEO_TASK_STATUS_UNSPECIFIED') {
+                    // Changed while disconnected: report the change, not a new start.
+                    options.onEvent({ ...msg, type: 'EVENT_TYPE_TRANSITION', previousStatus: lastReported });
+                  } else {
+                    options.onEvent(msg);
+                  }
                 }
               }
+              if (isChange) lastReported = status;
+              options.onMessage?.(msg, lastReported);
+            } catch (error) {
+              callbackError = { error };
+              call.cancel();
+              break;
             }
-            if (isChange) lastReported = status;
-            options.onMessage?.(msg, lastReported);
-          } catch (error) {
-            callbackError = { error };
-            call.cancel();
-            break;
+            if (isTerminal(status)) finalTask = msg.task;
           }
-          if (isTerminal(status)) finalTask = msg.task;
+        } catch (err) {
+          streamError = err;
+        } finally {
+          clearTimeout(watchdog);
+          abort.removeEventListener('abort', cancel);
         }
-      } catch (err) {
-        streamError = err;
-      } finally {
-        clearTimeout(watchdog);
-        signal?.removeEventListener('abort', cancel);
-      }
-      if (answered || connected()) streamReached = true;
-      if (streamReached) reached = true;
-      if (callbackError) throw callbackError.error;
-      if (finalTask) return finalTask;
-      if (signal?.aborted) throw abortReason(signal);
-      if (unanswered) throw giveUp('a new stream got no answer');
+        if (answered || connected()) streamReached = true;
+        if (streamReached) reached = true;
+        if (callbackError) throw callbackError.error;
+        if (finalTask) return finalTask;
+        if (abort.aborted) throw abortReason(abort);
+        if (unanswered) throw giveUp('a new stream got no answer');
 
-      let code: grpc.status = grpc.status.OK;
-      let details = 'the stream ended before the task finished';
-      if (streamError !== undefined) {
-        if (!isServiceError(streamError)) throw streamError;
-        code = streamError.code;
-        details = streamError.details || streamError.message;
-      }
-      if (!RETRYABLE_CODES.has(code)) throw new VideoTaskRpcError(code, details);
+        let code: grpc.status = grpc.status.OK;
+        let details = 'the stream ended before the task finished';
+        if (streamError !== undefined) {
+          if (!isServiceError(streamError)) throw streamError;
+          code = streamError.code;
+          details = streamError.details || streamError.message;
+        }
+        lastCode = code;
+        // NOT_FOUND for an id not seen yet, early in the call: the vendor may
+        // not know a just-created id yet (the sidecar already confirmed the
+        // 404 once); ask again with the reconnect backoff.
+        const freshNotFound =
+          code === grpc.status.NOT_FOUND &&
+          lastReported === 'VIDEO_TASK_STATUS_UNSPECIFIED' &&
+          Date.now() - callStart < notFoundRetry;
+        if (!RETRYABLE_CODES.has(code) && !freshNotFound) throw new VideoTaskRpcError(code, details);
 
-      const now = Date.now();
-      if (reportedNewStatus || (streamReached && now - streamStart >= HEALTHY_STREAM_MS)) {
-        // A healthy stream: the outage starts now.
-        outageStart = now;
-        backoff = initialBackoff;
+        const now = Date.now();
+        if (reportedNewStatus || (streamReached && now - streamStart >= HEALTHY_STREAM_MS)) {
+          // A healthy stream: the outage starts now.
+          outageStart = now;
+          backoff = initialBackoff;
+        }
+        const giveUpAt = outageStart + giveUpAfter;
+        if (now >= giveUpAt) throw giveUp(details);
+        // Exponential backoff with jitter, not past the give-up point.
+        const delayMs = Math.max(0, Math.min(Math.round((0.5 + Math.random() * 0.5) * backoff), giveUpAt - now));
+        options.onReconnect?.({ code, details, delayMs });
+        await sleep(delayMs, abort);
+        backoff = Math.min(backoff * 2, maxBackoff);
+        // While the channel is in TRANSIENT_FAILURE an RPC fails at once: wait
+        // for it to connect instead of stacking our backoff on the channel's.
+        if (await this.waitForReady(giveUpAt, abort, options.onWaitForReady)) {
+          if (connected()) reached = true;
+        } else {
+          throw giveUp(details);
+        }
       }
-      const giveUpAt = outageStart + giveUpAfter;
-      if (now >= giveUpAt) throw giveUp(details);
-      // Exponential backoff with jitter, not past the give-up point.
-      const delayMs = Math.max(0, Math.min(Math.round((0.5 + Math.random() * 0.5) * backoff), giveUpAt - now));
-      options.onReconnect?.({ code, details, delayMs });
-      await sleep(delayMs, signal);
-      backoff = Math.min(backoff * 2, maxBackoff);
-      // While the channel is in TRANSIENT_FAILURE an RPC fails at once: wait
-      // for it to connect instead of stacking our backoff on the channel's.
-      if (await this.waitForReady(giveUpAt, signal, options.onWaitForReady)) {
-        if (connected()) reached = true;
-      } else {
-        throw giveUp(details);
-      }
+    } finally {
+      clearTimeout(silenceTimer);
     }
   }
 

@@ -1,6 +1,8 @@
 // Types and constants of the videotask Temporal activity. This module has no
-// dependencies, so workflow code may import it (the activity module may not be
-// imported by workflows except with `import type`).
+// dependencies, so workflow code may import it: it is the runtime part of the
+// package's workflow-safe entry, `videotask-temporal/workflow` (src/workflow.ts).
+// The activity and client modules may be imported by workflows only with
+// `import type`.
 
 /** videotask.v1.VideoTaskStatus, as the enum value's name. */
 export type VideoTaskStatus =
@@ -109,6 +111,25 @@ export interface AwaitVideoTaskOptions {
   initialBackoffMs?: number;
   /** Cap of the reconnect backoff. Default 10000. */
   maxBackoffMs?: number;
+  /**
+   * End the attempt with a retryable `VideoTaskSidecarSilent` failure when
+   * no message (SNAPSHOT, TRANSITION or HEARTBEAT) has come from the sidecar
+   * for this long, whatever the state (stream open, reconnecting): the clock
+   * starts with the call and restarts at every message. The sidecar sends a
+   * HEARTBEAT every --heartbeat_interval (15 s) once it has polled the task,
+   * so this bounds a wedged stream, and a vendor that has not answered a
+   * first poll, well before `startToCloseTimeout`. Must be well above the
+   * sidecar's heartbeat interval. Default 600000 (10 min).
+   */
+  maxSilentMs?: number;
+  /**
+   * A NOT_FOUND for an id not seen yet (no status reported in this call and
+   * none resumed from heartbeat details) is retried, with the reconnect
+   * backoff, until this long after the call started: the vendor may not know
+   * a just-created id yet. After that, or for an id that was seen, NOT_FOUND
+   * is final (`VideoTaskNotFound`). 0 turns the retry off. Default 10000.
+   */
+  notFoundRetryMs?: number;
 }
 
 /** `ApplicationFailure.type` values thrown by `awaitVideoTask`. */
@@ -124,10 +145,25 @@ export const VideoTaskFailureTypes = {
   /**
    * The sidecar was unreachable (message "sidecar at ADDR unreachable for
    * Ns": never reached), or kept failing transiently, for giveUpAfterMs.
-   * Retryable.
+   * Retryable. `details[0].lastCode` is the status that ended the last
+   * stream (e.g. RESOURCE_EXHAUSTED when the sidecar's watch limit was hit).
    */
   SIDECAR_UNAVAILABLE: 'VideoTaskSidecarUnavailable',
-  /** Any other gRPC error (e.g. UNIMPLEMENTED, INTERNAL). Retryable. */
+  /**
+   * No message from the sidecar for `maxSilentMs` (a wedged stream, or a
+   * vendor that has not answered a first poll). Retryable.
+   */
+  SIDECAR_SILENT: 'VideoTaskSidecarSilent',
+  /**
+   * gRPC UNIMPLEMENTED: the target is not a videotask sidecar (another gRPC
+   * server on that port) or one without WatchVideoTask. Non-retryable.
+   */
+  UNIMPLEMENTED: 'VideoTaskUnimplemented',
+  /** gRPC UNAUTHENTICATED, e.g. from a proxy or mesh in front of the sidecar. Non-retryable. */
+  UNAUTHENTICATED: 'VideoTaskUnauthenticated',
+  /** gRPC PERMISSION_DENIED, e.g. from a mesh authorization policy. Non-retryable. */
+  PERMISSION_DENIED: 'VideoTaskPermissionDenied',
+  /** Any other gRPC error (e.g. INTERNAL, UNKNOWN). Retryable. */
   RPC_ERROR: 'VideoTaskRpcError',
   /** The worker's videotask settings are unusable (e.g. a `protoPath` that does not exist). Non-retryable. */
   CONFIGURATION: 'VideoTaskConfigurationError',
@@ -139,5 +175,34 @@ export const NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES: string[] = [
   VideoTaskFailureTypes.NOT_FOUND,
   VideoTaskFailureTypes.INVALID_ARGUMENT,
   VideoTaskFailureTypes.FAILED_PRECONDITION,
+  VideoTaskFailureTypes.UNIMPLEMENTED,
+  VideoTaskFailureTypes.UNAUTHENTICATED,
+  VideoTaskFailureTypes.PERMISSION_DENIED,
   VideoTaskFailureTypes.CONFIGURATION,
 ];
+
+/**
+ * `details[0]` of the failures made from a gRPC status (every type but
+ * `VideoTaskFailed`, `VideoTaskSidecarSilent` and `VideoTaskConfigurationError`).
+ */
+export interface VideoTaskRpcFailureDetails {
+  /** The gRPC status code's name, e.g. 'NOT_FOUND'; 'UNAVAILABLE' when the activity gave up reconnecting. */
+  code: string;
+  /** The status message. */
+  message: string;
+  /**
+   * For `VideoTaskSidecarUnavailable`: the status that ended the last stream
+   * before the activity gave up ('RESOURCE_EXHAUSTED', 'DEADLINE_EXCEEDED',
+   * 'UNAVAILABLE', 'OK' for a stream that ended without a final status, ...),
+   * null when no stream got an answer. Absent for the other types.
+   */
+  lastCode?: string | null;
+}
+
+/** `details[0]` of a `VideoTaskSidecarSilent` failure. */
+export interface VideoTaskSilenceDetails {
+  /** How long nothing came from the sidecar (the `maxSilentMs` in force). */
+  silentMs: number;
+  /** The last status reported, as in the heartbeat details. */
+  lastStatus: VideoTaskStatus;
+}

@@ -225,7 +225,13 @@ describe('awaitVideoTask against a fake sidecar', () => {
       await assert.rejects(
         run.start('flapping'),
         isFailure('VideoTaskSidecarUnavailable', false, (f) => {
-          assert.deepEqual((f.details?.[0] as { code: string }).code, 'UNAVAILABLE');
+          // Gave up (UNAVAILABLE), and says what ended the last stream.
+          assert.deepEqual(f.details?.[0], {
+            code: 'UNAVAILABLE',
+            message: f.message.replace(/^video task flapping: UNAVAILABLE: /, ''),
+            lastCode: grpc.status[endCode],
+          });
+          assert.match(f.message, new RegExp(`unavailable after retries: ${grpc.status[endCode]}: `));
         }),
       );
       const elapsed = Date.now() - t0;
@@ -253,6 +259,66 @@ describe('awaitVideoTask against a fake sidecar', () => {
     assert.equal(fake.calls, 2);
     assert.deepEqual(run.changes(), ['UNSPECIFIED>COMPLETED']);
     assert.ok(run.logs.some((l) => l.level === 'WARN' && /reconnecting/.test(l.message)));
+  });
+
+  // What a misdeployment answers, where retrying cannot help: another gRPC
+  // server on the sidecar's port (a real grpc-js server without the service
+  // answers UNIMPLEMENTED), or a proxy or mesh in front of the sidecar that
+  // refuses the worker (the fake answers as such a proxy would).
+  for (const code of [grpc.status.UNIMPLEMENTED, grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED]) {
+    it(`throws a non-retryable failure for ${grpc.status[code]} without retrying`, LIMIT, async () => {
+      let target: string;
+      let calls = () => 1;
+      if (code === grpc.status.UNIMPLEMENTED) {
+        const other = new grpc.Server();
+        const port = await new Promise<number>((resolve, reject) =>
+          other.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+        );
+        fakes.push({ stop: () => other.forceShutdown() } as FakeSidecar);
+        target = `127.0.0.1:${port}`;
+      } else {
+        const fake = await FakeSidecar.start((call) => call.emit('error', { code, details: 'denied by policy' }));
+        fakes.push(fake);
+        target = fake.target;
+        calls = () => fake.calls;
+      }
+      const run = new Run({ target, initialBackoffMs: 50, giveUpAfterMs: 5000 });
+      const t0 = Date.now();
+      const type = { 12: 'VideoTaskUnimplemented', 16: 'VideoTaskUnauthenticated', 7: 'VideoTaskPermissionDenied' }[code as 12 | 16 | 7];
+      await assert.rejects(
+        run.start('misdeployed'),
+        isFailure(type, true, (f) => assert.equal((f.details?.[0] as { code: string }).code, grpc.status[code])),
+      );
+      assert.ok(Date.now() - t0 < 1000, `failed after ${Date.now() - t0} ms`);
+      assert.equal(calls(), 1, 'one stream, no retry');
+      assert.ok(!run.logs.some((l) => /reconnecting/.test(l.message)));
+    });
+  }
+
+  it('ends a stream that goes silent after its SNAPSHOT once maxSilentMs passes (retryable)', LIMIT, async () => {
+    // A wedged stream: open, on a connected channel, answered once, then
+    // nothing, not even the sidecar's HEARTBEATs.
+    let cancelled = false;
+    const fake = await FakeSidecar.start((call) => {
+      call.on('cancelled', () => (cancelled = true));
+      call.write(snapshot(call.request.id, PROCESSING));
+    });
+    fakes.push(fake);
+    const run = new Run({ target: fake.target, maxSilentMs: 500 }, { heartbeatTimeoutMs: 300 });
+    const t0 = Date.now();
+    await assert.rejects(
+      run.start('wedged'),
+      isFailure('VideoTaskSidecarSilent', false, (f) => {
+        assert.deepEqual(f.details?.[0], { silentMs: 500, lastStatus: PROCESSING });
+        assert.equal(f.message, `video task wedged: no message from the sidecar at ${fake.target} for 0.5s (maxSilentMs)`);
+      }),
+    );
+    const elapsed = Date.now() - t0;
+    assert.ok(elapsed >= 500 && elapsed < 2000, `ended after ${elapsed} ms`);
+    // The timer kept the attempt alive meanwhile, and the stream was cancelled.
+    assert.ok(run.heartbeats.filter((d) => d.event === 'WAITING').length >= 2);
+    await eventually(async () => cancelled, 2000, 'the server sees the stream cancelled');
+    assert.equal(fake.calls, 1);
   });
 });
 
@@ -304,11 +370,13 @@ describe('awaitVideoTask', () => {
 
   it('heartbeats on every event, with the last status in the details', LIMIT, async () => {
     await sim.setTask('beats', HOLD_PROCESSING);
-    const run = new Run({ client });
+    // maxSilentMs below the time the test waits: every message, HEARTBEATs
+    // included, restarts the silence clock.
+    const run = new Run({ client, maxSilentMs: 600 });
     const done = run.start('beats');
-    // The sidecar's HEARTBEATs keep the activity alive while nothing changes.
+    // The sidecar's HEARTBEATs (every 300 ms) keep the activity alive while nothing changes.
     let sidecarBeats = 0;
-    await run.heartbeat((d) => d.event === 'EVENT_TYPE_HEARTBEAT' && ++sidecarBeats === 2);
+    await run.heartbeat((d) => d.event === 'EVENT_TYPE_HEARTBEAT' && ++sidecarBeats === 3);
     await sim.complete('beats');
     const task = (await done) as { status: string };
     assert.equal(task.status, COMPLETED);
@@ -341,15 +409,44 @@ describe('awaitVideoTask', () => {
     assert.deepEqual(run.changes(), ['UNSPECIFIED>QUEUED', 'QUEUED>PROCESSING', 'PROCESSING>FAILED']);
   });
 
-  it('throws a non-retryable VideoTaskNotFound for NOT_FOUND', LIMIT, async () => {
-    const run = new Run({ client });
+  it('throws a non-retryable VideoTaskNotFound for NOT_FOUND once notFoundRetryMs passes', LIMIT, async () => {
+    // The sidecar answers NOT_FOUND after confirming the 404 once (200 ms
+    // later here): well within the window.
+    const run = new Run({ client, notFoundRetryMs: 700, initialBackoffMs: 50 });
+    const t0 = Date.now();
     await assert.rejects(
       run.start('never-created'),
       isFailure('VideoTaskNotFound', true, (f) => {
-        assert.deepEqual((f.details?.[0] as { code: string }).code, 'NOT_FOUND');
+        assert.deepEqual(f.details?.[0], { code: 'NOT_FOUND', message: 'the upstream does not know task never-created' });
       }),
     );
+    assert.ok(Date.now() - t0 >= 700, `failed after ${Date.now() - t0} ms`);
+    assert.ok(run.logs.some((l) => l.level === 'WARN' && l.meta?.code === 'NOT_FOUND'), 'asked again meanwhile');
     assert.deepEqual(run.events, []);
+  });
+
+  it('retries NOT_FOUND for a just-created id that the vendor does not know yet', LIMIT, async () => {
+    const run = new Run({ client, notFoundRetryMs: 10_000, initialBackoffMs: 100 });
+    const done = run.start('fresh-id');
+    // The sidecar answered NOT_FOUND (it confirmed the 404 once): the activity asks again.
+    await run.heartbeat((d) => d.event === 'RECONNECTING');
+    assert.ok(run.logs.some((l) => l.level === 'WARN' && l.meta?.code === 'NOT_FOUND'));
+    // Now the vendor knows it.
+    await sim.setTask('fresh-id', { queued_polls: 0, processing_polls: 0 });
+    const task = (await done) as { status: string };
+    assert.equal(task.status, COMPLETED);
+    assert.deepEqual(run.changes(), ['UNSPECIFIED>COMPLETED']);
+  });
+
+  it('does not retry NOT_FOUND for an id an earlier attempt saw', LIMIT, async () => {
+    const run = new Run(
+      { client, notFoundRetryMs: 10_000 },
+      { attempt: 2, heartbeatDetails: { id: 'vanished', lastStatus: PROCESSING, event: 'EVENT_TYPE_HEARTBEAT' } },
+    );
+    const t0 = Date.now();
+    await assert.rejects(run.start('vanished'), isFailure('VideoTaskNotFound', true));
+    assert.ok(Date.now() - t0 < 2000, `failed after ${Date.now() - t0} ms`);
+    assert.ok(!run.logs.some((l) => /reconnecting/.test(l.message)));
   });
 
   it('throws a non-retryable VideoTaskInvalidArgument for INVALID_ARGUMENT', LIMIT, async () => {
@@ -480,7 +577,12 @@ describe('awaitVideoTask', () => {
       isFailure('VideoTaskSidecarUnavailable', false, (f) => {
         // Never reached: says so, and where, not a vague timeout.
         assert.match(f.message, new RegExp(`^video task any-task: UNAVAILABLE: sidecar at ${target} unreachable for 1s$`));
-        assert.deepEqual((f.details?.[0] as { code: string }).code, 'UNAVAILABLE');
+        // The last stream failed with grpc-js's own UNAVAILABLE (no connection).
+        assert.deepEqual(f.details?.[0], {
+          code: 'UNAVAILABLE',
+          message: `sidecar at ${target} unreachable for 1s`,
+          lastCode: 'UNAVAILABLE',
+        });
       }),
     );
     const elapsed = Date.now() - t0;
@@ -524,6 +626,8 @@ describe('awaitVideoTask', () => {
         run.start('hung-sidecar', 10_000),
         isFailure('VideoTaskSidecarUnavailable', false, (f) => {
           assert.match(f.message, new RegExp(`^video task hung-sidecar: UNAVAILABLE: sidecar at ${target} unreachable for 1\\.5s$`));
+          // No stream was ever answered.
+          assert.equal((f.details?.[0] as { lastCode: unknown }).lastCode, null);
         }),
       );
       const elapsed = Date.now() - t0;
@@ -537,44 +641,82 @@ describe('awaitVideoTask', () => {
     }
   });
 
-  it('heartbeats on a timer while the stream is open but silent (first poll failed)', LIMIT, async () => {
-    // A sim and sidecar of its own: every poll of the task fails with a 503
-    // until the faults are cleared, so the sidecar has nothing to send (no
-    // SNAPSHOT, no HEARTBEAT) and backs off.
-    const ownSim = await SimUpstream.start('empty');
-    const own = await Sidecar.start(ownSim).catch(async (err) => {
-      await ownSim.stop();
-      throw err;
-    });
+  it('gives up with lastCode RESOURCE_EXHAUSTED when the sidecar refuses every watch (--max_watches)', LIMIT, async () => {
+    await sim.setTask('occupier', HOLD_QUEUED);
+    const full = await Sidecar.start(sim, { extraArgs: ['--max_watches=1'] });
+    extraSidecars.push(full);
+    const occupierClient = new VideoTaskClient({ target: full.target });
+    const stop = new AbortController();
+    const occupier = occupierClient.await('occupier', { signal: stop.signal }).catch(() => undefined);
     try {
-      const id = 'first-poll-fails';
-      await ownSim.setTask(id, HOLD_QUEUED);
-      await ownSim.fault({ id, kind: 'server_error', count: -1 });
-      // A heartbeat timeout of 900 ms: a heartbeat at least every 300 ms. The
-      // reconnect deadline (1 s) passes too: the stream is open, not a reason to give up.
-      const run = new Run({ target: own.target, giveUpAfterMs: 1000 }, { heartbeatTimeoutMs: 900 });
-      const done = run.start(id, 20_000);
-      await run.until((hs) => hs.length >= 8, 'timer heartbeats', 5000);
-      const polls = JSON.parse(await ownSim.control('GET', '/_sim/counts')) as { tasks: Record<string, number> };
-      assert.ok((polls.tasks[id] ?? 0) >= 1, `the sidecar polled ${polls.tasks[id] ?? 0} times`);
-      assert.deepEqual(run.events, [], 'nothing from the sidecar yet');
-      assert.ok(run.heartbeats.every((d) => d.event === 'WAITING' && d.id === id));
-      const gap = largestGap(run);
-      assert.ok(gap < 600, `a ${gap} ms gap between heartbeats (period 300 ms)`);
-
-      // The vendor recovers: the SNAPSHOT arrives on the same stream.
-      await ownSim.control('DELETE', '/_sim/faults');
-      const mark = run.heartbeats.length;
-      await run.until((hs) => hs.slice(mark).some((d) => d.event === 'EVENT_TYPE_SNAPSHOT'), 'SNAPSHOT after recovery');
-      await ownSim.complete(id);
-      const task = (await done) as { status: string };
-      assert.equal(task.status, COMPLETED);
-      assert.deepEqual(run.changes(), ['UNSPECIFIED>QUEUED', 'QUEUED>COMPLETED']);
-      assert.ok(!run.logs.some((l) => /reconnecting/.test(l.message)), 'one stream throughout');
+      await eventually(async () => (await full.metric('videotask_active_watches')) === 1, 5000, 'the one watch');
+      const run = new Run({ target: full.target, initialBackoffMs: 50, maxBackoffMs: 200, giveUpAfterMs: 400 });
+      await assert.rejects(
+        run.start('refused'),
+        isFailure('VideoTaskSidecarUnavailable', false, (f) => {
+          const details = f.details?.[0] as { code: string; lastCode: string };
+          assert.equal(details.code, 'UNAVAILABLE');
+          assert.equal(details.lastCode, 'RESOURCE_EXHAUSTED');
+          assert.match(f.message, /unavailable after retries: RESOURCE_EXHAUSTED: the sidecar holds its maximum of 1 watches/);
+        }),
+      );
     } finally {
-      await own.stop();
-      await ownSim.stop();
+      stop.abort();
+      await occupier;
+      occupierClient.close();
     }
+  });
+
+  it('ends the attempt when the sidecar sends nothing for maxSilentMs (its first polls fail)', LIMIT, async () => {
+    // Every poll of the task fails (a 503 from the simulated vendor): the
+    // sidecar has nothing to send, not even HEARTBEATs, on an open stream.
+    const id = 'silent-vendor';
+    await sim.setTask(id, HOLD_QUEUED);
+    await sim.fault({ id, kind: 'server_error', count: -1 });
+    const run = new Run({ client, maxSilentMs: 500 }, { heartbeatTimeoutMs: 450 });
+    const t0 = Date.now();
+    await assert.rejects(
+      run.start(id),
+      isFailure('VideoTaskSidecarSilent', false, (f) => {
+        assert.deepEqual(f.details?.[0], { silentMs: 500, lastStatus: 'VIDEO_TASK_STATUS_UNSPECIFIED' });
+      }),
+    );
+    const elapsed = Date.now() - t0;
+    assert.ok(elapsed >= 500 && elapsed < 3000, `ended after ${elapsed} ms`);
+    assert.deepEqual(run.events, []);
+    assert.ok(run.heartbeats.length >= 2 && run.heartbeats.every((d) => d.event === 'WAITING'));
+    // The stream was cancelled: the sidecar no longer holds it.
+    await eventually(async () => (await sidecar.metric('videotask_open_streams')) === 0, 5000, 'no open streams');
+  });
+
+  it('heartbeats on a timer while the stream is open but silent (first poll failed)', LIMIT, async () => {
+    // Every poll of the task fails with a 503 until the faults are cleared,
+    // so the sidecar has nothing to send (no SNAPSHOT, no HEARTBEAT) and
+    // backs off.
+    const id = 'first-poll-fails';
+    await sim.setTask(id, HOLD_QUEUED);
+    await sim.fault({ id, kind: 'server_error', count: -1 });
+    // A heartbeat timeout of 600 ms: a heartbeat at least every 200 ms. The
+    // reconnect deadline (500 ms) passes too: the stream is open, not a reason to give up.
+    const run = new Run({ client, giveUpAfterMs: 500 }, { heartbeatTimeoutMs: 600 });
+    const done = run.start(id, 20_000);
+    await run.until((hs) => hs.length >= 6, 'timer heartbeats', 5000);
+    const polls = JSON.parse(await sim.control('GET', '/_sim/counts')) as { tasks: Record<string, number> };
+    assert.ok((polls.tasks[id] ?? 0) >= 1, `the sidecar polled ${polls.tasks[id] ?? 0} times`);
+    assert.deepEqual(run.events, [], 'nothing from the sidecar yet');
+    assert.ok(run.heartbeats.every((d) => d.event === 'WAITING' && d.id === id));
+    const gap = largestGap(run);
+    assert.ok(gap < 400, `a ${gap} ms gap between heartbeats (period 200 ms)`);
+
+    // The vendor recovers: the SNAPSHOT arrives on the same stream.
+    await sim.control('DELETE', '/_sim/faults');
+    const mark = run.heartbeats.length;
+    await run.until((hs) => hs.slice(mark).some((d) => d.event === 'EVENT_TYPE_SNAPSHOT'), 'SNAPSHOT after recovery');
+    await sim.complete(id);
+    const task = (await done) as { status: string };
+    assert.equal(task.status, COMPLETED);
+    assert.deepEqual(run.changes(), ['UNSPECIFIED>QUEUED', 'QUEUED>COMPLETED']);
+    assert.ok(!run.logs.some((l) => /reconnecting/.test(l.message)), 'one stream throughout');
   });
 
   it('reports a status before heartbeating it, so a retry repeats rather than loses it (at least once)', LIMIT, async () => {
@@ -631,6 +773,7 @@ describe('awaitVideoTask', () => {
     const bad: [string, unknown][] = [
       ['giveUpAfterMs', 0], ['giveUpAfterMs', -1], ['giveUpAfterMs', Number.NaN], ['giveUpAfterMs', 1e12],
       ['giveUpAfterMs', '60000'], ['initialBackoffMs', -5], ['maxBackoffMs', Number.POSITIVE_INFINITY],
+      ['maxSilentMs', 0], ['notFoundRetryMs', -1],
     ];
     for (const [name, value] of bad) {
       const env = new MockActivityEnvironment(undefined, { logger: new DefaultLogger('WARN') });
