@@ -1,4 +1,4 @@
-"""An asyncio client of videotask.v1.VideoTaskService, usable without Airflow.
+"""An asyncio client of videotask.v1.VideoTaskService (no workflow engine needed).
 
     task = await await_video_task("proj_123", give_up_after=60, on_event=print)
     task = await_video_task_sync("proj_123")          # from synchronous code
@@ -16,6 +16,8 @@ reconnect rules of the C++ client (plugin/client.h) and the Temporal package
   `give_up_after` seconds: the outage clock starts with the call and restarts
   only when a stream was healthy (it brought a status not reported before, or
   stayed open 10 s), so a flapping sidecar runs the budget out too;
+  `give_up_after=None` never gives up (the caller's `timeout`, or its
+  cancellation, is then the only bound);
 - when the give-up point or the timeout comes and the sidecar was never
   reached, the error is UNAVAILABLE "sidecar at ADDR unreachable for Ns";
 - INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION and any other code are
@@ -41,8 +43,8 @@ import weakref
 import grpc
 from google.protobuf import json_format
 
-from videotask_airflow._proto import video_task_pb2 as pb
-from videotask_airflow._proto import video_task_pb2_grpc as pb_grpc
+from videotask._proto import video_task_pb2 as pb
+from videotask._proto import video_task_pb2_grpc as pb_grpc
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -251,7 +253,8 @@ async def await_video_task(video_task_id, *, target=None, give_up_after=DEFAULT_
       video_task_id: the vendor's task id (1-128 characters of [A-Za-z0-9_-];
         the sidecar answers INVALID_ARGUMENT otherwise).
       target: the sidecar, "host:port" or "unix:PATH"; see resolve_target().
-      give_up_after: seconds of outage after which it gives up (UNAVAILABLE).
+      give_up_after: seconds of outage after which it gives up (UNAVAILABLE);
+        None: never (bound the await with `timeout` or by cancelling it).
       timeout: overall limit in seconds (DEADLINE_EXCEEDED), None for none.
       on_event: called with each WatchVideoTaskResponse once: SNAPSHOT,
         TRANSITIONs and HEARTBEATs, in order (may be a coroutine function).
@@ -272,8 +275,9 @@ async def await_video_task(video_task_id, *, target=None, give_up_after=DEFAULT_
         is closed first.
     """
     _check_id(video_task_id)
-    give_up_after = _seconds("give_up_after", give_up_after)
+    give_up_after = _seconds("give_up_after", give_up_after, allow_none=True)
     timeout = _seconds("timeout", timeout, allow_none=True)
+    outage_limit = math.inf if give_up_after is None else give_up_after
     initial_backoff = _seconds("initial_backoff", initial_backoff)
     max_backoff = _seconds("max_backoff", max_backoff)
     target = resolve_target(target)
@@ -320,7 +324,7 @@ async def await_video_task(video_task_id, *, target=None, give_up_after=DEFAULT_
         # own schedule; a stream started before would fail at once, and one
         # started on a connection that never answers would hang until the
         # deadline). Ends at the give-up point or the deadline.
-        give_up_at = outage_start + give_up_after
+        give_up_at = outage_start + outage_limit
         state = await _wait_for_ready(channel, loop, min(give_up_at, deadline))
         now = loop.time()
         if now >= deadline:
@@ -394,7 +398,7 @@ async def await_video_task(video_task_id, *, target=None, give_up_after=DEFAULT_
         if progressed or lasted:
             outage_start = now  # a healthy stream: the outage starts now
             backoff = initial_backoff
-        give_up_at = outage_start + give_up_after
+        give_up_at = outage_start + outage_limit
         if now >= give_up_at:
             raise give_up()
         # Exponential backoff with jitter, not past the give-up point or the deadline.
