@@ -335,7 +335,9 @@ def test_deferrable_follows_default_deferrable(sim, sidecar, monkeypatch):
 
 async def test_reschedule_mode_pokes_and_returns_the_task(sim, sidecar):
     sim.set_task(T("se-resched"), HOLD_PROCESSING)
-    s = sensor(T("se-resched"), sidecar.target, mode="reschedule", poke_interval=300)
+    # timeout=5: a sensor that ignored the mode would wait in the worker and
+    # time out instead of giving its slot back.
+    s = sensor(T("se-resched"), sidecar.target, mode="reschedule", poke_interval=300, timeout=5)
     before = engine.utcnow()
     outcome = engine.run_task(s)
     assert outcome.state == "up_for_reschedule", outcome
