@@ -10,32 +10,7 @@ Dagster, or an engine package (videotask_airflow builds on it). See
 videotask.client for the reconnect rules and the errors.
 """
 
-from videotask.client import (  # noqa: F401
-    DEFAULT_TARGET,
-    VideoTaskError,
-    await_video_task,
-    await_video_task_sync,
-    close_shared_channels,
-    get_video_task,
-    get_video_task_sync,
-    resolve_target,
-    shared_channel,
-    status_name,
-    task_to_dict,
-)
+from videotask.client import *  # noqa: F401,F403  (the client's public names)
+from videotask.client import __all__  # noqa: F401
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "DEFAULT_TARGET",
-    "VideoTaskError",
-    "await_video_task",
-    "await_video_task_sync",
-    "close_shared_channels",
-    "get_video_task",
-    "get_video_task_sync",
-    "resolve_target",
-    "shared_channel",
-    "status_name",
-    "task_to_dict",
-]
