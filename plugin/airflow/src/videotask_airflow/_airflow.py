@@ -36,7 +36,7 @@ except ImportError:  # Airflow 2.x, 3.0, 3.1
         AirflowSkipException,
     )
 
-try:  # Airflow 3.1+
+try:  # newer Task SDKs have their own configuration module
     from airflow.sdk.configuration import conf
 except ImportError:
     from airflow.configuration import conf
