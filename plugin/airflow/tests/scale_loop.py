@@ -20,13 +20,15 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PLUGIN = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(HERE, "airflow_stub"))  # the Airflow stand-in (tests only)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(PLUGIN, "python", "src"))
+sys.path.insert(0, os.path.join(PLUGIN, "airflow", "src"))
+sys.path.insert(0, os.path.join(PLUGIN, "python", "tests"))
 
 import harness  # noqa: E402
 from harness import HOLD_PROCESSING  # noqa: E402
-from videotask_airflow import client  # noqa: E402
+from videotask import client  # noqa: E402
 from videotask_airflow.triggers import VideoTaskTrigger  # noqa: E402
 
 TASKS = 50

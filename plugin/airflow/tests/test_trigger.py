@@ -48,7 +48,10 @@ def test_serialize_round_trip():
     assert type(rebuilt) is VideoTaskTrigger
     assert rebuilt.serialize() == trigger.serialize()
     # No target: resolved where the trigger runs (the triggerer's $VIDEOTASK_TARGET).
-    assert round_trip(VideoTaskTrigger("proj_1")).serialize()[1]["target"] is None
+    # No give_up_after: the trigger waits through sidecar outages (the
+    # deferral's timeout bounds it).
+    assert round_trip(VideoTaskTrigger("proj_1")).serialize()[1] == {
+        "video_task_id": "proj_1", "target": None, "give_up_after": None}
 
 
 async def test_completed(sim, sidecar):

@@ -4,158 +4,136 @@
         task_id="wait_for_video",
         video_task_id="{{ ti.xcom_pull('create_video') }}",
         timeout=2 * 60 * 60,          # the sensor's limit, seconds
+        deferrable=True,              # default: [operators] default_deferrable
     )
 
-execute() asks the sidecar once (GetVideoTask) and returns at once when the
-task has already finished; otherwise it defers to VideoTaskTrigger (bounded
-by the sensor's `timeout`) and frees its worker slot. With deferrable=False
-it waits in the worker instead (for deployments without a triggerer), with the
-same outcomes:
+Three ways to wait, one set of outcomes (videotask_airflow.waiting):
 
-- completed: returns the task as a dict in the proto's JSON mapping, so XCom
-  carries `videoUrl`, `actualDuration`, ...;
-- failed video, unknown id, invalid id, rejected key: AirflowFailException
-  (not retried) with the vendor's or the sidecar's message;
-- sidecar unavailable: AirflowException (Airflow's retries apply);
-- the sensor's timeout: AirflowSensorTimeout.
+- deferrable (deferrable=True, or [operators] default_deferrable): one
+  GetVideoTask, then the trigger waits in the triggerer, bounded by the
+  sensor's `timeout`; the worker slot is free meanwhile. With
+  start_from_trigger=True (Airflow 2.10+) the scheduler hands the trigger to
+  the triggerer directly and no worker runs until the trigger fires;
+- in the worker (not deferrable, mode="poke"): a stream from the worker's
+  sidecar, held for the whole wait, giving up after `give_up_after` seconds of
+  sidecar outage;
+- mode="reschedule" (not deferrable): Airflow's BaseSensorOperator.execute
+  pokes (one GetVideoTask each) every `poke_interval` (with
+  `exponential_backoff` and `max_wait` as Airflow computes them) and gives
+  the slot back in between.
 
-The sensor overrides execute(), so `mode="reschedule"` does not apply;
-`poke()` is one GetVideoTask for callers that want it.
+Outcomes: the completed task as a dict (XCom: `videoUrl`, `actualDuration`,
+...); a failed video, unknown or invalid id or rejected key raise
+AirflowFailException; an unavailable sidecar AirflowException (retried);
+the timeout AirflowSensorTimeout. soft_fail (and never_fail on Airflow 3)
+skip instead of failing; silent_fail waits through sidecar outages.
 """
 
 from datetime import timedelta
 
-import grpc
-
+from videotask.client import DEFAULT_GET_TIMEOUT, DEFAULT_GIVE_UP_AFTER
 from videotask_airflow._airflow import (
-    AirflowException,
-    AirflowFailException,
-    AirflowSensorTimeout,
     BaseSensorOperator,
+    PokeReturnValue,
+    StartTriggerArgs,
+    default_deferrable,
 )
-from videotask_airflow.client import (
-    COMPLETED,
-    DEFAULT_GET_TIMEOUT,
-    DEFAULT_GIVE_UP_AFTER,
-    FAILED,
-    HEARTBEAT,
-    VideoTaskError,
-    await_video_task_sync,
-    get_video_task_sync,
-    status_name,
-)
-from videotask_airflow.triggers import VideoTaskTrigger, event_for_error, event_for_task
+from videotask_airflow.waiting import VideoTaskWaitMixin
 
 __all__ = ["VideoTaskSensor"]
 
-# Errors of the first GetVideoTask that are final; others (the worker's
-# sidecar unavailable, ...) leave the waiting to the trigger or the watch.
-_FINAL_CODES = frozenset({
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.FAILED_PRECONDITION,
-})
 
-_NOT_RETRIED = frozenset({"failed", "not_found", "invalid_argument", "failed_precondition"})
+def _is_literal(value):
+    """A value Airflow will not render: a string without Jinja markup, or None."""
+    return value is None or (isinstance(value, str) and "{{" not in value and "{%" not in value)
 
 
-class VideoTaskSensor(BaseSensorOperator):
+class VideoTaskSensor(VideoTaskWaitMixin, BaseSensorOperator):
     """Waits until a video-generation task has finished.
 
     Args:
       video_task_id: the vendor's task id (templated).
       target: the sidecar address (templated); default $VIDEOTASK_TARGET, else
         127.0.0.1:50051, read where each step runs (worker or triggerer).
-      deferrable: wait in the triggerer (default) or, when False, in the worker.
-      give_up_after: seconds of sidecar outage before "unavailable".
-      get_timeout: time limit of the first GetVideoTask, seconds.
-      **kwargs: BaseSensorOperator's (task_id, timeout, retries, ...).
+      deferrable: wait in the triggerer (True) or in the worker (False);
+        default: Airflow's [operators] default_deferrable (False when unset).
+      start_from_trigger: Airflow 2.10+: start in the triggerer without a
+        worker. Needs a literal video_task_id and target (the scheduler builds
+        the trigger without rendering templates); ignored by Airflow 3's
+        scheduler, where the sensor defers from a worker as usual.
+      give_up_after: seconds of sidecar outage after which a wait in the
+        worker ends "unavailable" (retried); default 60.
+      trigger_give_up_after: the same for the trigger; default None: the
+        trigger waits through outages and the sensor's timeout bounds it.
+      get_timeout: time limit of each GetVideoTask, seconds.
+      **kwargs: BaseSensorOperator's (task_id, timeout, mode, poke_interval,
+        soft_fail, retries, ...).
     """
 
     template_fields = ("video_task_id", "target")
 
-    def __init__(self, *, video_task_id, target=None, deferrable=True,
-                 give_up_after=DEFAULT_GIVE_UP_AFTER, get_timeout=DEFAULT_GET_TIMEOUT, **kwargs):
+    def __init__(self, *, video_task_id, target=None, deferrable=None, start_from_trigger=False,
+                 give_up_after=DEFAULT_GIVE_UP_AFTER, trigger_give_up_after=None,
+                 get_timeout=DEFAULT_GET_TIMEOUT, **kwargs):
         super().__init__(**kwargs)
         self.video_task_id = video_task_id
         self.target = target
-        self.deferrable = deferrable
         self.give_up_after = give_up_after
+        self.trigger_give_up_after = trigger_give_up_after
         self.get_timeout = get_timeout
+        if self.reschedule:
+            if deferrable or start_from_trigger:
+                raise ValueError(
+                    "VideoTaskSensor %s: mode='reschedule' pokes from a worker; it cannot be "
+                    "deferrable or start_from_trigger (pass one or the other)" % self.task_id)
+            deferrable = False
+        elif deferrable is None:
+            deferrable = start_from_trigger or default_deferrable()
+        elif start_from_trigger and not deferrable:
+            raise ValueError("VideoTaskSensor %s: start_from_trigger needs deferrable=True"
+                             % self.task_id)
+        self.deferrable = bool(deferrable)
+        if start_from_trigger:
+            self._start_from_trigger()
 
-    def _check_once(self):
-        """The final payload if the task has finished (or the Get's error is
-        final), else None."""
-        try:
-            task = get_video_task_sync(self.video_task_id, target=self.target,
-                                       timeout=self.get_timeout)
-        except VideoTaskError as e:
-            if e.code in _FINAL_CODES:
-                return event_for_error(self.video_task_id, e)
-            self.log.warning("GetVideoTask %s: %s; waiting for the task anyway",
-                             self.video_task_id, e)
-            return None
-        if task.status in (COMPLETED, FAILED):
-            return event_for_task(task)
-        self.log.info("video task %s is %s", self.video_task_id, status_name(task.status))
-        return None
+    def _start_from_trigger(self):
+        if StartTriggerArgs is None:
+            raise ValueError("VideoTaskSensor %s: start_from_trigger needs Airflow 2.10 or later"
+                             % self.task_id)
+        if not (_is_literal(self.video_task_id) and isinstance(self.video_task_id, str)
+                and _is_literal(self.target)):
+            raise ValueError(
+                "VideoTaskSensor %s: start_from_trigger needs a literal video_task_id and "
+                "target: the scheduler builds the trigger from them without rendering "
+                "templates or resolving XComs (got %r, %r)"
+                % (self.task_id, self.video_task_id, self.target))
+        trigger = self.video_task_trigger(self.video_task_id)
+        # Per instance: BaseOperator's class attribute is shared.
+        self.start_trigger_args = StartTriggerArgs(
+            trigger_cls=trigger.serialize()[0],
+            trigger_kwargs=trigger.serialize()[1],
+            next_method="execute_complete",
+            next_kwargs=None,
+            timeout=timedelta(seconds=self.wait_timeout()),
+        )
+        self.start_from_trigger = True
 
-    def poke(self, context):
-        payload = self._check_once()
-        if payload is None:
-            return False
-        self.execute_complete(context, payload)
-        return True
+    def wait_timeout(self):
+        return self.timeout
 
     def execute(self, context):
-        payload = self._check_once()
+        if self.reschedule:
+            # BaseSensorOperator.execute: poke() every poke_interval
+            # (exponential_backoff, max_wait), AirflowRescheduleException in
+            # between, the timeout counted from the first reschedule.
+            return super().execute(context)
+        return self.wait_for_video_task(context, self.video_task_id)
+
+    def poke(self, context):
+        """One GetVideoTask: False while the task runs, else
+        PokeReturnValue(True, the completed task) or the outcome's exception
+        (an unreachable sidecar included: AirflowException, retried)."""
+        payload = self.check_video_task(self.video_task_id, unavailable_is_final=True)
         if payload is None:
-            if self.deferrable:
-                self.defer(
-                    trigger=VideoTaskTrigger(
-                        video_task_id=self.video_task_id,
-                        target=self.target,
-                        give_up_after=self.give_up_after,
-                    ),
-                    method_name="execute_complete",
-                    timeout=timedelta(seconds=self.timeout),
-                )
-            payload = self._wait_in_worker()
-        return self.execute_complete(context, payload)
-
-    def _wait_in_worker(self):
-        def on_event(event):
-            if event.type != HEARTBEAT:
-                self.log.info("video task %s: %s", self.video_task_id,
-                              status_name(event.task.status))
-
-        try:
-            task = await_video_task_sync(
-                self.video_task_id,
-                target=self.target,
-                give_up_after=self.give_up_after,
-                timeout=self.timeout,
-                on_event=on_event,
-            )
-        except VideoTaskError as e:
-            if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise AirflowSensorTimeout(
-                    "video task %s: %s" % (self.video_task_id, e.details)) from None
-            return event_for_error(self.video_task_id, e)
-        return event_for_task(task)
-
-    def execute_complete(self, context, event=None):
-        """Returns the completed task as a dict; raises for any other outcome."""
-        if not isinstance(event, dict) or "status" not in event:
-            raise AirflowException("video task %s: unexpected trigger event %r"
-                                   % (self.video_task_id, event))
-        status = event["status"]
-        if status == "completed":
-            return event["task"]
-        message = event.get("message") or status
-        task_id = event.get("id", self.video_task_id)
-        if str(task_id) not in message:
-            message = "video task %s: %s" % (task_id, message)
-        if status in _NOT_RETRIED:
-            raise AirflowFailException(message)
-        raise AirflowException(message)
+            return False
+        return PokeReturnValue(True, self.finish_video_task(context, payload))

@@ -1,7 +1,7 @@
 """VideoTaskTrigger: awaits a video task in Airflow's triggerer.
 
-The trigger watches the task through the sidecar (videotask_airflow.client,
-on grpc.aio: nothing in run() blocks the event loop, and every trigger of a
+The trigger watches the task through the sidecar (videotask.client, on
+grpc.aio: nothing in run() blocks the event loop, and every trigger of a
 triggerer shares one connection per sidecar address) and yields exactly one
 TriggerEvent whose payload is
 
@@ -20,10 +20,8 @@ effect upstream, so two copies of one trigger running at once are harmless
 
 import grpc
 
-from videotask_airflow._airflow import BaseTrigger, TriggerEvent
-from videotask_airflow.client import (
+from videotask.client import (
     COMPLETED,
-    DEFAULT_GIVE_UP_AFTER,
     FAILED,
     HEARTBEAT,
     VideoTaskError,
@@ -31,6 +29,7 @@ from videotask_airflow.client import (
     status_name,
     task_to_dict,
 )
+from videotask_airflow._airflow import BaseTrigger, TriggerEvent
 
 __all__ = ["VideoTaskTrigger", "event_for_error", "event_for_task"]
 
@@ -81,10 +80,12 @@ class VideoTaskTrigger(BaseTrigger):
         of the triggerer process, else 127.0.0.1:50051: it is resolved where
         the trigger runs, since the triggerer has its own sidecar.
       give_up_after: seconds of sidecar outage after which the event is
-        "unavailable".
+        "unavailable"; None (the default) waits through any outage, so that
+        the deferral's timeout bounds the wait: a triggerer restart
+        re-creates every trigger at once, possibly before its sidecar is up.
     """
 
-    def __init__(self, video_task_id, target=None, give_up_after=DEFAULT_GIVE_UP_AFTER):
+    def __init__(self, video_task_id, target=None, give_up_after=None):
         super().__init__()
         self.video_task_id = video_task_id
         self.target = target

@@ -1,7 +1,10 @@
 """Stand-in for airflow.triggers.base (tests only)."""
 
 import abc
+import dataclasses
+import datetime
 import logging
+from typing import Any, Optional
 
 
 class BaseTrigger(abc.ABC):
@@ -43,3 +46,15 @@ class TriggerEvent:
 
     def __repr__(self):
         return "TriggerEvent<%r>" % (self.payload,)
+
+
+@dataclasses.dataclass
+class StartTriggerArgs:
+    """Airflow 2.10+: what the scheduler builds the trigger of an operator
+    that starts from the triggerer with (start_from_trigger)."""
+
+    trigger_cls: str
+    next_method: str
+    trigger_kwargs: Optional[dict] = None
+    next_kwargs: Optional[dict] = None
+    timeout: Optional[datetime.timedelta] = None

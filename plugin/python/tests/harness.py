@@ -22,7 +22,7 @@ import threading
 import time
 
 BUILD_COMMAND = "bazel build //server:videotask_sidecar //tests/sim:sim_upstream_server"
-API_KEY = "airflow-test-key"
+API_KEY = "videotask-test-key"
 PROTO_RELATIVE_PATH = os.path.join("proto", "videotask", "v1", "video_task.proto")
 
 #: A task that holds in PROCESSING until completed or failed through the control API.

@@ -25,7 +25,7 @@ class BuildPyWithStubs(build_py):
         if proto_root is None:
             self.announce("videotask proto not found: packaging the committed stubs", 2)
             return
-        out = os.path.join(self.build_lib, "videotask_airflow", "_proto")
+        out = os.path.join(self.build_lib, "videotask", "_proto")
         gen_stubs.write(gen_stubs.generate(proto_root), out)
 
 

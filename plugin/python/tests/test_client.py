@@ -1,5 +1,4 @@
-"""videotask_airflow.client against the real sidecar and the real simulated
-upstream (no Airflow involved)."""
+"""videotask.client against the real sidecar and the real simulated upstream."""
 
 import asyncio
 import os
@@ -13,8 +12,8 @@ import pytest
 
 import harness
 from harness import DONE_AT_ONCE, HOLD_PROCESSING, HOLD_QUEUED
-from videotask_airflow import client
-from videotask_airflow.client import VideoTaskError, await_video_task, status_name
+from videotask import client
+from videotask.client import VideoTaskError, await_video_task, status_name
 
 LIMIT = 30.0  # every await's bound in these tests, seconds
 
@@ -162,6 +161,47 @@ async def test_unreachable_sidecar_gives_up_unavailable():
     assert 0.95 <= elapsed < 3, elapsed
 
 
+async def test_no_give_up_waits_through_the_outage_until_the_timeout():
+    # give_up_after=None: an outage alone never ends the await; the timeout does.
+    target = "127.0.0.1:%d" % harness.closed_port()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(VideoTaskError) as e:
+        await bounded(await_video_task("py-unreachable", target=target, give_up_after=None,
+                                       timeout=1.5, initial_backoff=0.05, max_backoff=0.2))
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    assert e.value.details.startswith("sidecar at %s unreachable for 1.5s (" % target), e.value
+    assert 1.45 <= loop.time() - t0 < 3
+
+
+async def test_no_give_up_outlives_an_outage_that_ends_a_bounded_await(sim, start_sidecar):
+    # The same outage: the await with give_up_after=0.5 ends UNAVAILABLE, the
+    # one with give_up_after=None waits for the sidecar to come back.
+    sim.set_task("py-long-outage", HOLD_QUEUED)
+    first = start_sidecar()
+    snapshots = []
+    awaits = [asyncio.ensure_future(await_video_task(
+        "py-long-outage", target=first.target, give_up_after=limit, initial_backoff=0.05,
+        max_backoff=0.2, on_event=snapshots.append)) for limit in (0.5, None)]
+    bounded_await, unbounded_await = awaits
+    try:
+        await harness.eventually(lambda: harness.truthy(len(snapshots) >= 2), 10, "both SNAPSHOTs")
+        first.proc.signal(signal.SIGTERM)
+        assert await asyncio.get_running_loop().run_in_executor(None, first.proc.wait, 10) == 0
+        with pytest.raises(VideoTaskError) as e:
+            await bounded(bounded_await)
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        assert not unbounded_await.done()
+        second = start_sidecar(listen="127.0.0.1:%d" % first.port)
+        await harness.eventually(
+            lambda: harness.metric_is(second, "videotask_active_watches", 1), 10, "the new watch")
+        await sim.complete("py-long-outage")
+        task = await bounded(unbounded_await)
+    finally:
+        await harness.cancel(*awaits)
+    assert task.status == client.COMPLETED
+
+
 async def test_timeout_without_ever_reaching_the_sidecar_is_unavailable():
     target = "127.0.0.1:%d" % harness.closed_port()
     with pytest.raises(VideoTaskError) as e:
@@ -284,7 +324,7 @@ def test_closing_the_shared_channel_right_after_mass_cancellation_does_not_hang(
     sim.set_task("py-mass-cancel", HOLD_PROCESSING)
     code = textwrap.dedent("""
         import asyncio, sys
-        from videotask_airflow import client
+        from videotask import client
 
         async def main():
             seen = []
