@@ -347,8 +347,10 @@ int Run() {
       if (started.fetch_add(1) >= tn) return;
       c->Fetch("bench-throughput", [&, tn](UpstreamResult r) {
         if (r.outcome == UpstreamOutcome::kOk) ++ok;
-        if (++finished == tn) all.Notify();
+        // Start the next request before the last answer wakes the waiter,
+        // which destroys `next` when it leaves this scope.
         next();
+        if (++finished == tn) all.Notify();
       });
     };
     const absl::Time t0 = absl::Now();
