@@ -205,11 +205,11 @@ function allUses() {
   return uses;
 }
 
-// Labels README's Metrics section documents, e.g. `name{code}`: a counter
+// Labels docs/sidecar.md's Metrics section documents, e.g. `name{code}`: a counter
 // gets such a label with its first increment, so a fresh sidecar may not
 // show it yet.
 function documentedLabels() {
-  const readme = readFileSync(join(DEPLOY_DIR, "..", "README.md"), "utf8");
+  const readme = readFileSync(join(DEPLOY_DIR, "..", "docs", "sidecar.md"), "utf8");
   const out = new Map();
   for (const m of readme.matchAll(/`(videotask_[a-z_]+)\{([a-z_, ]+)\}`/g)) {
     out.set(m[1], new Set(m[2].split(",").map((l) => l.trim())));
@@ -346,10 +346,10 @@ describe("Grafana dashboard", () => {
 
   test("shows every metric the sidecar is documented to export, and the fleet ones", () => {
     const used = new Set(allUses().filter((u) => u.where.startsWith("dashboard")).flatMap((u) => u.selectors.map((s) => s.metric)));
-    const readme = readFileSync(join(DEPLOY_DIR, "..", "README.md"), "utf8");
-    const section = readme.slice(readme.indexOf("### Metrics"), readme.indexOf("\n## ", readme.indexOf("### Metrics")));
+    const doc = readFileSync(join(DEPLOY_DIR, "..", "docs", "sidecar.md"), "utf8");
+    const section = doc.slice(doc.indexOf("## Metrics"), doc.indexOf("\n## ", doc.indexOf("## Metrics") + 1));
     const documented = new Set([...section.matchAll(/`(videotask_[a-z_]+)/g)].map((m) => m[1]));
-    assert.ok(documented.size >= 10, "README's Metrics section lists the metrics");
+    assert.ok(documented.size >= 10, "docs/sidecar.md's Metrics section lists the metrics");
     const shown = new Set([...used].map(baseName));
     for (const m of [...documented, ...MODE_ONLY_METRICS]) assert.ok(shown.has(m), `the dashboard does not show ${m}`);
   });
@@ -484,7 +484,7 @@ describe("the rule's and the dashboard's metrics exist in the real sidecar's /me
     for (const m of ARCHIVE_ONLY_METRICS) assert.ok(archive.has(m), `${m} is not in /metrics with --archive_dir`);
   });
 
-  test("every label the expressions match on or group by exists on the metrics they use (or README documents it), or is a target label", () => {
+  test("every label the expressions match on or group by exists on the metrics they use (or docs/sidecar.md documents it), or is a target label", () => {
     assert.ok(single && fleet && archive, "needs the three scrapes (see the tests above)");
     const documented = documentedLabels();
     for (const u of allUses()) {
