@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -129,6 +130,10 @@ void PollHub::Shutdown() {
 }
 
 void PollHub::Loop() {
+  {
+    absl::MutexLock lock(&mu_);
+    scheduler_ = std::this_thread::get_id();
+  }
   while (true) {
     const absl::Time wake = NextWakeup();
     {
@@ -806,6 +811,14 @@ PollHub::Task& PollHub::TaskLocked(const std::string& id) {
 
 void PollHub::Flush() {
   mu_.Lock();
+  if (threaded_ && std::this_thread::get_id() != scheduler_) {
+    // Only the scheduler thread delivers: the caller may be the client's or
+    // the gate's I/O thread, which must stay free for I/O, or a gRPC
+    // thread. Wake the scheduler if there is anything to deliver.
+    if (!outbox_.empty() || !answers_.empty() || !to_archive_.empty()) Kick();
+    mu_.Unlock();
+    return;
+  }
   if (flushing_) {  // the thread flushing now delivers ours too, in order
     mu_.Unlock();
     return;

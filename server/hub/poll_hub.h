@@ -28,10 +28,13 @@
 // - A task with no state yet retries a failed first poll on a short backoff
 //   (1 s doubling, capped at poll_interval), not the poll-interval backoff.
 // - Sinks and Get callbacks are called without the hub's lock held, one
-//   delivery at a time (never concurrently). With Create(), upstream results
-//   are applied and fanned out on the hub's scheduler thread, never on the
-//   upstream client's I/O thread; Watch/Unwatch/Get/Drain may deliver on the
-//   calling thread.
+//   delivery at a time (never concurrently). With Create(), upstream
+//   results, the gate's answers and shared states and archive results are
+//   applied, and every event and Get answer is delivered, on the hub's
+//   scheduler thread only: the client's and the gate's I/O threads and the
+//   callers of Watch/Unwatch/Get/Drain only queue work and wake it. After
+//   Shutdown() (no scheduler) late results are applied and delivered on the
+//   thread that brings them.
 //
 // Fleet mode: before each request the hub asks its PollGate (default: the
 // local one, which admits everything). The gate may let another sidecar
@@ -286,7 +289,9 @@ class PollHub {
   absl::Duration RetryDelay(const Task& task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The task entry for `id`, created empty when there is none.
   Task& TaskLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Runs queued deliveries and Get answers outside the lock, one at a time.
+  // Runs queued deliveries, Get answers and archive hand-overs outside the
+  // lock, one at a time. With a scheduler thread only that thread runs
+  // them; any other caller wakes it.
   void Flush() ABSL_LOCKS_EXCLUDED(mu_);
   void Kick() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -313,6 +318,7 @@ class PollHub {
   // Results the client delivered, applied by the scheduler thread.
   std::vector<Completion> completions_ ABSL_GUARDED_BY(mu_);
   bool threaded_ ABSL_GUARDED_BY(mu_) = false;  // a scheduler thread runs
+  std::thread::id scheduler_ ABSL_GUARDED_BY(mu_);  // that thread, once it runs
   TimerSet heartbeats_ ABSL_GUARDED_BY(mu_);
   TimerSet expiry_ ABSL_GUARDED_BY(mu_);
   // End times of the requests that ended within the last second.
