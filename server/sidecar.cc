@@ -370,12 +370,16 @@ void Sidecar::TearDown(absl::Duration grace) {
     server_->Shutdown(absl::ToChronoTime(std::min(end, absl::Now() + kCloseConnections)));
     server_->Wait();
   }
-  // The hub stops scheduling, then the client completes what is outstanding
-  // while the hub still exists; the hub itself goes last (~Sidecar).
+  // The hub stops scheduling and stops calling the gate and the archiver;
+  // then the client, the archiver and the gate complete what is outstanding
+  // while the hub still exists (the hub applies it locally, never to the
+  // fleet: an aborted archive must not become the fleet's state); the hub
+  // itself goes last (~Sidecar). The gate goes last of the three: nothing
+  // late can reach it.
   if (hub_ != nullptr) hub_->Shutdown();
-  gate_.reset();  // completes pending admissions while the hub exists
-  client_.reset();
+  client_.reset();    // completes requests in flight; their results find the hub
   archiver_.reset();  // aborts downloads; their callbacks still find the hub
+  gate_.reset();      // completes pending admissions while the hub exists
   StopMetrics();
 }
 

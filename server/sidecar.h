@@ -11,9 +11,11 @@
 // Shutdown(), bounded. Drain() turns health NOT_SERVING, refuses new watches
 // and ends open ones with UNAVAILABLE. Shutdown() drains, then stops
 // everything within `grace`. Teardown, also of a Start() that failed
-// halfway, always goes: gRPC server stopped, hub Shutdown(), upstream client
-// destroyed (its late completions still find the hub), metrics endpoint
-// stopped, then server, service and hub destroyed.
+// halfway, always goes: gRPC server stopped, hub Shutdown() (after which the
+// hub calls neither the fleet gate nor the archiver), upstream client,
+// archiver and fleet gate destroyed in that order (their late completions
+// still find the hub), metrics endpoint stopped, then server, service and
+// hub destroyed.
 #ifndef VIDEOTASK_SERVER_SIDECAR_H_
 #define VIDEOTASK_SERVER_SIDECAR_H_
 

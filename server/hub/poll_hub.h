@@ -41,12 +41,16 @@
 // poll the task (this hub then forwards the states the fleet shares, with
 // the same SNAPSHOT / TRANSITION / HEARTBEAT rules, forward only), answer it
 // from a shared state, or make it wait for the fleet's budget or 429 pause.
-// Successful answers and 429s are told to the gate.
+// Successful answers and 429s are told to the gate. After Shutdown() the
+// hub never calls the gate again, so late results (an archive aborted as the
+// archiver stops, a request the client completes as it stops) never reach
+// the fleet.
 //
 // Archiving: with an Archiver, the first COMPLETED of a task is handed to it
 // once (however many watchers); the COMPLETED event, and Gets, wait for its
 // answer (the task with `archive` or `archive_error` set), which is then
-// published like any transition. Polling stops meanwhile.
+// published like any transition. Polling stops meanwhile. After Shutdown()
+// nothing new is handed to the archiver.
 //
 // Time comes only from the injected Clock; every timer (polls, heartbeats,
 // rate window, 429 pause, expiry) runs on its monotonic reading, so wall
@@ -137,10 +141,11 @@ class PollHub {
     int64_t following = 0;      // watched tasks another sidecar polls
   };
 
-  // `client`, `clock`, `metrics` (may be null) and `gate` (null: local)
-  // must outlive the hub, and the client's and gate's callbacks must all
-  // have run before the hub is destroyed: call Shutdown(), then destroy the
-  // gate and the client, then the hub.
+  // `client`, `clock`, `metrics` (may be null), `gate` (null: local) and
+  // `archiver` (null: off) must outlive the hub's Shutdown(), and their
+  // callbacks must all have run before the hub is destroyed: call
+  // Shutdown(), then destroy the client, the archiver and the gate (in any
+  // order: the hub calls none of them after Shutdown()), then the hub.
   static absl::StatusOr<std::unique_ptr<PollHub>> Create(PollHubOptions options,
                                                          UpstreamClient* client, Clock* clock,
                                                          MetricsRegistry* metrics,
@@ -177,7 +182,8 @@ class PollHub {
   // Refuses new watches and Gets with UNAVAILABLE and ends every open watch
   // with UNAVAILABLE. Polling stops.
   void Drain();
-  // Drain() and stop the scheduler thread.
+  // Drain() and stop the scheduler thread; from then on the gate and the
+  // archiver are not called again.
   void Shutdown();
 
   // Starts what is due at the clock's Now(): polls within the rate and
@@ -255,7 +261,8 @@ class PollHub {
   // gate once the lock is released.
   std::vector<std::pair<std::string, bool>> StartDueLocked(absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void IssueFetches(std::vector<std::pair<std::string, bool>> ids) ABSL_LOCKS_EXCLUDED(mu_);
+  void IssueFetches(PollGate* gate, std::vector<std::pair<std::string, bool>> ids)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The gate's answer for a started poll (any thread).
   void OnAdmission(const std::string& id, PollGate::Admission admission) ABSL_LOCKS_EXCLUDED(mu_);
   void ApplyAdmission(const std::string& id, PollGate::Admission admission)
@@ -299,7 +306,6 @@ class PollHub {
   UpstreamClient* const client_;
   Clock* const clock_;
   LocalPollGate local_gate_;
-  PollGate* const gate_;
   Archiver* const archiver_;  // null: archiving off
 
   MetricsRegistry* const metrics_;
@@ -307,6 +313,8 @@ class PollHub {
   Histogram* request_duration_ = nullptr;
 
   absl::Mutex mu_;
+  // The gate given at creation; &local_gate_ after Shutdown().
+  PollGate* gate_ ABSL_GUARDED_BY(mu_);
   absl::BitGen rng_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<Task>> tasks_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<WatchId, std::string> watch_index_ ABSL_GUARDED_BY(mu_);
@@ -319,6 +327,7 @@ class PollHub {
   std::vector<Completion> completions_ ABSL_GUARDED_BY(mu_);
   bool threaded_ ABSL_GUARDED_BY(mu_) = false;  // a scheduler thread runs
   std::thread::id scheduler_ ABSL_GUARDED_BY(mu_);  // that thread, once it runs
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;    // Shutdown() has finished
   TimerSet heartbeats_ ABSL_GUARDED_BY(mu_);
   TimerSet expiry_ ABSL_GUARDED_BY(mu_);
   // End times of the requests that ended within the last second.

@@ -1122,6 +1122,42 @@ TEST_F(PollHubTest, CompletedWaitsForItsArchive) {
   EXPECT_EQ(got->archive_error(), "video host answered 404");
 }
 
+// Issue 16: after Shutdown() the hub never calls the gate again. The
+// sidecar destroys the client, the archiver and the fleet gate after it; the
+// archiver's destructor aborts copies in progress ("shutting down") and the
+// client completes requests in flight. Such late results stay in this hub:
+// the gate may already be gone, and an aborted archive's archive_error must
+// never become the fleet's cached terminal state. Nothing new is archived.
+TEST_F(PollHubGateTest, AfterShutdownLateResultsNeverReachTheGate) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.heartbeat_interval = absl::Hours(1);
+  FakeArchiver archiver;
+  auto hub = PollHub::CreateForTest(o, &upstream_, &clock_, &metrics_, 42, &gate_, &archiver);
+  ASSERT_TRUE(hub.ok());
+  hub_ = std::move(*hub);
+  for (const char* id : {"archived", "late", "limited"}) WatchOk(id);
+  hub_->RunDue();
+  ASSERT_EQ(gate_.Pending(), 3u);
+  for (int i = 0; i < 3; ++i) gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  ASSERT_EQ(upstream_.Total(), 3);
+  upstream_.Reply("archived", Ok(kCompleted));
+  ASSERT_EQ(archiver.calls(), 1u);
+  ASSERT_TRUE(gate_.observed().empty()) << "COMPLETED waits for its archive";
+
+  hub_->Shutdown();
+  archiver.Finish("", "archiving stopped: the sidecar is shutting down");
+  upstream_.Reply("late", Ok(kCompleted));
+  UpstreamResult r = Outcome(UpstreamOutcome::kRateLimited, "429");
+  r.retry_after = absl::Seconds(3);
+  upstream_.Reply("limited", r);
+  for (const VideoTask& t : gate_.observed()) {
+    ADD_FAILURE() << "the gate was told " << t.ShortDebugString() << " after Shutdown()";
+  }
+  EXPECT_TRUE(gate_.pauses().empty()) << "a 429 after Shutdown() reached the gate";
+  EXPECT_EQ(archiver.calls(), 0u) << "a copy was started after Shutdown()";
+}
+
 TEST(PollHubThreadTest, SchedulerThreadPollsOnItsOwn) {
   // The real scheduler thread with the real clock and a short interval.
   FakeUpstream upstream;

@@ -25,6 +25,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/videotask/v1/video_task.grpc.pb.h"
 #include "tests/sim/sim_upstream.h"
+#include "tests/testing/redis_server.h"
 #include "tests/testing/sha256.h"
 #include "tests/testing/subprocess.h"
 
@@ -422,6 +423,74 @@ TEST_F(ArchiveE2eTest, SigtermDuringAStuckDownloadExitsWithinTheGrace) {
     closedir(d);
   }
   EXPECT_EQ(entries, 0);
+}
+
+// Issue 16: in fleet mode a SIGTERM during a copy crashed the sidecar
+// (SIGSEGV): teardown destroyed the fleet gate first, then the archiver,
+// whose destructor aborts the copy with archive_error "shutting down"; the
+// hub applied that and told the freed gate. Now the process exits 0 and the
+// aborted copy never becomes the fleet's state in Redis (another pod would
+// otherwise serve it as the task's cached terminal state).
+TEST_F(ArchiveE2eTest, SigtermMidCopyInFleetModeExitsCleanAndTheFleetCachesNoAbortedArchive) {
+  auto redis = testing::RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  TaskScript done;
+  done.queued_polls = 0;
+  done.processing_polls = 0;
+  sim_->SetTask("fleet-stop", done);
+  VideoScript v;
+  v.size_bytes = 4 << 20;
+  v.chunk_delay = absl::Hours(1);  // the copy is in progress until the sim stops
+  sim_->SetVideo("fleet-stop", v);
+  StartSidecar({"--redis_url=" + (*redis)->Url(), "--shutdown_grace=2s"});
+  const absl::Time up_by = absl::Now() + absl::Seconds(20);
+  while (!absl::StrContains(Metrics(), "videotask_redis_up 1") && absl::Now() < up_by) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(absl::StrContains(Metrics(), "videotask_redis_up 1")) << Metrics();
+  std::thread watch([this] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::WatchVideoTaskRequest req;
+    req.set_id("fleet-stop");
+    auto reader = stub_->WatchVideoTask(&ctx, req);
+    WatchVideoTaskResponse msg;
+    while (reader->Read(&msg)) {
+      EXPECT_FALSE(absl::StrContains(msg.task().archive_error(), "shutting down"));
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);  // drained
+  });
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (sim_->VideoRequestCount("fleet-stop") == 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_EQ(sim_->VideoRequestCount("fleet-stop"), 1);
+  stub_.reset();
+  sidecar_->Signal(SIGTERM);
+  EXPECT_EQ(sidecar_->Wait(absl::Seconds(10)), 0) << sidecar_->Stderr();
+  watch.join();
+  // The copy really was aborted by the shutdown...
+  EXPECT_TRUE(absl::StrContains(sidecar_->Stderr(), "archiving stopped")) << sidecar_->Stderr();
+  // ...and no value in Redis (signed states carry the task serialized, so
+  // the error text would appear in the bytes) holds that error.
+  auto keys = (*redis)->Command({"KEYS", "*"});
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  for (absl::string_view key : absl::StrSplit(*keys, '\n', absl::SkipEmpty())) {
+    SCOPED_TRACE(key);
+    auto type = (*redis)->Command({"TYPE", std::string(key)});
+    ASSERT_TRUE(type.ok()) << type.status();
+    absl::StatusOr<std::string> value;
+    if (*type == "string") {
+      value = (*redis)->Command({"GET", std::string(key)});
+    } else if (*type == "hash") {
+      value = (*redis)->Command({"HGETALL", std::string(key)});
+    } else {
+      continue;
+    }
+    ASSERT_TRUE(value.ok()) << value.status();
+    EXPECT_FALSE(absl::StrContains(*value, "shutting down"))
+        << "the fleet caches the aborted archive under " << key;
+  }
 }
 
 TEST_F(ArchiveE2eTest, BadArchiveFlagsStopStartUpWithExitCodeTwo) {
