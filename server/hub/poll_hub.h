@@ -165,7 +165,9 @@ class PollHub {
   // Errors: RESOURCE_EXHAUSTED at max_watches, UNAVAILABLE while draining.
   absl::StatusOr<WatchId> Watch(const std::string& id, std::shared_ptr<WatchSink> sink);
   // Stops a watch; no event is delivered to it after Unwatch returns unless
-  // a delivery was already under way. Unknown ids are ignored.
+  // it was queued or under way before (with a scheduler thread, events
+  // queued before Unwatch may still reach the sink on that thread). Unknown
+  // ids are ignored.
   void Unwatch(WatchId watch);
 
   // The task's state: from the hub when it has one (terminal, watched, or
