@@ -670,7 +670,7 @@ std::string InjectRandomFault(Lane& lane, absl::BitGen& gen) {
       {4, "unknown status"}, {3, "unknown HTTP code"},
       {6, "slow"},           {3, "hang"},         {5, "reset"},
       {8, "status flap"},    {1, "terminal flap"}, {3, "404 once"},
-      {1, "404 twice"},      {1, "401"},          {3, "redirect to loopback"},
+      {1, "404 twice"},      {1, "401"},          {6, "redirect to loopback"},
   };
   static const std::vector<std::string> without = absl::GetFlag(FLAGS_without);
   auto weight = [](const Choice& c) {
