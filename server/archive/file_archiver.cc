@@ -1104,6 +1104,7 @@ void FileArchiver::WorkerLoop() {
     Outcome o = RunAttempt(id, url, deadline);
     std::unique_ptr<Job> finished;
     bool claim_gave_up = false;
+    std::string previous_error;  // of the attempt before this one
     {
       absl::MutexLock lock(&mu_);
       --running_;
@@ -1124,6 +1125,7 @@ void FileArchiver::WorkerLoop() {
         jobs_.erase(it);
         claim_gave_up = true;
       } else {
+        previous_error = job.last_error;
         if (!o.ok) {
           job.last_error = o.error;
           job.last_reason = o.reason;
@@ -1164,10 +1166,17 @@ void FileArchiver::WorkerLoop() {
              absl::StrCat("gave up after ", finished->attempts,
                           " attempts (--archive_timeout): ", o.error),
              o.reason);
-    } else {
+    } else if (stopping_) {
+      Finish(std::move(finished), nullptr, "archiving stopped: the sidecar is shutting down",
+             "shutdown");
+    } else if (o.reason == "timeout" && !previous_error.empty()) {
+      // The timeout cut a retry: what went wrong before is the news.
       Finish(std::move(finished), nullptr,
-             stopping_ ? std::string("archiving stopped: the sidecar is shutting down") : o.error,
-             stopping_ ? std::string("shutdown") : o.reason);
+             absl::StrCat("gave up after ", finished->attempts, " attempts (--archive_timeout ran "
+                          "out during the last): ", previous_error),
+             o.reason);
+    } else {
+      Finish(std::move(finished), nullptr, o.error, o.reason);
     }
   }
 }

@@ -902,7 +902,7 @@ TEST_F(FileArchiverTest, AFailedDirectoryFsyncIsRetriedAndNeverReportedAsDurable
   EXPECT_TRUE(absl::StrContains(never.archive_error(), "fsync of the archive dir"))
       << never.archive_error();
   EXPECT_GE(sim_->VideoRequestCount("never"), 2);
-  EXPECT_GE(Failures("io_error"), 1u);
+  EXPECT_EQ(Failures("io_error") + Failures("timeout"), 1u);  // the timeout may cut the last try
   EXPECT_EQ(FileSha256(dir_ + "/never.mp4"), SimVideoSha256("never", v.size_bytes));
 }
 
