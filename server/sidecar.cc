@@ -112,6 +112,8 @@ absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
     archive.dir = c.archive_dir;
     archive.max_bytes = c.archive_max_bytes;
     archive.timeout = c.archive_timeout;
+    archive.allow_loopback = c.archive_allow_loopback;
+    archive.min_bytes_per_second = c.archive_min_bytes_per_second;
     if (absl::Status s = ValidateFileArchiverOptions(archive); !s.ok()) return s;
   }
   if (absl::Status s = ValidatePollHubOptions(c.hub); !s.ok()) {
@@ -168,13 +170,16 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
     archive.dir = config.archive_dir;
     archive.max_bytes = config.archive_max_bytes;
     archive.timeout = config.archive_timeout;
+    archive.allow_loopback = config.archive_allow_loopback;
+    archive.min_bytes_per_second = config.archive_min_bytes_per_second;
     auto archiver = FileArchiver::Create(archive, config.clock, &sc->metrics_);
     if (!archiver.ok()) return archiver.status();
     sc->archiver_ = std::move(*archiver);
     LogEvent(LogLevel::kInfo, "archive_enabled",
              {{"archive_dir", sc->archiver_->dir()},
               {"archive_max_bytes", absl::StrCat(config.archive_max_bytes)},
-              {"archive_timeout", absl::FormatDuration(config.archive_timeout)}});
+              {"archive_timeout", absl::FormatDuration(config.archive_timeout)},
+              {"archive_allow_loopback", config.archive_allow_loopback ? "true" : "false"}});
   }
   if (!config.redis_url.empty()) {
     fleet::FleetGateOptions fo;

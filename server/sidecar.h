@@ -67,6 +67,8 @@ struct SidecarConfig {
   std::string archive_dir;
   int64_t archive_max_bytes = int64_t{2} << 30;
   absl::Duration archive_timeout = absl::Minutes(30);
+  bool archive_allow_loopback = false;
+  int64_t archive_min_bytes_per_second = 32 << 10;
 };
 
 // OK, or INVALID_ARGUMENT naming the bad setting. Also rejects a plain

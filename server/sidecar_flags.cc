@@ -65,6 +65,13 @@ ABSL_FLAG(int64_t, archive_max_bytes, int64_t{2} << 30,
 ABSL_FLAG(absl::Duration, archive_timeout, absl::Minutes(30),
           "How long a failing video download is retried before COMPLETED is sent with "
           "archive_error.");
+ABSL_FLAG(bool, archive_allow_loopback, false,
+          "Let the archiver download a video_url that is plain http:// to a loopback host or "
+          "resolves to a loopback address (a video host in the pod, tests). Redirects never "
+          "reach loopback; private and link-local addresses are refused always.");
+ABSL_FLAG(int64_t, archive_min_bytes_per_second, 32 << 10,
+          "A video download slower than this on average over 60 s fails and is retried (a "
+          "slow host does not hold an archive slot forever); 0: no floor.");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics listen address (host:port); empty disables it.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
@@ -84,7 +91,8 @@ constexpr const char* kEnvFlags[] = {
     "max_inflight",     "terminal_cache_ttl", "max_backoff",         "max_watches",
     "max_pending_gets", "redis_url",          "redis_password_file", "fleet_max_upstream_qps",
     "slow_watcher_timeout", "metrics_listen", "shutdown_grace",      "log_format",
-    "allow_insecure_upstream", "archive_dir", "archive_max_bytes", "archive_timeout"};
+    "allow_insecure_upstream", "archive_dir", "archive_max_bytes", "archive_timeout",
+    "archive_allow_loopback", "archive_min_bytes_per_second"};
 
 }  // namespace
 
@@ -123,6 +131,8 @@ SidecarConfig SidecarConfigFromFlags() {
   config.archive_dir = absl::GetFlag(FLAGS_archive_dir);
   config.archive_max_bytes = absl::GetFlag(FLAGS_archive_max_bytes);
   config.archive_timeout = absl::GetFlag(FLAGS_archive_timeout);
+  config.archive_allow_loopback = absl::GetFlag(FLAGS_archive_allow_loopback);
+  config.archive_min_bytes_per_second = absl::GetFlag(FLAGS_archive_min_bytes_per_second);
   config.redis_url = absl::GetFlag(FLAGS_redis_url);
   config.redis_password_file = absl::GetFlag(FLAGS_redis_password_file);
   config.fleet_max_upstream_qps = absl::GetFlag(FLAGS_fleet_max_upstream_qps);

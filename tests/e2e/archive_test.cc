@@ -85,7 +85,9 @@ class ArchiveE2eTest : public ::testing::Test {
                                   "--poll_interval=200ms",
                                   "--heartbeat_interval=300ms",
                                   "--max_upstream_qps=100",
-                                  "--archive_dir=" + dir_};
+                                  "--archive_dir=" + dir_,
+                                  // The sim plays the video host, on loopback.
+                                  "--archive_allow_loopback"};
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   }
@@ -173,7 +175,6 @@ TEST_F(ArchiveE2eTest, FiftyWatchersOneDownloadAndTheKeyNeverReachesTheVideoHost
   VideoScript v;
   v.size_bytes = 3 << 20;
   v.chunk_delay = absl::Milliseconds(5);  // ~0.25 s: the watchers wait for it
-  v.redirect_hops = 1;                    // the key must not follow a redirect either
   sim_->SetVideo("many", v);
   StartSidecar();
 
@@ -235,16 +236,16 @@ TEST_F(ArchiveE2eTest, FiftyWatchersOneDownloadAndTheKeyNeverReachesTheVideoHost
     EXPECT_EQ(last.archive_error(), "");
   }
   EXPECT_EQ(FileSha256(dir_ + "/many.mp4"), sha);
-  // One download (a redirect and the video), and no Authorization header on
-  // either, although the upstream got the key with every poll.
-  EXPECT_EQ(sim_->VideoRequestCount("many"), 2);
+  // One download, and no Authorization header, although the upstream got
+  // the key with every poll.
+  EXPECT_EQ(sim_->VideoRequestCount("many"), 1);
   EXPECT_EQ(sim_->VideoAuthorizationCount(), 0);
   EXPECT_GE(sim_->ServedCount("many", "completed"), 1);
   // Get answers with the archive too, without another download.
   VideoTask got;
   ASSERT_TRUE(Get("many", &got).ok());
   EXPECT_EQ(got.archive().sha256(), sha);
-  EXPECT_EQ(sim_->VideoRequestCount("many"), 2);
+  EXPECT_EQ(sim_->VideoRequestCount("many"), 1);
   const std::string metrics = Metrics();
   EXPECT_TRUE(
       absl::StrContains(metrics, absl::StrCat("videotask_archive_bytes_total ", v.size_bytes)))
@@ -403,7 +404,7 @@ TEST_F(ArchiveE2eTest, AKilledSidecarNeverLeavesAPartialFileUnderTheFinalName) {
   get.join();
   struct stat st;
   EXPECT_NE(stat((dir_ + "/crash.mp4").c_str(), &st), 0);
-  EXPECT_NE(stat((dir_ + "/crash.json").c_str(), &st), 0);
+  EXPECT_NE(stat((dir_ + "/crash.meta.json").c_str(), &st), 0);
   // The next run downloads it again, whole.
   VideoScript fast;
   fast.size_bytes = 4 << 20;
@@ -428,7 +429,7 @@ TEST_F(ArchiveE2eTest, SigtermDuringAStuckDownloadExitsWithinTheGrace) {
   if (DIR* d = opendir(dir_.c_str())) {
     while (dirent* e = readdir(d)) {
       const std::string name = e->d_name;
-      if (name != "." && name != "..") ++entries;
+      if (name != "." && name != ".." && name != ".archive-state") ++entries;
     }
     closedir(d);
   }
@@ -485,13 +486,60 @@ TEST_F(ArchiveE2eTest, BadArchiveFlagsStopStartUpWithExitCodeTwo) {
   for (const std::vector<std::string>& extra :
        {std::vector<std::string>{"--archive_dir=/nonexistent/videotask/archive"},
         std::vector<std::string>{"--archive_timeout=0s"},
-        std::vector<std::string>{"--archive_max_bytes=-1"}}) {
+        std::vector<std::string>{"--archive_max_bytes=-1"},
+        std::vector<std::string>{"--archive_min_bytes_per_second=-1"}}) {
     SCOPED_TRACE(extra[0]);
     auto p = Subprocess::Start(Args(extra), {{"VIDEOTASK_API_KEY", kKey}});
     ASSERT_TRUE(p.ok());
     EXPECT_EQ(p->Wait(absl::Seconds(20)), 2) << p->Stderr();
     EXPECT_TRUE(absl::StrContains(p->Stderr(), "archive")) << p->Stderr();
   }
+}
+
+// The video host redirects to another service in the pod (here a second
+// sim, on loopback): refused even though --archive_allow_loopback is set (the
+// first URL is on loopback), not retried, nothing fetched from the service;
+// and without the flag a loopback video_url itself is refused.
+TEST_F(ArchiveE2eTest, LoopbackIsRefusedOnARedirectAlwaysAndOnTheFirstUrlWithoutTheFlag) {
+  auto internal = SimUpstream::Start(SimUpstream::Options());
+  ASSERT_TRUE(internal.ok());
+  TaskScript done;
+  done.queued_polls = 0;
+  done.processing_polls = 0;
+  sim_->SetTask("ssrf", done);
+  VideoScript v;
+  v.redirect_location = absl::StrCat("http://127.0.0.1:", (*internal)->port(), "/_sim/counts");
+  sim_->SetVideo("ssrf", v);
+  StartSidecar();
+  VideoTask got;
+  ASSERT_TRUE(Get("ssrf", &got).ok());
+  EXPECT_EQ(got.status(), v1::VIDEO_TASK_STATUS_COMPLETED);
+  EXPECT_FALSE(got.has_archive()) << "another service's answer was stored as the video";
+  EXPECT_TRUE(absl::StrContains(got.archive_error(), "refused")) << got.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("ssrf"), 1);
+  EXPECT_EQ((*internal)->TotalRequests(), 0);
+  EXPECT_TRUE(absl::StrContains(Metrics(),
+                                "videotask_archive_failures_total{reason=\"insecure_url\"} 1"));
+  StopSidecar();
+
+  sim_->SetTask("plain", done);
+  VideoScript ok;
+  ok.size_bytes = 1000;
+  sim_->SetVideo("plain", ok);
+  std::vector<std::string> args = Args();
+  args.pop_back();  // no --archive_allow_loopback
+  auto p = Subprocess::Start(args, {{"VIDEOTASK_API_KEY", kKey}});
+  ASSERT_TRUE(p.ok());
+  sidecar_ = std::make_unique<Subprocess>(std::move(*p));
+  ASSERT_TRUE(sidecar_->WaitForStderr("sidecar_started", absl::Seconds(20)));
+  stub_ = v1::VideoTaskService::NewStub(grpc::CreateChannel(
+      LogField(sidecar_->Stderr(), "grpc_target"), grpc::InsecureChannelCredentials()));
+  VideoTask plain;
+  ASSERT_TRUE(Get("plain", &plain).ok());
+  EXPECT_FALSE(plain.has_archive());
+  EXPECT_TRUE(absl::StrContains(plain.archive_error(), "--archive_allow_loopback"))
+      << plain.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("plain"), 0);
 }
 
 }  // namespace

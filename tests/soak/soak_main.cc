@@ -12,7 +12,12 @@
 //   caller has gone;
 // - RSS, open fds and threads of the sidecar that is never restarted level
 //   off: the last quarter of the run stays near the level of its second
-//   quarter.
+//   quarter;
+// - archiving (--archive_dir, videos served by the sim on loopback with
+//   --archive_allow_loopback): a video URL that redirects to a loopback
+//   service (another sim standing for a service in the pod; fault "redirect
+//   to loopback") is never followed: that service gets no request and no
+//   file of that task is archived.
 //
 // Two lanes, each its own sim and sidecar: "steady" (never restarted; its
 // resource figures are the levelling-off check) and "restart" (SIGTERM and a
@@ -25,6 +30,7 @@
 #include <dirent.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -253,12 +259,26 @@ class Lane {
     key_ = absl::StrFormat("soak-%s-key-%016x", name_, absl::Uniform<uint64_t>(gen_));
     o.api_key = key_;
     o.threads = 64;  // hangs hold a thread each until their delay ends
+    o.video_urls_on_sim = true;
+    o.default_video.size_bytes = 16 << 10;
     auto sim = sim::SimUpstream::Start(o);
     if (!sim.ok()) {
       std::cerr << "soak: " << sim.status() << "\n";
       return false;
     }
     sim_ = std::move(*sim);
+    // A service in the pod that a video host must never reach.
+    auto internal = sim::SimUpstream::Start(sim::SimUpstream::Options());
+    if (!internal.ok()) {
+      std::cerr << "soak: " << internal.status() << "\n";
+      return false;
+    }
+    internal_ = std::move(*internal);
+    archive_dir_ = absl::StrCat(dir_, "/", name_, "-archive");
+    if (mkdir(archive_dir_.c_str(), 0755) != 0) {
+      std::cerr << "soak: cannot make " << archive_dir_ << "\n";
+      return false;
+    }
     key_file_ = absl::StrCat(dir_, "/", name_, ".key");
     std::ofstream(key_file_) << key_ << "\n";
     absl::MutexLock lock(&mu_);
@@ -299,6 +319,68 @@ class Lane {
     absl::MutexLock lock(&mu_);
     if (r < 0.12 && !retired_.empty()) return retired_[absl::Uniform<size_t>(gen, 0, retired_.size())];
     return live_[absl::Uniform<size_t>(gen, 0, live_.size())].id;
+  }
+
+  // The fault "redirect to loopback": a live task's video redirects to the
+  // in-pod service, and the task completes within 2 s. Returns false when
+  // no live task is short of its end.
+  bool RedirectVideoToLoopback(absl::BitGen& gen) {
+    absl::MutexLock lock(&mu_);
+    std::vector<Task*> open;  // not yet served completed or failed
+    for (Task& t : live_) {
+      if (sim_->TerminalServedAt(t.id) == absl::InfiniteFuture()) open.push_back(&t);
+    }
+    if (open.empty()) return false;
+    Task& task = *open[absl::Uniform<size_t>(gen, 0, open.size())];
+    const std::string id = task.id;
+    // It completes soon, so that the sidecar archives it within the run.
+    task.force_at = std::min(task.force_at, absl::Now() + absl::Milliseconds(
+                                                              absl::Uniform(gen, 0, 2000)));
+    task.force_fail = false;
+    sim::VideoScript v;
+    v.size_bytes = 16 << 10;
+    v.redirect_location = absl::Bernoulli(gen, 0.5)
+                              ? internal_->VideoUrl(id)
+                              : absl::StrCat("https://127.0.0.1:", internal_->port(), "/videos/",
+                                             id, ".mp4");
+    sim_->SetVideo(id, v);
+    // Still not terminal once the redirect is in place: any download of its
+    // video comes after, and meets the redirect.
+    if (sim_->TerminalServedAt(id) != absl::InfiniteFuture()) return false;
+    redirected_.push_back(id);
+    return true;
+  }
+
+  // Nothing was fetched from the in-pod service, and no task whose video
+  // redirected there has a file in the archive.
+  void CheckNoLoopbackArchive() {
+    std::vector<std::string> ids;
+    {
+      absl::MutexLock lock(&mu_);
+      ids = redirected_;
+    }
+    int reached = internal_->TotalRequests();
+    for (const std::string& id : ids) reached += internal_->VideoRequestCount(id);
+    if (reached != 0) {
+      g_report.Violation(absl::StrCat(name_, ": the in-pod service got ", reached,
+                                      " requests (redirects to it were followed)"));
+    }
+    std::vector<std::string> files;
+    if (DIR* d = opendir(archive_dir_.c_str())) {
+      while (struct dirent* e = readdir(d)) files.push_back(e->d_name);
+      closedir(d);
+    }
+    for (const std::string& id : ids) {
+      for (const std::string& f : files) {
+        if (absl::StartsWith(f, id + ".")) {
+          g_report.Violation(absl::StrCat(name_, ": ", f, " archived from a redirect to loopback"));
+        }
+      }
+    }
+    g_report.Count("videos redirected to loopback", static_cast<int64_t>(ids.size()));
+    int64_t archived = 0;
+    for (const std::string& f : files) archived += absl::EndsWith(f, ".meta.json") ? 1 : 0;
+    g_report.Count("videos archived", archived);
   }
 
   // Replaces finished tasks, forces held ones to their end.
@@ -410,6 +492,9 @@ class Lane {
         "--terminal_cache_ttl=10s",
         "--max_backoff=3s",
         "--slow_watcher_timeout=30s",
+        absl::StrCat("--archive_dir=", archive_dir_),
+        "--archive_allow_loopback",  // the sim plays the video host
+        "--archive_timeout=20s",
         absl::StrCat("--shutdown_grace=", absl::FormatDuration(kGrace)),
     };
     auto p = Subprocess::Start(args);
@@ -476,6 +561,8 @@ class Lane {
   std::string key_;
   std::string key_file_;
   std::unique_ptr<sim::SimUpstream> sim_;
+  std::unique_ptr<sim::SimUpstream> internal_;  // a service in the pod
+  std::string archive_dir_;
 
   absl::Mutex mu_;
   absl::BitGen gen_ ABSL_GUARDED_BY(mu_);
@@ -486,6 +573,7 @@ class Lane {
   absl::Duration max_drain_ ABSL_GUARDED_BY(mu_);
   std::vector<Task> live_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> retired_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> redirected_ ABSL_GUARDED_BY(mu_);
   int next_task_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -597,7 +685,7 @@ std::string InjectRandomFault(Lane& lane, absl::BitGen& gen) {
       {4, "unknown status"}, {3, "unknown HTTP code"},
       {6, "slow"},           {3, "hang"},         {5, "reset"},
       {8, "status flap"},    {1, "terminal flap"}, {3, "404 once"},
-      {1, "404 twice"},      {1, "401"},
+      {1, "404 twice"},      {1, "401"},          {6, "redirect to loopback"},
   };
   static const std::vector<std::string> without = absl::GetFlag(FLAGS_without);
   auto weight = [](const Choice& c) {
@@ -613,6 +701,9 @@ std::string InjectRandomFault(Lane& lane, absl::BitGen& gen) {
       break;
     }
     pick -= weight(c);
+  }
+  if (name == "redirect to loopback") {  // the video host, not the upstream
+    return lane.RedirectVideoToLoopback(gen) ? name : "";
   }
   if (name == "5xx") {
     f.kind = FaultKind::kServerError;
@@ -924,6 +1015,7 @@ int Main() {
   }
 
   for (Lane* lane : lanes) lane->Shutdown();
+  for (Lane* lane : lanes) lane->CheckNoLoopbackArchive();
 
   // ---- summary ----
   std::map<std::string, int64_t> c = g_report.counts();
@@ -972,6 +1064,8 @@ int Main() {
                   after->rss_kib / 1024.0, after->fds, after->threads);
     }
   }
+  std::printf("archive             %lld copies; %lld videos redirected to loopback\n",
+              count("videos archived"), count("videos redirected to loopback"));
   std::printf("metrics scrapes     %lld\n", count("metrics scrapes"));
   const int64_t violations = g_report.violations();
   std::printf("violations          %lld\n", static_cast<long long>(violations));
