@@ -105,9 +105,11 @@ class StaticProvider : public CredentialsProvider {
 // Temporary credentials, cached until shortly before they expire.
 class RefreshingProvider : public CredentialsProvider {
  public:
-  RefreshingProvider(const CredentialsOptions& o)
+  explicit RefreshingProvider(const CredentialsOptions& o)
       : clock_(o.clock != nullptr ? o.clock : RealClock::Get()),
-        refresh_before_(o.refresh_before) {}
+        refresh_before_(o.refresh_before),
+        timeout_(o.http_timeout),
+        ca_file_(o.ca_file) {}
 
   absl::StatusOr<AwsCredentials> Get() override {
     absl::MutexLock lock(&mu_);
@@ -144,9 +146,23 @@ class RefreshingProvider : public CredentialsProvider {
   // New credentials and their expiration (wall time).
   virtual absl::StatusOr<AwsCredentials> Fetch(absl::Time* expiration) = 0;
 
+  // `request` to the credential issuer `who`, with the options' timeout and
+  // CA file; a transport failure is UNAVAILABLE.
+  absl::StatusOr<HttpResponse> CallIssuer(HttpRequest request, const std::string& who) const {
+    request.timeout = timeout_;
+    request.connect_timeout = std::min(timeout_, absl::Seconds(10));
+    request.ca_file = ca_file_;
+    HttpSession session;
+    absl::StatusOr<HttpResponse> resp = session.Call(request);
+    if (!resp.ok()) return absl::UnavailableError(absl::StrCat(who, ": ", resp.status().message()));
+    return resp;
+  }
+
  private:
   Clock* const clock_;
   const absl::Duration refresh_before_;
+  const absl::Duration timeout_;
+  const std::string ca_file_;
   absl::Mutex mu_;
   std::optional<AwsCredentials> cached_ ABSL_GUARDED_BY(mu_);
   absl::Time refresh_at_ ABSL_GUARDED_BY(mu_);
@@ -183,9 +199,7 @@ class WebIdentityProvider : public RefreshingProvider {
         endpoint_(std::move(endpoint)),
         role_arn_(std::move(role_arn)),
         token_file_(std::move(token_file)),
-        session_name_(std::move(session_name)),
-        timeout_(o.http_timeout),
-        ca_file_(o.ca_file) {}
+        session_name_(std::move(session_name)) {}
 
   std::string Describe() const override {
     return absl::StrCat("IRSA role ", role_arn_, " via ", endpoint_);
@@ -205,13 +219,9 @@ class WebIdentityProvider : public RefreshingProvider {
     req.headers = {{"Content-Type", "application/x-www-form-urlencoded; charset=utf-8"},
                    {"Accept", "application/xml"}};
     req.body = body;
-    req.timeout = timeout_;
-    req.connect_timeout = std::min(timeout_, absl::Seconds(10));
-    req.ca_file = ca_file_;
-    HttpSession session;
-    absl::StatusOr<HttpResponse> resp = session.Call(req);
     const std::string who = absl::StrCat("STS AssumeRoleWithWebIdentity at ", endpoint_);
-    if (!resp.ok()) return absl::UnavailableError(absl::StrCat(who, ": ", resp.status().message()));
+    absl::StatusOr<HttpResponse> resp = CallIssuer(std::move(req), who);
+    if (!resp.ok()) return resp.status();
     if (resp->status != 200) {
       return HttpError(who, resp->status, XmlText(resp->body, "Code"),
                        Redact(XmlText(resp->body, "Message"), {*token}));
@@ -231,8 +241,6 @@ class WebIdentityProvider : public RefreshingProvider {
 
  private:
   const std::string endpoint_, role_arn_, token_file_, session_name_;
-  const absl::Duration timeout_;
-  const std::string ca_file_;
 };
 
 // 3. EKS Pod Identity / ECS container credentials.
@@ -243,9 +251,7 @@ class ContainerProvider : public RefreshingProvider {
       : RefreshingProvider(o),
         uri_(std::move(uri)),
         token_file_(std::move(token_file)),
-        token_(std::move(token)),
-        timeout_(o.http_timeout),
-        ca_file_(o.ca_file) {}
+        token_(std::move(token)) {}
 
   std::string Describe() const override {
     return absl::StrCat("container credentials at ", uri_);
@@ -263,13 +269,9 @@ class ContainerProvider : public RefreshingProvider {
     req.url = uri_;
     req.headers = {{"Accept", "application/json"}};
     if (!token.empty()) req.headers.emplace_back("Authorization", token);
-    req.timeout = timeout_;
-    req.connect_timeout = std::min(timeout_, absl::Seconds(10));
-    req.ca_file = ca_file_;
-    HttpSession session;
-    absl::StatusOr<HttpResponse> resp = session.Call(req);
     const std::string who = absl::StrCat("container credentials at ", uri_);
-    if (!resp.ok()) return absl::UnavailableError(absl::StrCat(who, ": ", resp.status().message()));
+    absl::StatusOr<HttpResponse> resp = CallIssuer(std::move(req), who);
+    if (!resp.ok()) return resp.status();
     nlohmann::json j = nlohmann::json::parse(resp->body, nullptr, /*allow_exceptions=*/false);
     if (resp->status != 200) {
       std::string code, message;
@@ -296,8 +298,6 @@ class ContainerProvider : public RefreshingProvider {
 
  private:
   const std::string uri_, token_file_, token_;
-  const absl::Duration timeout_;
-  const std::string ca_file_;
 };
 
 }  // namespace
