@@ -133,12 +133,15 @@ void S3Client::Sleep(absl::Duration d) {
 }
 
 absl::StatusOr<HttpResponse> S3Client::Send(HttpSession& session, const Call& call,
-                                            absl::Time deadline, int* requests) {
+                                            absl::Time deadline,
+                                            const std::function<bool()>& cancelled,
+                                            int* requests) {
   const std::string what = absl::StrCat("S3 ", call.op, " ", Uri(call.key));
   absl::Duration backoff = options_.initial_backoff;
   absl::Status last;
   bool refreshed = false;
   for (int attempt = 1;; ++attempt) {
+    if (cancelled && cancelled()) return absl::CancelledError(absl::StrCat(what, ": cancelled"));
     absl::StatusOr<AwsCredentials> creds = credentials_->Get();
     if (!creds.ok()) {
       // The provider's own message: it names no secret.
@@ -216,20 +219,22 @@ absl::StatusOr<HttpResponse> S3Client::Send(HttpSession& session, const Call& ca
     }
     Sleep(std::min(backoff, left));
     backoff = std::min(backoff * 2, options_.max_backoff);
+    if (cancelled && cancelled()) {
+      return absl::CancelledError(absl::StrCat(what, ": cancelled after: ", last.message()));
+    }
   }
 }
 
-absl::StatusOr<std::optional<ObjectInfo>> S3Client::HeadWith(HttpSession& session,
-                                                             absl::string_view key,
-                                                             absl::Time deadline,
-                                                             int* requests) {
+absl::StatusOr<std::optional<ObjectInfo>> S3Client::HeadWith(
+    HttpSession& session, absl::string_view key, absl::Time deadline,
+    const std::function<bool()>& cancelled, int* requests) {
   Call call;
   call.op = "HeadObject";
   call.method = "HEAD";
   call.key = std::string(key);
   call.body_sha256 = Sha256Hex("");
   call.not_found_ok = true;
-  absl::StatusOr<HttpResponse> resp = Send(session, call, deadline, requests);
+  absl::StatusOr<HttpResponse> resp = Send(session, call, deadline, cancelled, requests);
   if (!resp.ok()) return resp.status();
   if (resp->status == 404) return std::nullopt;
   ObjectInfo info;
@@ -242,7 +247,8 @@ absl::StatusOr<std::optional<ObjectInfo>> S3Client::HeadWith(HttpSession& sessio
 absl::StatusOr<std::optional<ObjectInfo>> S3Client::Head(absl::string_view key) {
   HttpSession session;
   int requests = 0;
-  return HeadWith(session, key, clock_->Monotonic() + options_.request_timeout, &requests);
+  return HeadWith(session, key, clock_->Monotonic() + options_.request_timeout, nullptr,
+                  &requests);
 }
 
 absl::StatusOr<UploadResult> S3Client::Upload(const ObjectSpec& spec, ByteSource& source) {
@@ -262,7 +268,7 @@ absl::StatusOr<UploadResult> S3Client::Upload(const ObjectSpec& spec, ByteSource
   HttpSession session;
   // An object already there with the same bytes (another pod, a restart).
   absl::StatusOr<std::optional<ObjectInfo>> there =
-      HeadWith(session, spec.key, spec.deadline, &result.requests);
+      HeadWith(session, spec.key, spec.deadline, spec.cancelled, &result.requests);
   if (there.ok() && there->has_value() && (*there)->size == spec.size &&
       (*there)->sha256 == spec.sha256) {
     result.reused = true;
@@ -273,7 +279,7 @@ absl::StatusOr<UploadResult> S3Client::Upload(const ObjectSpec& spec, ByteSource
   // AccessDenied for a role without s3:GetObject) is unknown here; the
   // upload either works or fails (or refreshes credentials) with S3's code.
   // A HEAD that could not get an answer ends here.
-  if (!there.ok() && (absl::IsUnavailable(there.status()) ||
+  if (!there.ok() && (absl::IsUnavailable(there.status()) || absl::IsCancelled(there.status()) ||
                       absl::IsDeadlineExceeded(there.status()) ||
                       absl::IsInvalidArgument(there.status()))) {
     return there.status();
@@ -302,7 +308,8 @@ absl::StatusOr<UploadResult> S3Client::Upload(const ObjectSpec& spec, ByteSource
   call.headers = {{"Content-Type", spec.content_type}, {"x-amz-meta-sha256", spec.sha256}};
   call.body = buffer;
   call.body_sha256 = spec.sha256;
-  absl::StatusOr<HttpResponse> resp = Send(session, call, spec.deadline, &result.requests);
+  absl::StatusOr<HttpResponse> resp = 
+      Send(session, call, spec.deadline, spec.cancelled, &result.requests);
   if (!resp.ok()) return resp.status();
   return result;
 }
@@ -322,7 +329,8 @@ absl::StatusOr<UploadResult> S3Client::Multipart(HttpSession& session, const Obj
   create.query = {{"uploads", ""}};
   create.headers = {{"Content-Type", spec.content_type}, {"x-amz-meta-sha256", spec.sha256}};
   create.body_sha256 = Sha256Hex("");
-  absl::StatusOr<HttpResponse> created = Send(session, create, spec.deadline, &result.requests);
+  absl::StatusOr<HttpResponse> created = 
+      Send(session, create, spec.deadline, spec.cancelled, &result.requests);
   if (!created.ok()) return created.status();
   const std::string upload_id = XmlText(created->body, "UploadId");
   if (upload_id.empty()) {
@@ -340,7 +348,7 @@ absl::StatusOr<UploadResult> S3Client::Multipart(HttpSession& session, const Obj
     call.body_sha256 = Sha256Hex("");
     // A few tries even past the deadline: parts left behind are billed.
     absl::StatusOr<HttpResponse> r =
-        Send(session, call, clock_->Monotonic() + absl::Minutes(1), &result.requests);
+        Send(session, call, clock_->Monotonic() + absl::Minutes(1), nullptr, &result.requests);
     const std::string note =
         r.ok() ? "; the upload was aborted"
                : absl::StrCat("; aborting it failed too (", r.status().message(),
@@ -371,7 +379,8 @@ absl::StatusOr<UploadResult> S3Client::Multipart(HttpSession& session, const Obj
     call.query = {{"partNumber", absl::StrCat(part)}, {"uploadId", upload_id}};
     call.body = buffer;
     call.body_sha256 = Sha256Hex(buffer);
-    absl::StatusOr<HttpResponse> r = Send(session, call, spec.deadline, &result.requests);
+    absl::StatusOr<HttpResponse> r = 
+        Send(session, call, spec.deadline, spec.cancelled, &result.requests);
     if (!r.ok()) {
       return abort(WithCode(absl::Status(r.status().code(),
                                          absl::StrCat(r.status().message(), " (part ", part, ")")),
@@ -411,13 +420,14 @@ absl::StatusOr<UploadResult> S3Client::Multipart(HttpSession& session, const Obj
   complete.headers = {{"Content-Type", "application/xml"}};
   complete.body = complete_xml;
   complete.body_sha256 = Sha256Hex(complete_xml);
-  absl::StatusOr<HttpResponse> done = Send(session, complete, spec.deadline, &result.requests);
+  absl::StatusOr<HttpResponse> done = 
+      Send(session, complete, spec.deadline, spec.cancelled, &result.requests);
   if (!done.ok()) {
     // A retried Complete whose first answer was lost finds the upload gone
     // (NoSuchUpload): the object is there if the first one worked.
     if (S3ErrorCode(done.status()) == "NoSuchUpload") {
       absl::StatusOr<std::optional<ObjectInfo>> there =
-          HeadWith(session, spec.key, spec.deadline, &result.requests);
+          HeadWith(session, spec.key, spec.deadline, spec.cancelled, &result.requests);
       if (there.ok() && there->has_value() && (*there)->size == spec.size &&
           (*there)->sha256 == spec.sha256) {
         return result;

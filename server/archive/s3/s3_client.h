@@ -21,7 +21,8 @@
 //   errors, timeouts, 5xx, 429, 408 and S3's RequestTimeout, with backoff
 //   (doubling, capped), up to Options::max_attempts and spec.deadline
 //   (monotonic); ExpiredToken makes the provider fetch anew, then retries.
-//   Other 4xx fail at once (403 AccessDenied / SignatureDoesNotMatch:
+//   A request that gets no answer within Options::request_timeout counts as
+//   a connection error. Other 4xx fail at once (403 AccessDenied / SignatureDoesNotMatch:
 //   PERMISSION_DENIED; 404 NoSuchBucket: NOT_FOUND; others
 //   FAILED_PRECONDITION).
 // - A multipart upload that fails for good is aborted (AbortMultipartUpload)
@@ -35,6 +36,7 @@
 #define VIDEOTASK_SERVER_ARCHIVE_S3_S3_CLIENT_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,6 +73,9 @@ struct ObjectSpec {
   std::string sha256;        // lowercase hex of the whole object
   std::string content_type;  // e.g. "video/mp4"
   absl::Time deadline = absl::InfiniteFuture();  // on the clock's Monotonic()
+  // Polled before every request and wait: true ends the upload with
+  // CANCELLED (a multipart upload is aborted). E.g. the sidecar shutting down.
+  std::function<bool()> cancelled;
 };
 
 struct ObjectInfo {
@@ -139,9 +144,11 @@ class S3Client {
   // The call, retried as the header says; OK only for a 2xx (or a 404 when
   // not_found_ok).
   absl::StatusOr<HttpResponse> Send(HttpSession& session, const Call& call, absl::Time deadline,
-                                    int* requests);
+                                    const std::function<bool()>& cancelled, int* requests);
   absl::StatusOr<std::optional<ObjectInfo>> HeadWith(HttpSession& session, absl::string_view key,
-                                                     absl::Time deadline, int* requests);
+                                                     absl::Time deadline,
+                                                     const std::function<bool()>& cancelled,
+                                                     int* requests);
   absl::StatusOr<UploadResult> Multipart(HttpSession& session, const ObjectSpec& spec,
                                          ByteSource& source, UploadResult result);
   std::string PathOf(absl::string_view key) const;

@@ -9,12 +9,15 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
+#include "tests/testing/listeners.h"
 #include "tests/testing/s3_standin.h"
 #include "tests/testing/subprocess.h"
 
@@ -112,7 +115,10 @@ class S3ClientTest : public ::testing::Test {
     o.endpoint = path_style ? standin_->S3Endpoint() : standin_->S3VirtualHostEndpoint();
     o.path_style = path_style;
     o.initial_backoff = absl::Seconds(1);
-    o.sleep = [this](absl::Duration d) { sleeps_.push_back(d); };
+    o.sleep = [this](absl::Duration d) {
+      absl::MutexLock lock(&mu_);
+      sleeps_.push_back(d);
+    };
     return o;
   }
 
@@ -125,6 +131,7 @@ class S3ClientTest : public ::testing::Test {
   }
 
   std::unique_ptr<S3Standin> standin_;
+  absl::Mutex mu_;
   std::vector<absl::Duration> sleeps_;
 };
 
@@ -424,6 +431,69 @@ TEST_F(S3ClientTest, PodIdentityCredentialsSignUploads) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(standin_->State()["pod_calls"], 1);
   for (const auto& req : standin_->Requests()) EXPECT_TRUE(req["token"].get<bool>());
+}
+
+TEST_F(S3ClientTest, CancelledUploadIsAbortedAndStoresNothing) {
+  S3Client::Options o = Opts();
+  o.part_size = 5 << 20;
+  auto client = Client(std::move(o));
+  ASSERT_NE(client, nullptr);
+  const int64_t size = 15 << 20;
+  PatternSource src(14, size);
+  ObjectSpec spec = SpecFor("cancel.mp4", src, size);
+  bool stop = false;
+  spec.cancelled = [&stop] { return stop; };
+  src.At(5 << 20, [&stop] { stop = true; });  // while part 2 is read
+  absl::StatusOr<UploadResult> r = client->Upload(spec, src);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "the upload was aborted")) << r.status();
+  const nlohmann::json requests = standin_->Requests();
+  EXPECT_EQ(CountOps(requests, "UploadPart"), 1);
+  EXPECT_EQ(CountOps(requests, "AbortMultipartUpload"), 1);
+  const nlohmann::json state = standin_->State();
+  EXPECT_TRUE(state["uploads"].empty());
+  EXPECT_TRUE(state["objects"].empty());
+}
+
+TEST_F(S3ClientTest, EndpointThatNeverAnswersIsRetriedThenUnavailable) {
+  testing::SilentListener silent;
+  S3Client::Options o = Opts();
+  o.endpoint = absl::StrCat("http://", silent.target());
+  o.request_timeout = absl::Milliseconds(300);
+  o.max_attempts = 2;
+  auto client = Client(std::move(o));
+  ASSERT_NE(client, nullptr);
+  PatternSource src(15, 10);
+  absl::StatusOr<UploadResult> r = client->Upload(SpecFor("silent.mp4", src, 10), src);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "S3 HeadObject")) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "after 2 attempts")) << r.status();
+  EXPECT_EQ(sleeps_.size(), 1u);
+}
+
+TEST_F(S3ClientTest, EmptyObjectAndConcurrentUploads) {
+  auto client = Client(Opts());
+  ASSERT_NE(client, nullptr);
+  PatternSource empty(16, 0);
+  absl::StatusOr<UploadResult> r = client->Upload(SpecFor("empty.mp4", empty, 0), empty);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // One client, several uploads at once (the archiver's concurrent tasks).
+  std::vector<std::thread> threads;
+  std::vector<absl::Status> results(4);
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      PatternSource src(20 + i, 100000);
+      results[i] = client->Upload(SpecFor(absl::StrCat("concurrent-", i, ".mp4"), src, 100000),
+                                  src).status();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (const absl::Status& s : results) EXPECT_TRUE(s.ok()) << s;
+  const nlohmann::json objects = standin_->State()["objects"];
+  EXPECT_EQ(objects.size(), 5u);
+  for (const auto& obj : objects) {
+    if (obj["key"] == "empty.mp4") EXPECT_EQ(obj["size"], 0);
+  }
 }
 
 TEST_F(S3ClientTest, ConfigurationRules) {
