@@ -130,6 +130,9 @@ absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
   if (!(c.fleet_max_upstream_qps >= 0) || c.fleet_max_upstream_qps > 1e6) {
     return absl::InvalidArgumentError("--fleet_max_upstream_qps must be in [0, 1000000]");
   }
+  if (c.fleet_arrival_margin < absl::ZeroDuration() || c.fleet_arrival_margin > absl::Seconds(10)) {
+    return absl::InvalidArgumentError("--fleet_arrival_margin must be in [0, 10s]");
+  }
   return absl::OkStatus();
 }
 
@@ -211,6 +214,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
     }
     fo.upstream_host = ParseUrl(config.upstream_url)->host;
     fo.fleet_qps = config.fleet_max_upstream_qps;
+    fo.fleet_arrival_margin = config.fleet_arrival_margin;
     fo.poll_interval = config.hub.poll_interval;
     fo.terminal_cache_ttl = config.hub.terminal_cache_ttl;
     fo.metrics = &sc->metrics_;

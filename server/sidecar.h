@@ -64,6 +64,8 @@ struct SidecarConfig {
   // The fleet's name; with the upstream host it names the Redis namespace
   // (empty: "default"). Not the API key, so a key rotation keeps one fleet.
   std::string fleet_name;
+  // The fleet budget's allowance for differing request lags (RedisRateBudget).
+  absl::Duration fleet_arrival_margin = absl::Milliseconds(250);
   // During a key rotation: the previous key, whose signed states still verify.
   std::string api_key_previous_file;
   // Archiving completed videos (empty archive_dir: off); see file_archiver.h.

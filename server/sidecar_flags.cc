@@ -61,6 +61,11 @@ ABSL_FLAG(std::string, fleet_name, "default",
           "share one budget, pause, leases and states in --redis_url, whichever API key each "
           "holds (a key rotation stays one fleet). Give each vendor account its own name when "
           "several share one Redis and upstream host.");
+ABSL_FLAG(absl::Duration, fleet_arrival_margin, absl::Milliseconds(250),
+          "Fleet mode: grants of the fleet budget are spaced by (1s + this) / "
+          "--fleet_max_upstream_qps, so the vendor sees at most --fleet_max_upstream_qps "
+          "requests in any second while the requests' lags (grant to arrival) differ by at "
+          "most this; the fleet then spends up to qps / (1 + margin) a second. 0 to 10s.");
 ABSL_FLAG(std::string, api_key_previous_file, "",
           "Fleet mode, during an API key rotation: a file with the previous key. Shared states "
           "signed with it (by sidecars not yet on the new key) are still accepted; states are "
@@ -94,7 +99,7 @@ constexpr const char* kEnvFlags[] = {
     "max_pending_gets", "redis_url",          "redis_password_file", "fleet_max_upstream_qps",
     "slow_watcher_timeout", "metrics_listen", "shutdown_grace",      "log_format",
     "allow_insecure_upstream", "archive_dir", "archive_max_bytes", "archive_timeout",
-    "fleet_name",       "api_key_previous_file"};
+    "fleet_name",       "api_key_previous_file", "fleet_arrival_margin"};
 
 }  // namespace
 
@@ -137,6 +142,7 @@ SidecarConfig SidecarConfigFromFlags() {
   config.redis_password_file = absl::GetFlag(FLAGS_redis_password_file);
   config.fleet_max_upstream_qps = absl::GetFlag(FLAGS_fleet_max_upstream_qps);
   config.fleet_name = absl::GetFlag(FLAGS_fleet_name);
+  config.fleet_arrival_margin = absl::GetFlag(FLAGS_fleet_arrival_margin);
   config.api_key_previous_file = absl::GetFlag(FLAGS_api_key_previous_file);
   return config;
 }

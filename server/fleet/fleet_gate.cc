@@ -39,6 +39,10 @@ absl::StatusOr<std::unique_ptr<FleetPollGate>> FleetPollGate::Create(FleetGateOp
   if (!(options.fleet_qps >= 0) || options.fleet_qps > 1e6) {
     return absl::InvalidArgumentError("--fleet_max_upstream_qps must be in [0, 1000000]");
   }
+  if (options.fleet_arrival_margin < absl::ZeroDuration() ||
+      options.fleet_arrival_margin > absl::Seconds(10)) {
+    return absl::InvalidArgumentError("--fleet_arrival_margin must be in [0, 10s]");
+  }
   if (options.poll_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("poll_interval must be positive");
   }
@@ -103,6 +107,7 @@ FleetPollGate::FleetPollGate(FleetGateOptions options)
   store_ = std::make_unique<RedisTaskStore>(client_.get(), keys_, so);
   RedisRateBudget::Options bo;
   bo.rate_per_second = options_.fleet_qps > 0 ? options_.fleet_qps : 1;
+  bo.arrival_margin = options_.fleet_arrival_margin;
   budget_ = std::make_unique<RedisRateBudget>(client_.get(), keys_, bo);
   metrics->AddGauge("videotask_redis_up", "1 while the fleet's Redis answers, else 0.",
                     [up_now] { return up_now->load() ? 1.0 : 0.0; });

@@ -55,6 +55,8 @@ struct FleetGateOptions {
   std::function<absl::StatusOr<std::string>()> current_api_key;
   std::string upstream_host;
   double fleet_qps = 0;                // 0: no fleet budget (pause still shared)
+  // See RedisRateBudget: the lag spread the vendor-side bound tolerates.
+  absl::Duration fleet_arrival_margin = absl::Milliseconds(250);
   absl::Duration poll_interval = absl::Seconds(30);
   absl::Duration terminal_cache_ttl = absl::Hours(1);
   // Optional: registers videotask_redis_up, videotask_fleet_mode,
