@@ -163,6 +163,9 @@ TEST(RedisClientTest, CommandTimeoutIsAFault) {
   RedisClient c(o);
   ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5)));
   std::thread sleeper([&] { (void)(*server)->Command({"DEBUG", "SLEEP", "0.6"}); });
+  absl::Cleanup join = [&] {
+    if (sleeper.joinable()) sleeper.join();
+  };
   absl::SleepFor(absl::Milliseconds(50));
   const absl::Time start = absl::Now();
   auto r = Call(c, {"PING"});
