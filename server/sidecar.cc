@@ -123,12 +123,17 @@ absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
     if (auto redis = fleet::RedisUrl::Parse(c.redis_url); !redis.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("--redis_url: ", redis.status().message()));
     }
-  } else if (!c.redis_password_file.empty() || c.fleet_max_upstream_qps != 0) {
+  } else if (!c.redis_password_file.empty() || c.fleet_max_upstream_qps != 0 ||
+             !c.api_key_previous_file.empty()) {
     return absl::InvalidArgumentError(
-        "--redis_password_file and --fleet_max_upstream_qps need --redis_url (fleet mode)");
+        "--redis_password_file, --fleet_max_upstream_qps and --api_key_previous_file need "
+        "--redis_url (fleet mode)");
   }
   if (!(c.fleet_max_upstream_qps >= 0) || c.fleet_max_upstream_qps > 1e6) {
     return absl::InvalidArgumentError("--fleet_max_upstream_qps must be in [0, 1000000]");
+  }
+  if (c.fleet_arrival_margin < absl::ZeroDuration() || c.fleet_arrival_margin > absl::Seconds(10)) {
+    return absl::InvalidArgumentError("--fleet_arrival_margin must be in [0, 10s]");
   }
   return absl::OkStatus();
 }
@@ -147,8 +152,10 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
         "no usable API key (set --api_key_file or ", config.api_key_env, "): ",
         key.status().message()));
   }
-  // Fleet mode derives its Redis namespace and signing key from the key.
-  absl::StatusOr<std::string> fleet_key = (*key)->Get();
+  // Fleet mode signs shared states with (a key derived from) the API key and
+  // follows the source when it is re-read (a rotation).
+  std::shared_ptr<ApiKeySource> key_source = std::move(*key);
+  absl::StatusOr<std::string> fleet_key = key_source->Get();
   CurlUpstreamClient::Options copts;
   copts.base_url = config.upstream_url;
   copts.timeout = config.upstream_timeout;
@@ -156,7 +163,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   // One connection per request the hub may run at once, so no request waits
   // inside libcurl: the hub's rate window then sees true start times.
   copts.max_host_connections = config.hub.max_inflight;
-  auto client = CurlUpstreamClient::Create(copts, std::move(*key), config.clock);
+  auto client = CurlUpstreamClient::Create(copts, key_source, config.clock);
   if (!client.ok()) return client.status();
   sc->client_ = std::move(*client);
 
@@ -196,8 +203,23 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
     }
     if (!fleet_key.ok()) return fleet_key.status();
     fo.api_key = *fleet_key;
+    fo.current_api_key = [key_source] { return key_source->Get(); };
+    fo.fleet_name = config.fleet_name;
+    if (!config.api_key_previous_file.empty()) {
+      // Read once: it only matters for the length of a rotation.
+      auto previous = ApiKeySource::FromFile(config.api_key_previous_file,
+                                             ApiKeyFileOptions{nullptr, absl::ZeroDuration()});
+      if (!previous.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--api_key_previous_file: ", previous.status().message()));
+      }
+      absl::StatusOr<std::string> old = (*previous)->Get();
+      if (!old.ok()) return old.status();
+      fo.accepted_api_keys.push_back(*old);
+    }
     fo.upstream_host = ParseUrl(config.upstream_url)->host;
     fo.fleet_qps = config.fleet_max_upstream_qps;
+    fo.fleet_arrival_margin = config.fleet_arrival_margin;
     fo.poll_interval = config.hub.poll_interval;
     fo.terminal_cache_ttl = config.hub.terminal_cache_ttl;
     fo.metrics = &sc->metrics_;

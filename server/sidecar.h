@@ -63,6 +63,13 @@ struct SidecarConfig {
   std::string redis_url;
   std::string redis_password_file;
   double fleet_max_upstream_qps = 0;  // 0: no fleet budget
+  // The fleet's name; with the upstream host it names the Redis namespace
+  // (empty: "default"). Not the API key, so a key rotation keeps one fleet.
+  std::string fleet_name;
+  // The fleet budget's allowance for differing request lags (RedisRateBudget).
+  absl::Duration fleet_arrival_margin = absl::Milliseconds(250);
+  // During a key rotation: the previous key, whose signed states still verify.
+  std::string api_key_previous_file;
   // Archiving completed videos (empty archive_dir: off); see file_archiver.h.
   std::string archive_dir;
   int64_t archive_max_bytes = int64_t{2} << 30;

@@ -19,6 +19,14 @@
 //   to loopback") is never followed: that service gets no request and no
 //   file of that task is archived.
 //
+// - in fleet mode (--redis, the default: both sidecars use one redis-server
+//   the soak starts, each lane its own --fleet_name and a fleet budget of
+//   --qps), Redis faults: Redis turns read-only (REPLICAOF, as a failover
+//   does to a demoted primary) or stalls (CLIENT PAUSE), for up to 3 s; the
+//   rate check above then holds on the local budget (and is also reported
+//   for the fault windows alone), and the steady sidecar must notice them
+//   (videotask_fleet_faults_total).
+//
 // Two lanes, each its own sim and sidecar: "steady" (never restarted; its
 // resource figures are the levelling-off check) and "restart" (SIGTERM and a
 // restart every --restart_every on average; after each exit the soak waits
@@ -64,6 +72,7 @@
 #include "proto/videotask/v1/video_task.grpc.pb.h"
 #include "tests/sim/sim_upstream.h"
 #include "tests/soak/sequence_check.h"
+#include "tests/testing/redis_server.h"
 #include "tests/testing/subprocess.h"
 
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(60), "How long the churn runs.");
@@ -78,6 +87,9 @@ ABSL_FLAG(std::string, sidecar, "",
           "The videotask_sidecar binary; default: the one in this target's runfiles.");
 ABSL_FLAG(std::vector<std::string>, without, {},
           "Fault kinds to leave out, by the names the summary prints (e.g. reset,hang).");
+ABSL_FLAG(bool, redis, true,
+          "Run the sidecars in fleet mode on a redis-server the soak starts, with Redis faults "
+          "(\"redis read-only\", \"redis stall\"; --without takes these names too).");
 ABSL_FLAG(bool, verbose, false, "Log restarts and samples as they happen.");
 
 namespace videotask::soak {
@@ -248,6 +260,8 @@ class Lane {
 
   const std::string& name() const { return name_; }
   bool restarts() const { return restarts_; }
+  // Fleet mode: before Init.
+  void set_redis_url(std::string url) { redis_url_ = std::move(url); }
   sim::SimUpstream& sim() { return *sim_; }
   ServedFn served() {
     sim::SimUpstream* s = sim_.get();
@@ -497,6 +511,11 @@ class Lane {
         "--archive_timeout=20s",
         absl::StrCat("--shutdown_grace=", absl::FormatDuration(kGrace)),
     };
+    if (!redis_url_.empty()) {
+      args.push_back(absl::StrCat("--redis_url=", redis_url_));
+      args.push_back(absl::StrCat("--fleet_name=soak-", name_));
+      args.push_back(absl::StrCat("--fleet_max_upstream_qps=", absl::GetFlag(FLAGS_qps)));
+    }
     auto p = Subprocess::Start(args);
     if (!p.ok()) {
       std::cerr << "soak: " << p.status() << "\n";
@@ -560,6 +579,7 @@ class Lane {
   const std::string dir_;
   std::string key_;
   std::string key_file_;
+  std::string redis_url_;
   std::unique_ptr<sim::SimUpstream> sim_;
   std::unique_ptr<sim::SimUpstream> internal_;  // a service in the pod
   std::string archive_dir_;
@@ -856,6 +876,16 @@ int Main() {
   Lane steady("steady", false, sidecar, dir, seed + 1);
   Lane restart("restart", true, sidecar, dir, seed + 2);
   std::vector<Lane*> lanes = {&steady, &restart};
+  std::unique_ptr<testing::RedisServer> redis;
+  if (absl::GetFlag(FLAGS_redis)) {
+    auto r = testing::RedisServer::Start();
+    if (!r.ok()) {
+      std::cerr << "soak: cannot start redis-server: " << r.status() << "\n";
+      return 2;
+    }
+    redis = std::move(*r);
+    for (Lane* lane : lanes) lane->set_redis_url(redis->Url());
+  }
   for (Lane* lane : lanes) {
     if (!lane->Init()) return 1;
   }
@@ -902,6 +932,56 @@ int Main() {
       }
     }
   });
+  // Redis faults (fleet mode): read-only or stalled for a while, one at a
+  // time; their windows (plus a second) are checked on their own below.
+  absl::Mutex redis_mu;
+  std::vector<std::pair<absl::Time, absl::Time>> redis_windows;  // guarded by redis_mu
+  if (redis != nullptr) {
+    threads.emplace_back([&redis, &redis_mu, &redis_windows, end, seed] {
+      absl::BitGen gen(std::seed_seq{static_cast<uint32_t>(seed), 5u});
+      static const std::vector<std::string> without = absl::GetFlag(FLAGS_without);
+      std::vector<std::string> kinds;
+      for (const char* k : {"redis read-only", "redis stall"}) {
+        if (std::find(without.begin(), without.end(), k) == without.end()) kinds.push_back(k);
+      }
+      auto sleep = [](absl::Duration d) {
+        const absl::Time until = absl::Now() + d;
+        while (!g_stop && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+      };
+      while (!g_stop && !kinds.empty()) {
+        sleep(absl::Milliseconds(absl::Uniform(gen, 2000, 6000)));
+        // None in the last seconds: the end checks want a settled fleet.
+        if (g_stop || absl::Now() + absl::Seconds(8) > end) break;
+        const std::string kind = kinds[absl::Uniform<size_t>(gen, 0, kinds.size())];
+        const absl::Duration hold = absl::Milliseconds(absl::Uniform(gen, 300, 3000));
+        const absl::Time from = absl::Now();
+        absl::Status st;
+        if (kind == "redis read-only") {
+          st = redis->Command({"REPLICAOF", "127.0.0.1", "1"}).status();
+          sleep(hold);
+          absl::Status back = redis->Command({"REPLICAOF", "NO", "ONE"}).status();
+          if (st.ok()) st = back;
+        } else {
+          const bool all = absl::Bernoulli(gen, 0.5);  // else writes (every script) only
+          st = redis->Command({"CLIENT", "PAUSE", absl::StrCat(absl::ToInt64Milliseconds(hold)),
+                               all ? "ALL" : "WRITE"})
+                   .status();
+          sleep(hold);
+        }
+        if (!st.ok()) {
+          g_report.Violation(absl::StrCat("soak: injecting ", kind, " failed: ", st.message()));
+          break;
+        }
+        {
+          absl::MutexLock lock(&redis_mu);
+          redis_windows.emplace_back(from, absl::Now() + absl::Seconds(1));
+        }
+        g_report.Count(absl::StrCat("fault ", kind));
+        g_report.Count("faults injected");
+        g_report.Count("redis faults");
+      }
+    });
+  }
   // Restarts.
   const absl::Duration restart_every = absl::GetFlag(FLAGS_restart_every);
   if (restart_every > absl::ZeroDuration()) {
@@ -995,6 +1075,46 @@ int Main() {
     }
   }
 
+  // Redis faults: the rate within their windows alone (already inside the
+  // check above; reported so a run shows the budget held through them), and
+  // the steady sidecar saw them as fleet faults.
+  if (redis != nullptr) {
+    absl::MutexLock lock(&redis_mu);
+    for (Lane* lane : lanes) {
+      std::vector<absl::Time> in;
+      for (absl::Time t : lane->sim().RequestTimes()) {
+        for (const auto& [from, to] : redis_windows) {
+          if (t >= from && t <= to) {
+            in.push_back(t);
+            break;
+          }
+        }
+      }
+      absl::Time at;
+      const int max = in.empty() ? 0 : MaxPerSecond(in, &at);
+      g_report.Count(absl::StrCat("requests during redis faults, ", lane->name()),
+                     static_cast<int64_t>(in.size()));
+      g_report.Count(absl::StrCat("busiest second during redis faults, ", lane->name()), max);
+      if (max > absl::GetFlag(FLAGS_qps)) {
+        g_report.Violation(absl::StrCat(lane->name(), ": ", max,
+                                        " upstream requests within one second during a Redis "
+                                        "fault (cap ", absl::GetFlag(FLAGS_qps), ")"));
+      }
+    }
+    const std::string page = Scrape(steady.metrics_port());
+    const double seen =
+        std::max(0.0, MetricValue(page, "videotask_fleet_faults_total{kind=\"error_reply\"}")) +
+        std::max(0.0, MetricValue(page, "videotask_fleet_faults_total{kind=\"timeout\"}"));
+    g_report.Count("redis faults seen by the steady sidecar", static_cast<int64_t>(seen));
+    if (redis_windows.size() >= 2 && seen == 0) {
+      g_report.Violation(absl::StrCat(redis_windows.size(), " Redis faults injected, none seen "
+                                      "by the steady sidecar (videotask_fleet_faults_total)"));
+    }
+    if (MetricValue(page, "videotask_fleet_mode") != 1) {
+      g_report.Violation("the steady sidecar is not back in fleet mode at the end");
+    }
+  }
+
   // Levelling off: the last quarter against the second one.
   const Levels mid = MaxIn(samples, duration * 0.2, duration * 0.5);
   const Levels last = MaxIn(samples, duration * 0.75, duration);
@@ -1066,6 +1186,15 @@ int Main() {
   }
   std::printf("archive             %lld copies; %lld videos redirected to loopback\n",
               count("videos archived"), count("videos redirected to loopback"));
+  if (redis != nullptr) {
+    std::printf("redis faults        %lld injected, %lld seen by the steady sidecar; requests during "
+                "them: steady %lld (max %lld in 1 s), restart %lld (max %lld in 1 s)\n",
+                count("redis faults"), count("redis faults seen by the steady sidecar"),
+                count("requests during redis faults, steady"),
+                count("busiest second during redis faults, steady"),
+                count("requests during redis faults, restart"),
+                count("busiest second during redis faults, restart"));
+  }
   std::printf("metrics scrapes     %lld\n", count("metrics scrapes"));
   const int64_t violations = g_report.violations();
   std::printf("violations          %lld\n", static_cast<long long>(violations));
