@@ -70,14 +70,7 @@ def exported_metrics():
 
 def strip_code(markdown):
     """The text outside fenced code blocks and inline code spans."""
-    out, fenced = [], False
-    for line in markdown.split("\n"):
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-            out.append("")
-            continue
-        out.append("" if fenced else re.sub(r"`[^`]*`", "", line))
-    return "\n".join(out)
+    return re.sub(r"`[^`\n]*`", "", strip_fences(markdown))
 
 
 def slug(heading):
@@ -89,7 +82,7 @@ def slug(heading):
 
 def anchors(markdown):
     seen, out = {}, set()
-    for line in strip_code_keep_inline(markdown).split("\n"):
+    for line in strip_fences(markdown).split("\n"):
         m = re.match(r"^(#{1,6})\s+(.*?)\s*#*\s*$", line)
         if not m:
             continue
@@ -100,7 +93,8 @@ def anchors(markdown):
     return out
 
 
-def strip_code_keep_inline(markdown):
+def strip_fences(markdown):
+    """The text outside fenced code blocks (one line kept per line)."""
     out, fenced = [], False
     for line in markdown.split("\n"):
         if line.lstrip().startswith("```"):
