@@ -12,11 +12,10 @@ Each check also has a test that feeds it a broken input, so that a check that
 cannot fail is noticed.
 """
 
+import fnmatch
 import pathlib
 import re
 import subprocess
-
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README_MAX_LINES = 250
@@ -31,7 +30,6 @@ def tracked(pattern):
     if out:
         return [ROOT / p for p in out]
     # Not a git checkout (an exported tree): walk it instead.
-    import fnmatch
     return [p for p in ROOT.rglob("*") if fnmatch.fnmatch(str(p.relative_to(ROOT)), pattern)
             and "node_modules" not in p.parts and not any(part.startswith("bazel-") for part in p.parts)]
 
@@ -189,7 +187,7 @@ def test_flag_check_catches_an_undocumented_flag():
     assert undocumented_flags({"archive"}, "`--archive_dir`") == ["archive"]
 
 
-def test_link_check_catches_missing_files_and_anchors(tmp_path):
+def test_link_check_catches_missing_files_and_anchors():
     md = ROOT / "docs" / "probe.md"  # never written: only its parent is used
     text = ("[ok](sidecar.md#flags) [file](nowhere.md) [anchor](sidecar.md#no-such-part)\n"
             "[web](https://example.com/x) `[code](not-a-link.md)`\n```\n[fenced](gone.md)\n```\n")
