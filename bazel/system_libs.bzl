@@ -2,7 +2,7 @@
 
 Bazel cannot download anything on the machines this project builds on, so
 gRPC, Protobuf, Abseil, GoogleTest, libcurl, cpp-httplib, nlohmann/json,
-hiredis and OpenSSL's libcrypto come from Debian's -dev packages. Each
+hiredis and OpenSSL (libcrypto, libssl) come from Debian's -dev packages. Each
 repository here is generated at fetch time: link flags come from pkg-config,
 tools and .proto files are symlinked from the system, so no absolute path is
 committed. Headers live in /usr/include, which the auto-configured C++
@@ -255,8 +255,8 @@ def system_libs():
     )
     simple_system_repository(
         name = "com_github_openssl_openssl",
-        targets = {"crypto": "libcrypto"},
-        headers = ["openssl/hmac.h"],
+        targets = {"crypto": "libcrypto", "ssl": "libssl :crypto"},
+        headers = ["openssl/hmac.h", "openssl/ssl.h"],
     )
     simple_system_repository(
         name = "com_github_nlohmann_json",

@@ -1,13 +1,18 @@
 #include "server/fleet/redis_client.h"
 
 #include <arpa/inet.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <chrono>
@@ -86,9 +91,6 @@ struct RedisClient::Conn {
   RedisClient* client = nullptr;
   bool is_sub = false;
   State state = State::kBackoff;
-  redisAsyncContext* ac = nullptr;
-  bool want_read = false;
-  bool want_write = false;
   uint64_t generation = 0;
   absl::Duration retry_at;          // kBackoff
   absl::Duration attempt_deadline;  // kResolving .. kHandshake
@@ -103,16 +105,20 @@ struct RedisClient::Conn {
   bool keepalive_sent = false;    // subscriber: awaiting its answer
   absl::Duration keepalive_at;
 
-  // hiredis' event hooks: the client's poll() loop watches what they ask for.
-  static void AddRead(void* p) { static_cast<Conn*>(p)->want_read = true; }
-  static void DelRead(void* p) { static_cast<Conn*>(p)->want_read = false; }
-  static void AddWrite(void* p) { static_cast<Conn*>(p)->want_write = true; }
-  static void DelWrite(void* p) { static_cast<Conn*>(p)->want_write = false; }
-  static void Cleanup(void* p) {
-    auto* c = static_cast<Conn*>(p);
-    c->want_read = false;
-    c->want_write = false;
-  }
+  // The link (kConnecting .. kReady): a non-blocking socket, TLS over it for
+  // rediss://, and hiredis' protocol reader. The client's poll() loop does
+  // all I/O.
+  int fd = -1;
+  std::unique_ptr<TlsSession> tls;
+  redisReader* reader = nullptr;
+  bool tcp_connecting = false;   // connect() in progress
+  bool tls_handshaking = false;  // after connect(), before OnConnected
+  TlsSession::Want tls_want = TlsSession::Want::kNothing;  // the handshake's
+  bool read_wants_write = false;  // TLS: a read waits for a writable socket
+  bool write_wants_read = false;  // TLS: a write waits for a readable one
+  std::string out;                // formatted commands not yet written
+  size_t out_pos = 0;
+  std::deque<uint64_t> awaiting;  // ids of the commands sent, in order
 };
 
 struct RedisClient::Resolver {
@@ -184,6 +190,17 @@ RedisClient::RedisClient(RedisClientOptions options) : options_(std::move(option
     c->fault_backoff = options_.min_backoff;
   }
   sub_->is_sub = true;
+  if (options_.url.tls) {
+    tls_ = options_.tls;
+    if (tls_ == nullptr) {
+      absl::StatusOr<std::unique_ptr<RedisTlsContext>> ctx = RedisTlsContext::Create({});
+      if (ctx.ok()) {
+        tls_ = std::move(*ctx);
+      } else {
+        tls_error_ = ctx.status();
+      }
+    }
+  }
   if (options_.url.kind == RedisUrl::Kind::kTcp && !IsNumericAddress(options_.url.host)) {
     resolver_ = std::make_shared<Resolver>();
     resolver_->host = options_.url.host;
@@ -257,6 +274,19 @@ RedisClient::Stats RedisClient::stats() const {
 }
 
 void RedisClient::SetUp(bool up, const absl::Status& why) {
+  if (up) {
+    // on_state(true) before up() turns true, so that WaitUntilUp() returns
+    // after it ran (only this thread changes up_).
+    bool notify;
+    {
+      absl::MutexLock lock(&mu_);
+      notify = !up_;
+    }
+    if (notify && options_.on_state) options_.on_state(true, why);
+    absl::MutexLock lock(&mu_);
+    up_ = true;
+    return;
+  }
   bool notify;
   {
     absl::MutexLock lock(&mu_);
@@ -277,30 +307,19 @@ void RedisClient::Complete(uint64_t id, absl::StatusOr<RedisReply> r) {
   done(std::move(r));
 }
 
-void RedisClient::OnReply(redisAsyncContext* ac, void* reply, void* privdata) {
-  auto* c = static_cast<Conn*>(ac->data);
-  RedisClient* self = c->client;
-  const uint64_t id = reinterpret_cast<uintptr_t>(privdata);
-  if (c->ac == ac) {
-    if (c->outstanding > 0) --c->outstanding;
-    if (reply != nullptr) c->last_progress = MonoNow();
-  }
-  if (reply == nullptr) {
-    self->Complete(id, self->stopping_ ? absl::CancelledError("redis client destroyed")
-                                       : absl::UnavailableError("redis: connection lost"));
-    return;
-  }
-  RedisReply converted = Convert(static_cast<redisReply*>(reply));
+void RedisClient::OnReply(Conn& c, uint64_t id, const redisReply* reply) {
+  if (c.outstanding > 0) --c.outstanding;
+  c.last_progress = MonoNow();
+  RedisReply converted = Convert(reply);
   // Handshake errors are the handshake's to judge; NOSCRIPT is RedisScript's.
-  const bool fault = c->ac == ac && c->state == Conn::State::kReady && converted.is_error() &&
-                     self->options_.error_reply_is_fault &&
-                     !absl::StartsWith(converted.str, "NOSCRIPT");
+  const bool fault = !c.is_sub && c.state == Conn::State::kReady && converted.is_error() &&
+                     options_.error_reply_is_fault && !absl::StartsWith(converted.str, "NOSCRIPT");
   // The fault first, so that the caller already sees up() false.
   if (fault) {
-    self->Faulted(RedisClientOptions::Fault::kErrorReply,
-                  absl::UnavailableError(absl::StrCat("redis: error reply: ", ErrorText(converted.str))));
+    Faulted(RedisClientOptions::Fault::kErrorReply,
+            absl::UnavailableError(absl::StrCat("redis: error reply: ", ErrorText(converted.str))));
   }
-  self->Complete(id, std::move(converted));
+  Complete(id, std::move(converted));
 }
 
 void RedisClient::Faulted(RedisClientOptions::Fault kind, absl::Status why) {
@@ -321,21 +340,17 @@ void RedisClient::Faulted(RedisClientOptions::Fault kind, absl::Status why) {
   c.retry_at = now + hold;
 }
 
-void RedisClient::OnSubReply(redisAsyncContext* ac, void* reply, void* /*privdata*/) {
-  auto* c = static_cast<Conn*>(ac->data);
-  RedisClient* self = c->client;
-  if (reply == nullptr || c->ac != ac) return;
-  c->last_progress = MonoNow();
-  c->keepalive_sent = false;
-  const auto* r = static_cast<redisReply*>(reply);
+void RedisClient::OnSubReply(Conn& c, const redisReply* r) {
+  c.last_progress = MonoNow();
+  c.keepalive_sent = false;
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
   const redisReply* kind = r->element[0];
   const redisReply* chan = r->element[1];
   if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING) return;
   const std::string type = absl::AsciiStrToLower(absl::string_view(kind->str, kind->len));
   const std::string channel(chan->str, chan->len);
-  auto it = self->channels_.find(channel);
-  if (it == self->channels_.end()) return;
+  auto it = channels_.find(channel);
+  if (it == channels_.end()) return;
   if (type == "message" && r->element[2]->type == REDIS_REPLY_STRING) {
     if (it->second.on_message) {
       it->second.on_message(channel, std::string(r->element[2]->str, r->element[2]->len));
@@ -345,25 +360,24 @@ void RedisClient::OnSubReply(redisAsyncContext* ac, void* reply, void* /*privdat
   }
 }
 
-void RedisClient::OnConnect(const redisAsyncContext* ac, int status) {
-  auto* c = static_cast<Conn*>(ac->data);
-  if (c->ac != ac) return;
-  if (status != REDIS_OK) {
-    const std::string err = ac->c.errstr;
-    c->ac = nullptr;  // hiredis frees it after this callback
-    c->client->Fail(*c, absl::UnavailableError(absl::StrCat(
-                            "redis: cannot connect to ", c->client->options_.url.Redacted(), ": ", err)));
-    return;
+std::deque<uint64_t> RedisClient::CloseLink(Conn& c) {
+  if (c.fd >= 0) {
+    c.tls.reset();  // no close_notify: the peer may be gone or stalled
+    close(c.fd);
+    c.fd = -1;
   }
-  c->client->OnConnected(*c);
-}
-
-void RedisClient::OnDisconnect(const redisAsyncContext* ac, int /*status*/) {
-  auto* c = static_cast<Conn*>(ac->data);
-  if (c->ac != ac) return;  // we dropped it ourselves
-  const std::string err = ac->err != 0 ? std::string(ac->c.errstr) : "closed by the server";
-  c->ac = nullptr;  // hiredis frees it after this callback
-  c->client->Fail(*c, absl::UnavailableError(absl::StrCat("redis: connection lost: ", err)));
+  if (c.reader != nullptr) {
+    redisReaderFree(c.reader);
+    c.reader = nullptr;
+  }
+  c.tcp_connecting = c.tls_handshaking = false;
+  c.read_wants_write = c.write_wants_read = false;
+  c.tls_want = TlsSession::Want::kNothing;
+  c.out.clear();
+  c.out_pos = 0;
+  std::deque<uint64_t> lost;
+  lost.swap(c.awaiting);
+  return lost;
 }
 
 void RedisClient::Fail(Conn& c, absl::Status why) {
@@ -371,11 +385,7 @@ void RedisClient::Fail(Conn& c, absl::Status why) {
   ++c.generation;
   c.state = Conn::State::kBackoff;
   c.outstanding = 0;
-  if (redisAsyncContext* ac = c.ac; ac != nullptr) {
-    c.ac = nullptr;
-    redisAsyncFree(ac);  // fails its callbacks with a null reply (deferred when inside one)
-  }
-  c.want_read = c.want_write = false;
+  const std::deque<uint64_t> lost = CloseLink(c);
   static thread_local std::minstd_rand rng(
       static_cast<unsigned>(std::chrono::steady_clock::now().time_since_epoch().count()));
   const double jitter = std::uniform_real_distribution<double>(0.8, 1.2)(rng);
@@ -385,6 +395,11 @@ void RedisClient::Fail(Conn& c, absl::Status why) {
   if (!was_ready) c.backoff = std::min(c.backoff * 2, options_.max_backoff);
   ++c.attempts;
   if (!c.is_sub && !stopping_) SetUp(false, why);
+  // The commands in flight on it, after up() went false.
+  for (uint64_t id : lost) {
+    Complete(id, stopping_ ? absl::CancelledError("redis client destroyed")
+                           : absl::UnavailableError("redis: connection lost"));
+  }
 }
 
 void RedisClient::StartConnect(Conn& c, absl::Duration now) {
@@ -401,31 +416,214 @@ void RedisClient::StartConnect(Conn& c, absl::Duration now) {
 }
 
 void RedisClient::ConnectTo(Conn& c, const std::string& address) {
-  redisAsyncContext* ac = options_.url.kind == RedisUrl::Kind::kUnix
-                              ? redisAsyncConnectUnix(options_.url.unix_path.c_str())
-                              : redisAsyncConnect(address.c_str(), options_.url.port);
-  if (ac == nullptr) {
+  const std::string target = options_.url.Redacted();
+  int fd = -1;
+  int rc = -1;
+  if (options_.url.kind == RedisUrl::Kind::kUnix) {
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::strncpy(sa.sun_path, options_.url.unix_path.c_str(), sizeof(sa.sun_path) - 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0) rc = connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+  } else {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    addrinfo* res = nullptr;
+    if (getaddrinfo(address.c_str(), absl::StrCat(options_.url.port).c_str(), &hints, &res) != 0 ||
+        res == nullptr) {
+      Fail(c, absl::UnavailableError(absl::StrCat("redis: cannot connect to ", target,
+                                                  ": bad address ", address)));
+      return;
+    }
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+      const int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      rc = connect(fd, res->ai_addr, res->ai_addrlen);
+    }
+    freeaddrinfo(res);
+  }
+  if (fd < 0 || (rc != 0 && errno != EINPROGRESS)) {
+    const std::string err = std::strerror(errno);
+    if (fd >= 0) close(fd);
+    Fail(c, absl::UnavailableError(absl::StrCat("redis: cannot connect to ", target, ": ", err)));
+    return;
+  }
+  c.fd = fd;
+  c.reader = redisReaderCreate();
+  c.state = Conn::State::kConnecting;
+  c.tcp_connecting = rc != 0;
+  if (!c.tcp_connecting) OnSocketConnected(c);
+}
+
+void RedisClient::OnSocketConnected(Conn& c) {
+  c.tcp_connecting = false;
+  if (!options_.url.tls) {
+    OnConnected(c);
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<TlsSession>> session =
+      tls_ == nullptr ? absl::StatusOr<std::unique_ptr<TlsSession>>(tls_error_)
+                      : tls_->NewSession(c.fd, options_.url.host);
+  if (!session.ok()) {
+    Fail(c, absl::UnavailableError(
+                absl::StrCat("redis: ", options_.url.Redacted(), ": ", session.status().message())));
+    return;
+  }
+  c.tls = *std::move(session);
+  c.tls_handshaking = true;
+  StepTlsHandshake(c);
+}
+
+void RedisClient::StepTlsHandshake(Conn& c) {
+  bool done = false;
+  const absl::Status s = c.tls->Handshake(&done, &c.tls_want);
+  if (!s.ok()) {
+    Fail(c, absl::UnavailableError(absl::StrCat("redis: ", options_.url.Redacted(), ": ", s.message())));
+    return;
+  }
+  if (!done) return;
+  c.tls_handshaking = false;
+  OnConnected(c);
+}
+
+void RedisClient::HandleIo(Conn& c, short revents) {
+  if (c.tcp_connecting) {
+    if ((revents & (POLLOUT | POLLERR | POLLHUP)) == 0) return;
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err != 0) {
+      Fail(c, absl::UnavailableError(absl::StrCat("redis: cannot connect to ",
+                                                  options_.url.Redacted(), ": ", std::strerror(err))));
+      return;
+    }
+    OnSocketConnected(c);
+    return;
+  }
+  if (c.tls_handshaking) {
+    StepTlsHandshake(c);
+    return;
+  }
+  const uint64_t generation = c.generation;
+  if ((revents & (POLLIN | POLLHUP | POLLERR)) != 0 ||
+      (c.read_wants_write && (revents & POLLOUT) != 0)) {
+    HandleRead(c);
+    if (c.generation != generation) return;
+  }
+  if (c.out_pos < c.out.size() &&
+      ((revents & POLLOUT) != 0 || (c.write_wants_read && (revents & POLLIN) != 0))) {
+    HandleWrite(c);
+  }
+}
+
+void RedisClient::HandleRead(Conn& c) {
+  const uint64_t generation = c.generation;
+  char buf[16384];
+  while (true) {
+    size_t n = 0;
+    if (c.tls != nullptr) {
+      TlsSession::Want want;
+      absl::StatusOr<size_t> r = c.tls->Read(buf, sizeof(buf), &want);
+      if (!r.ok()) {
+        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection lost: ", r.status().message())));
+        return;
+      }
+      c.read_wants_write = *r == 0 && want == TlsSession::Want::kWrite;
+      if (*r == 0) return;
+      n = *r;
+    } else {
+      const ssize_t r = read(c.fd, buf, sizeof(buf));
+      if (r == 0) {
+        Fail(c, absl::UnavailableError("redis: connection lost: closed by the server"));
+        return;
+      }
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection lost: ", std::strerror(errno))));
+        return;
+      }
+      n = static_cast<size_t>(r);
+    }
+    if (redisReaderFeed(c.reader, buf, n) != REDIS_OK) {
+      Fail(c, absl::UnavailableError("redis: out of memory"));
+      return;
+    }
+    // Every complete reply, in order; a callback may drop the connection.
+    while (true) {
+      void* reply = nullptr;
+      if (redisReaderGetReply(c.reader, &reply) != REDIS_OK) {
+        Fail(c, absl::UnavailableError(
+                    absl::StrCat("redis: protocol error: ", ErrorText(c.reader->errstr))));
+        return;
+      }
+      if (reply == nullptr) break;
+      std::unique_ptr<redisReply, void (*)(void*)> owned(static_cast<redisReply*>(reply),
+                                                         freeReplyObject);
+      if (c.is_sub && c.state == Conn::State::kReady) {
+        OnSubReply(c, owned.get());
+      } else if (c.awaiting.empty()) {
+        Fail(c, absl::UnavailableError("redis: a reply to no command, reconnecting"));
+        return;
+      } else {
+        const uint64_t id = c.awaiting.front();
+        c.awaiting.pop_front();
+        OnReply(c, id, owned.get());
+      }
+      if (c.generation != generation) return;
+    }
+    // A short plain read drained the socket; TLS may hold more decrypted.
+    if (c.tls == nullptr && n < sizeof(buf)) return;
+  }
+}
+
+void RedisClient::HandleWrite(Conn& c) {
+  while (c.out_pos < c.out.size()) {
+    const char* p = c.out.data() + c.out_pos;
+    const size_t left = c.out.size() - c.out_pos;
+    if (c.tls != nullptr) {
+      TlsSession::Want want;
+      // At most 16 KiB a call: a retried write then never passes fewer bytes.
+      absl::StatusOr<size_t> w = c.tls->Write(p, std::min<size_t>(left, 16384), &want);
+      if (!w.ok()) {
+        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection lost: ", w.status().message())));
+        return;
+      }
+      c.write_wants_read = *w == 0 && want == TlsSession::Want::kRead;
+      if (*w == 0) return;
+      c.out_pos += *w;
+    } else {
+      const ssize_t w = send(c.fd, p, left, MSG_NOSIGNAL);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection lost: ", std::strerror(errno))));
+        return;
+      }
+      c.out_pos += static_cast<size_t>(w);
+    }
+  }
+  c.out.clear();
+  c.out_pos = 0;
+}
+
+void RedisClient::Append(Conn& c, int argc, const char** argv, const size_t* lens) {
+  char* cmd = nullptr;
+  const int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+  if (len < 0 || cmd == nullptr) {
     Fail(c, absl::ResourceExhaustedError("redis: out of memory"));
     return;
   }
-  if (ac->err != 0) {
-    const std::string err = ac->c.errstr;
-    redisAsyncFree(ac);
-    Fail(c, absl::UnavailableError(
-                absl::StrCat("redis: cannot connect to ", options_.url.Redacted(), ": ", err)));
-    return;
+  // Written data is dropped before appending, so the buffer stays small.
+  if (c.out_pos > 0 && c.out_pos == c.out.size()) {
+    c.out.clear();
+    c.out_pos = 0;
   }
-  ac->data = &c;
-  ac->ev.data = &c;
-  ac->ev.addRead = Conn::AddRead;
-  ac->ev.delRead = Conn::DelRead;
-  ac->ev.addWrite = Conn::AddWrite;
-  ac->ev.delWrite = Conn::DelWrite;
-  ac->ev.cleanup = Conn::Cleanup;
-  c.ac = ac;
-  c.state = Conn::State::kConnecting;
-  redisAsyncSetDisconnectCallback(ac, OnDisconnect);
-  redisAsyncSetConnectCallback(ac, OnConnect);  // asks for the first write event
+  c.out.append(cmd, static_cast<size_t>(len));
+  redisFreeCommand(cmd);
 }
 
 void RedisClient::OnConnected(Conn& c) {
@@ -497,16 +695,14 @@ void RedisClient::SetReady(Conn& c) {
 void RedisClient::SubscribeOn(Conn& c, const std::string& channel) {
   const char* argv[] = {"SUBSCRIBE", channel.data()};
   const size_t lens[] = {9, channel.size()};
-  if (redisAsyncCommandArgv(c.ac, OnSubReply, nullptr, 2, argv, lens) != REDIS_OK) {
-    Fail(c, absl::UnavailableError("redis: cannot send SUBSCRIBE"));
-  }
+  Append(c, 2, argv, lens);
 }
 
 void RedisClient::Send(Conn& c, std::vector<std::string> argv, Done done, absl::Duration deadline) {
   const uint64_t id = next_id_++;
   pending_.emplace(id, Pending{std::move(done), deadline});
   deadlines_.insert({deadline, id});
-  if (c.ac == nullptr) {  // dropped by an earlier step of this batch
+  if (c.fd < 0) {  // dropped by an earlier step of this batch
     Complete(id, absl::UnavailableError("redis: connection lost"));
     return;
   }
@@ -518,11 +714,13 @@ void RedisClient::Send(Conn& c, std::vector<std::string> argv, Done done, absl::
     ptrs.push_back(a.data());
     lens.push_back(a.size());
   }
-  if (redisAsyncCommandArgv(c.ac, OnReply, reinterpret_cast<void*>(static_cast<uintptr_t>(id)),
-                            static_cast<int>(argv.size()), ptrs.data(), lens.data()) != REDIS_OK) {
-    Complete(id, absl::UnavailableError("redis: connection is closing"));
+  const uint64_t generation = c.generation;
+  Append(c, static_cast<int>(argv.size()), ptrs.data(), lens.data());
+  if (c.generation != generation) {
+    Complete(id, absl::UnavailableError("redis: connection lost"));
     return;
   }
+  c.awaiting.push_back(id);
   if (c.outstanding++ == 0) c.last_progress = MonoNow();
 }
 
@@ -588,10 +786,9 @@ void RedisClient::CheckSubscriber(Conn& c, absl::Duration now) {
   if (now - c.last_progress < options_.keepalive_interval) return;
   const char* argv[] = {"SUBSCRIBE", kKeepaliveChannel};
   const size_t lens[] = {9, sizeof(kKeepaliveChannel) - 1};
-  if (redisAsyncCommandArgv(c.ac, OnSubReply, nullptr, 2, argv, lens) != REDIS_OK) {
-    Fail(c, absl::UnavailableError("redis: cannot send the subscriber keepalive"));
-    return;
-  }
+  const uint64_t generation = c.generation;
+  Append(c, 2, argv, lens);
+  if (c.generation != generation) return;
   c.keepalive_sent = true;
   c.keepalive_at = now;
 }
@@ -661,7 +858,8 @@ void RedisClient::Loop() {
         case Conn::State::kConnecting:
           if (now >= c->attempt_deadline) {
             Fail(*c, absl::UnavailableError(absl::StrCat(
-                         "redis: connecting to ", options_.url.Redacted(), " timed out after ",
+                         "redis: ", c->tls_handshaking ? "the TLS handshake with " : "connecting to ",
+                         options_.url.Redacted(), " timed out after ",
                          DurationText(options_.connect_timeout))));
           }
           break;
@@ -715,13 +913,23 @@ void RedisClient::Loop() {
     int n = 0;
     fds[n++] = {wake_fd_, POLLIN, 0};
     Conn* polled[2] = {nullptr, nullptr};
+    uint64_t generations[2] = {0, 0};
     for (Conn* c : {cmd_.get(), sub_.get()}) {
-      if (c->ac == nullptr || (!c->want_read && !c->want_write)) continue;
+      if (c->fd < 0) continue;
       short events = 0;
-      if (c->want_read) events |= POLLIN;
-      if (c->want_write) events |= POLLOUT;
+      if (c->tcp_connecting) {
+        events = POLLOUT;
+      } else if (c->tls_handshaking) {
+        events = c->tls_want == TlsSession::Want::kWrite ? POLLOUT : POLLIN;
+      } else {
+        events = POLLIN;
+        if ((c->out_pos < c->out.size() && !c->write_wants_read) || c->read_wants_write) {
+          events |= POLLOUT;
+        }
+      }
       polled[n - 1] = c;
-      fds[n++] = {c->ac->c.fd, events, 0};
+      generations[n - 1] = c->generation;
+      fds[n++] = {c->fd, events, 0};
     }
     const int rc = poll(fds, n, timeout_ms);
     if (rc <= 0) continue;
@@ -731,21 +939,16 @@ void RedisClient::Loop() {
     }
     for (int i = 1; i < n; ++i) {
       Conn* c = polled[i - 1];
-      redisAsyncContext* ac = c->ac;
-      const short ev = fds[i].revents;
-      if (ac == nullptr || ev == 0) continue;
-      if ((ev & (POLLIN | POLLHUP | POLLERR)) != 0 && c->want_read) redisAsyncHandleRead(ac);
-      if (c->ac == ac && (ev & (POLLOUT | POLLHUP | POLLERR)) != 0 && c->want_write) {
-        redisAsyncHandleWrite(ac);
-      }
+      // Skip a connection dropped (or replaced) while handling the other.
+      if (fds[i].revents == 0 || c->fd < 0 || c->generation != generations[i - 1]) continue;
+      HandleIo(*c, fds[i].revents);
     }
   }
 
   // Shutdown: everything still pending ends with CANCELLED.
   for (Conn* c : {cmd_.get(), sub_.get()}) {
-    if (redisAsyncContext* ac = c->ac; ac != nullptr) {
-      c->ac = nullptr;
-      redisAsyncFree(ac);
+    for (uint64_t id : CloseLink(*c)) {
+      Complete(id, absl::CancelledError("redis client destroyed"));
     }
   }
   while (!pending_.empty()) {

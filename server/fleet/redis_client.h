@@ -1,5 +1,8 @@
-// RedisClient: an asynchronous Redis client (hiredis 0.14's async API) run
-// by one thread of its own, for fleet mode.
+// RedisClient: an asynchronous Redis client run by one thread of its own,
+// for fleet mode. hiredis 0.14 formats commands and parses replies
+// (redisFormatCommandArgv, redisReader); the client does its own
+// non-blocking I/O in one poll() loop, over a plain socket (redis://, unix:)
+// or TLS (rediss://, see redis_tls.h), so both take the same code path.
 //
 // Guarantees:
 //   - Command() never blocks on Redis: it queues the command and returns.
@@ -22,7 +25,8 @@
 //   - `on_state(up, reason)` runs on the client's thread each time up()
 //     changes, and once when the first connection attempt fails (so a Redis
 //     unreachable at start is reported once). `reason` never contains the
-//     password.
+//     password. on_state(true) runs before up() turns true (so
+//     WaitUntilUp() returns after it), on_state(false) after up() is false.
 //   - Faults: a Redis that answers but does not serve is down too. An error
 //     reply on the command connection (READONLY from a replica after a
 //     failover, OOM under maxmemory noeviction, BUSY, LOADING, ...; not
@@ -44,6 +48,12 @@
 //     keepalive channel, and no answer within `stall_timeout` drops and
 //     re-establishes it. A stall of the command connection also resets the
 //     subscriber connection.
+//   - rediss://: the TCP connect and the TLS handshake are bounded by
+//     `connect_timeout` like the rest of the attempt; a failed handshake
+//     (unknown CA, expired certificate, name mismatch, client certificate
+//     refused) is a failed attempt whose reason names the cause, e.g.
+//     "redis: rediss://host:6380/0: TLS handshake failed: certificate verify
+//     failed: certificate has expired", followed by the usual backoff.
 //   - The destructor completes every pending command with CANCELLED and
 //     joins its threads; it must not be called from a callback of the client.
 //
@@ -55,6 +65,7 @@
 #define VIDEOTASK_SERVER_FLEET_REDIS_CLIENT_H_
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -70,9 +81,10 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/fleet/redis_tls.h"
 #include "server/fleet/redis_url.h"
 
-struct redisAsyncContext;  // hiredis
+struct redisReply;  // hiredis
 
 namespace videotask::fleet {
 
@@ -93,6 +105,10 @@ struct RedisClientOptions {
   // the password, e.g. [f](){ return f->Get(); } with a RedisPasswordFile;
   // a non-empty result overrides url.password.
   std::function<std::string()> password;
+  // rediss:// only: the TLS settings (CA, client certificate, server name),
+  // shared so that its files are re-read once for both connections. Null:
+  // the system's CAs, no client certificate, the URL's host as the name.
+  std::shared_ptr<RedisTlsContext> tls;
   absl::Duration command_timeout = absl::Milliseconds(250);
   // Limit of one connection attempt: resolve, connect, AUTH, SELECT, PING.
   absl::Duration connect_timeout = absl::Seconds(1);
@@ -175,6 +191,15 @@ class RedisClient {
   void ExpireDeadlines(absl::Duration now);
   void StartConnect(Conn& c, absl::Duration now);
   void ConnectTo(Conn& c, const std::string& address);
+  void OnSocketConnected(Conn& c);
+  void StepTlsHandshake(Conn& c);
+  void HandleIo(Conn& c, short revents);
+  void HandleRead(Conn& c);
+  void HandleWrite(Conn& c);
+  // Formats a command into the connection's output buffer.
+  void Append(Conn& c, int argc, const char** argv, const size_t* lens);
+  // Closes the link; returns the ids of the commands awaiting a reply.
+  std::deque<uint64_t> CloseLink(Conn& c);
   void OnConnected(Conn& c);
   void HandshakeStep(Conn& c, uint64_t generation, absl::StatusOr<RedisReply> r);
   void SetReady(Conn& c);
@@ -187,12 +212,14 @@ class RedisClient {
   void SubscribeOn(Conn& c, const std::string& channel);
   void SetUp(bool up, const absl::Status& why);
 
-  static void OnReply(::redisAsyncContext* ac, void* reply, void* privdata);
-  static void OnSubReply(::redisAsyncContext* ac, void* reply, void* privdata);
-  static void OnConnect(const ::redisAsyncContext* ac, int status);
-  static void OnDisconnect(const ::redisAsyncContext* ac, int status);
+  void OnReply(Conn& c, uint64_t id, const ::redisReply* reply);
+  void OnSubReply(Conn& c, const ::redisReply* reply);
 
   const RedisClientOptions options_;
+  // rediss://: options_.tls or a default context; tls_error_ when that
+  // failed (every attempt then fails with it).
+  std::shared_ptr<RedisTlsContext> tls_;
+  absl::Status tls_error_;
   int wake_fd_ = -1;
 
   mutable absl::Mutex mu_;

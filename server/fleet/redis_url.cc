@@ -105,12 +105,13 @@ absl::StatusOr<RedisUrl> RedisUrl::Parse(absl::string_view url) {
   }
   const std::string lower = absl::AsciiStrToLower(url.substr(0, std::min<size_t>(url.size(), 9)));
   if (absl::StartsWith(lower, "rediss://")) {
-    return Bad("rediss:// (TLS) is not supported; use redis:// or unix:.");
+    out.tls = true;
+    rest.remove_prefix(9);
+  } else if (absl::StartsWith(lower, "redis://")) {
+    rest.remove_prefix(8);
+  } else {
+    return Bad("it must start with redis://, rediss:// or unix:.");
   }
-  if (!absl::StartsWith(lower, "redis://")) {
-    return Bad("it must start with redis:// or unix:.");
-  }
-  rest.remove_prefix(8);
   if (absl::StrContains(rest, '?') || absl::StrContains(rest, '#')) {
     // A '?' or '#' in the password part is allowed; look only after the '@'.
     const size_t at = rest.rfind('@');
@@ -189,7 +190,7 @@ std::string RedisUrl::Redacted() const {
   std::string auth;
   if (!password.empty()) auth = absl::StrCat(username, ":***@");
   const std::string host_text = absl::StrContains(host, ':') ? absl::StrCat("[", host, "]") : host;
-  return absl::StrCat("redis://", auth, host_text, ":", port, "/", db);
+  return absl::StrCat(tls ? "rediss://" : "redis://", auth, host_text, ":", port, "/", db);
 }
 
 absl::StatusOr<std::unique_ptr<RedisPasswordFile>> RedisPasswordFile::Open(std::string path) {

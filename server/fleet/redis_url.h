@@ -3,12 +3,15 @@
 //   redis://[[user]:password@]host[:port][/db]   TCP; port 6379 and db 0 by
 //                                                default; host is a name, an
 //                                                IPv4 address or [IPv6]
+//   rediss://...                                 the same over TLS (see
+//                                                redis_tls.h); port 6379 by
+//                                                default too
 //   unix:PATH  (or unix://PATH)                  a Unix socket, db 0
 //
 // The user and password may be percent-encoded (%40 for '@'); the password
 // part is split at the last '@', so a raw '@' or '/' in it also works.
 // Whitespace and control characters are refused anywhere (percent-encode
-// them). rediss:// (TLS) is refused: hiredis 0.14 has no TLS.
+// them).
 //
 // RedisPasswordFile reads the password from a file instead (a mounted
 // Secret), trimmed of surrounding whitespace, and re-reads it whenever the
@@ -37,6 +40,7 @@ namespace videotask::fleet {
 struct RedisUrl {
   enum class Kind { kTcp, kUnix };
   Kind kind = Kind::kTcp;
+  bool tls = false;       // rediss://
   std::string host;       // kTcp: name or address, without IPv6 brackets
   int port = 6379;        // kTcp
   std::string unix_path;  // kUnix

@@ -81,6 +81,27 @@ TEST(RedisUrlTest, Unix) {
   EXPECT_EQ(u->Redacted(), "unix:/run/redis.sock");
 }
 
+TEST(RedisUrlTest, Tls) {
+  auto u = RedisUrl::Parse("rediss://app:pw@cache.example.net:6380/2");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_TRUE(u->tls);
+  EXPECT_EQ(u->kind, RedisUrl::Kind::kTcp);
+  EXPECT_EQ(u->host, "cache.example.net");
+  EXPECT_EQ(u->port, 6380);
+  EXPECT_EQ(u->username, "app");
+  EXPECT_EQ(u->password, "pw");
+  EXPECT_EQ(u->db, 2);
+  EXPECT_EQ(u->Redacted(), "rediss://app:***@cache.example.net:6380/2");
+  u = RedisUrl::Parse("REDISS://[::1]");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_TRUE(u->tls);
+  EXPECT_EQ(u->port, 6379);
+  EXPECT_EQ(u->Redacted(), "rediss://[::1]:6379/0");
+  u = RedisUrl::Parse("redis://h");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_FALSE(u->tls);
+}
+
 TEST(RedisUrlTest, MalformedIsOneSentenceWithoutThePassword) {
   const std::string secret = "Hunter2SecretValue";
   const std::string long_host(5000, 'a');
@@ -88,7 +109,8 @@ TEST(RedisUrlTest, MalformedIsOneSentenceWithoutThePassword) {
       "",
       "localhost:6379",
       "http://h:1",
-      "rediss://:" + secret + "@h:1",
+      "rediss://:" + secret + "@h:0",
+      "rediss://:" + secret + "@",
       "redis://",
       "redis://:" + secret + "@",
       "redis://:" + secret + "@:6379",
