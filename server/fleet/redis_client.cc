@@ -481,7 +481,8 @@ void RedisClient::StepTlsHandshake(Conn& c) {
   bool done = false;
   const absl::Status s = c.tls->Handshake(&done, &c.tls_want);
   if (!s.ok()) {
-    Fail(c, absl::UnavailableError(absl::StrCat("redis: ", options_.url.Redacted(), ": ", s.message())));
+    Fail(c, absl::UnavailableError(
+                absl::StrCat("redis: ", options_.url.Redacted(), ": ", s.message())));
     return;
   }
   if (!done) return;
@@ -528,7 +529,8 @@ void RedisClient::HandleRead(Conn& c) {
       TlsSession::Want want;
       absl::StatusOr<size_t> r = c.tls->Read(buf, sizeof(buf), &want);
       if (!r.ok()) {
-        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection lost: ", r.status().message())));
+        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection to ", options_.url.Redacted(),
+                                                    " lost: ", r.status().message())));
         return;
       }
       c.read_wants_write = *r == 0 && want == TlsSession::Want::kWrite;
@@ -537,13 +539,15 @@ void RedisClient::HandleRead(Conn& c) {
     } else {
       const ssize_t r = read(c.fd, buf, sizeof(buf));
       if (r == 0) {
-        Fail(c, absl::UnavailableError("redis: connection lost: closed by the server"));
+        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection to ", options_.url.Redacted(),
+                                                    " lost: closed by the server")));
         return;
       }
       if (r < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection lost: ", std::strerror(errno))));
+        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection to ", options_.url.Redacted(),
+                                                    " lost: ", std::strerror(errno))));
         return;
       }
       n = static_cast<size_t>(r);
@@ -589,7 +593,8 @@ void RedisClient::HandleWrite(Conn& c) {
       // At most 16 KiB a call: a retried write then never passes fewer bytes.
       absl::StatusOr<size_t> w = c.tls->Write(p, std::min<size_t>(left, 16384), &want);
       if (!w.ok()) {
-        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection lost: ", w.status().message())));
+        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection to ", options_.url.Redacted(),
+                                                    " lost: ", w.status().message())));
         return;
       }
       c.write_wants_read = *w == 0 && want == TlsSession::Want::kRead;
@@ -600,7 +605,8 @@ void RedisClient::HandleWrite(Conn& c) {
       if (w < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection lost: ", std::strerror(errno))));
+        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection to ", options_.url.Redacted(),
+                                                    " lost: ", std::strerror(errno))));
         return;
       }
       c.out_pos += static_cast<size_t>(w);

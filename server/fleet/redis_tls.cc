@@ -194,8 +194,13 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> RedisTlsContext::Build() const {
       return absl::FailedPreconditionError(absl::StrCat(key_what, ": ", why));
     }
     if (SSL_CTX_use_PrivateKey_file(ctx.get(), options_.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+      const std::string reason = TakeOpenSslReason();
+      if (reason == "key values mismatch") {
+        return absl::FailedPreconditionError(
+            absl::StrCat(key_what, ": the key does not match the certificate"));
+      }
       return absl::FailedPreconditionError(absl::StrCat(
-          key_what, ": no unencrypted PEM private key could be read (", TakeOpenSslReason(), ")"));
+          key_what, ": no unencrypted PEM private key could be read (", reason, ")"));
     }
     if (SSL_CTX_check_private_key(ctx.get()) != 1) {
       ERR_clear_error();

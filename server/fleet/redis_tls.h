@@ -63,8 +63,9 @@ class TlsSession {
   // failed.
   absl::Status Handshake(bool* done, Want* want);
   // Reads up to n bytes: the count (> 0), or 0 with *want set when nothing
-  // is available yet; NOT_FOUND-free contract: an error when the peer
-  // closed (UNAVAILABLE "closed by the server") or TLS failed (the reason).
+  // is available yet; UNAVAILABLE when the peer closed ("closed by the
+  // server") or TLS failed (the reason, e.g. "tlsv13 alert certificate
+  // required" from a server that wants a client certificate).
   absl::StatusOr<size_t> Read(char* buf, size_t n, Want* want);
   // Writes up to n bytes: the count written (> 0), or 0 with *want set.
   // After a 0, the next call must pass at least the same bytes again.

@@ -76,6 +76,11 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(Options options)
   }
   const char* tmp = std::getenv("TEST_TMPDIR");
   s->dir_ = tmp != nullptr ? tmp : ".";
+  if (s->options_.tls) {
+    // TEST_TMPDIR is too long for a socket path (108 bytes).
+    static std::atomic<int> counter{0};
+    s->control_socket_ = absl::StrCat("/tmp/vtredis-", getpid(), "-", counter++, ".sock");
+  }
   absl::Status last;
   // A port picked free can be taken before redis binds it: try a few.
   for (int attempt = 0; attempt < 5; ++attempt) {
@@ -86,16 +91,19 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(Options options)
   return last;
 }
 
-RedisServer::~RedisServer() { Kill(); }
+RedisServer::~RedisServer() {
+  Kill();
+  if (!control_socket_.empty()) unlink(control_socket_.c_str());
+}
 
 std::string RedisServer::Url(int db) const {
   const std::string auth = options_.password.empty() ? "" : absl::StrCat(":", options_.password, "@");
-  return absl::StrCat("redis://", auth, "127.0.0.1:", port_, "/", db);
+  return absl::StrCat(options_.tls ? "rediss://" : "redis://", auth, "127.0.0.1:", port_, "/", db);
 }
 
 absl::Status RedisServer::Launch() {
   std::vector<std::string> argv = {binary_,
-                                   "--port", absl::StrCat(port_),
+                                   "--port", absl::StrCat(options_.tls ? 0 : port_),
                                    "--bind", "127.0.0.1",
                                    "--save", "",
                                    "--appendonly", "no",
@@ -106,6 +114,19 @@ absl::Status RedisServer::Launch() {
   if (!options_.unix_socket.empty()) {
     argv.push_back("--unixsocket");
     argv.push_back(options_.unix_socket);
+  }
+  if (options_.tls) {
+    unlink(control_socket_.c_str());
+    argv.insert(argv.end(), {"--tls-port", absl::StrCat(port_),
+                             "--tls-cert-file", options_.tls->cert_file,
+                             "--tls-key-file", options_.tls->key_file,
+                             "--tls-auth-clients", options_.tls->auth_clients ? "yes" : "no"});
+    if (!options_.tls->ca_file.empty()) {
+      argv.insert(argv.end(), {"--tls-ca-cert-file", options_.tls->ca_file});
+    }
+    if (options_.unix_socket.empty()) {
+      argv.insert(argv.end(), {"--unixsocket", control_socket_});
+    }
   }
   if (!options_.password.empty()) {
     argv.push_back("--requirepass");
@@ -173,7 +194,10 @@ absl::Status RedisServer::Restart() {
 absl::StatusOr<std::string> RedisServer::Command(const std::vector<std::string>& argv,
                                                  absl::Duration timeout) const {
   const timeval tv = absl::ToTimeval(timeout);
-  redisContext* c = redisConnectWithTimeout("127.0.0.1", port_, tv);
+  redisContext* c =
+      !options_.tls ? redisConnectWithTimeout("127.0.0.1", port_, tv)
+                    : redisConnectUnixWithTimeout(
+                          (options_.unix_socket.empty() ? control_socket_ : options_.unix_socket).c_str(), tv);
   if (c == nullptr) return absl::UnavailableError("redis: out of memory");
   if (c->err != 0) {
     const std::string err = c->errstr;

@@ -6,6 +6,10 @@
 // client for checks and fault injection (e.g. DEBUG SLEEP), bounded by a
 // timeout. The process is killed when the object is destroyed.
 //
+// With Options::tls the server listens on TLS only (--port 0 --tls-port):
+// port() and Url() (rediss://) are the TLS port, and the checks of Start()
+// and Command() go over a Unix socket of its own in /tmp.
+//
 // redis-server is looked up on PATH, then in /usr/bin and /usr/sbin.
 // Errors: Start/Restart give UNAVAILABLE when the server does not answer
 // within 10 s; Command gives UNAVAILABLE/DEADLINE_EXCEEDED for I/O failures
@@ -31,6 +35,12 @@ class RedisServer {
     std::string password;     // --requirepass when not empty
     int port = 0;             // 0: a free port
     std::string unix_socket;  // also listen on this Unix socket when not empty
+    struct Tls {
+      std::string cert_file, key_file;  // the server's certificate and key
+      std::string ca_file;              // CA of client certificates
+      bool auth_clients = false;        // --tls-auth-clients yes
+    };
+    std::optional<Tls> tls;
   };
 
   static absl::StatusOr<std::unique_ptr<RedisServer>> Start(Options options);
@@ -38,7 +48,7 @@ class RedisServer {
   ~RedisServer();
 
   int port() const { return port_; }
-  // redis://[:password@]127.0.0.1:port/db
+  // redis://[:password@]127.0.0.1:port/db (rediss:// with tls)
   std::string Url(int db = 0) const;
 
   void Kill();    // SIGKILL, and reaps it
@@ -63,6 +73,7 @@ class RedisServer {
   Options options_;
   std::string binary_;
   std::string dir_;
+  std::string control_socket_;  // tls: for Command()
   int port_ = 0;
   std::optional<Subprocess> process_;
 };
