@@ -119,10 +119,26 @@ absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
   if (absl::Status s = ValidatePollHubOptions(c.hub); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
   }
+  const bool tls_flags = !c.redis_ca_file.empty() || !c.redis_cert_file.empty() ||
+                         !c.redis_key_file.empty() || !c.redis_tls_server_name.empty();
   if (!c.redis_url.empty()) {
-    if (auto redis = fleet::RedisUrl::Parse(c.redis_url); !redis.ok()) {
+    auto redis = fleet::RedisUrl::Parse(c.redis_url);
+    if (!redis.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("--redis_url: ", redis.status().message()));
     }
+    if (tls_flags && !redis->tls) {
+      return absl::InvalidArgumentError(
+          "--redis_ca_file, --redis_cert_file, --redis_key_file and --redis_tls_server_name need "
+          "a rediss:// --redis_url (TLS)");
+    }
+    if (c.redis_cert_file.empty() != c.redis_key_file.empty()) {
+      return absl::InvalidArgumentError(
+          "--redis_cert_file and --redis_key_file go together (a client certificate and its key)");
+    }
+  } else if (tls_flags) {
+    return absl::InvalidArgumentError(
+        "--redis_ca_file, --redis_cert_file, --redis_key_file and --redis_tls_server_name need "
+        "a rediss:// --redis_url (fleet mode over TLS)");
   } else if (!c.redis_password_file.empty() || c.fleet_max_upstream_qps != 0 ||
              !c.api_key_previous_file.empty()) {
     return absl::InvalidArgumentError(
@@ -200,6 +216,18 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
       sc->redis_password_ = std::move(*password);
       fleet::RedisPasswordFile* file = sc->redis_password_.get();
       fo.redis.password = [file] { return file->Get(); };
+    }
+    if (fo.redis.url.tls) {
+      fleet::RedisTlsOptions tls;
+      tls.ca_file = config.redis_ca_file;
+      tls.cert_file = config.redis_cert_file;
+      tls.key_file = config.redis_key_file;
+      tls.server_name = config.redis_tls_server_name;
+      auto context = fleet::RedisTlsContext::Create(std::move(tls));
+      if (!context.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("Redis TLS: ", context.status().message()));
+      }
+      fo.redis.tls = std::move(*context);
     }
     if (!fleet_key.ok()) return fleet_key.status();
     fo.api_key = *fleet_key;

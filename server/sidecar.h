@@ -31,6 +31,7 @@
 #include "server/base/clock.h"
 #include "server/archive/file_archiver.h"
 #include "server/fleet/fleet_gate.h"
+#include "server/fleet/redis_tls.h"
 #include "server/fleet/redis_url.h"
 #include "server/base/loopback.h"  // IsLoopbackHost
 #include "server/base/metrics.h"
@@ -62,6 +63,12 @@ struct SidecarConfig {
   // Fleet mode (empty redis_url: one pod). See server/fleet/fleet_gate.h.
   std::string redis_url;
   std::string redis_password_file;
+  // rediss:// only (see server/fleet/redis_tls.h): CA bundle (empty: the
+  // system's), client certificate and key, name to verify (empty: the host).
+  std::string redis_ca_file;
+  std::string redis_cert_file;
+  std::string redis_key_file;
+  std::string redis_tls_server_name;
   double fleet_max_upstream_qps = 0;  // 0: no fleet budget
   // The fleet's name; with the upstream host it names the Redis namespace
   // (empty: "default"). Not the API key, so a key rotation keeps one fleet.

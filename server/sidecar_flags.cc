@@ -46,12 +46,26 @@ ABSL_FLAG(absl::Duration, slow_watcher_timeout, absl::Seconds(60),
           "A watch stream whose client has not taken a message for this long is ended with "
           "RESOURCE_EXHAUSTED, and reset if the client still does not read for as long again.");
 ABSL_FLAG(std::string, redis_url, "",
-          "Fleet mode: redis://[:password@]host:port[/db] or unix:PATH of a Redis shared by every "
-          "sidecar with this API key (one rate budget, one 429 pause, one poll per task, one "
-          "state). Empty: single-pod mode. Redis faults fall back to local limits.");
+          "Fleet mode: redis://[[user]:password@]host:port[/db], rediss://... (TLS, see "
+          "--redis_ca_file) or unix:PATH of a Redis shared by every sidecar with this API key "
+          "(one rate budget, one 429 pause, one poll per task, one state). Empty: single-pod "
+          "mode. Redis faults fall back to local limits.");
 ABSL_FLAG(std::string, redis_password_file, "",
           "File with the Redis password (a mounted Secret), re-read when it changes; overrides a "
           "password in --redis_url.");
+ABSL_FLAG(std::string, redis_ca_file, "",
+          "rediss:// only: PEM file of the CAs that sign the Redis server's certificate (a "
+          "mounted Secret, re-read when it changes). Empty: the system's CAs. Verification is "
+          "always on.");
+ABSL_FLAG(std::string, redis_cert_file, "",
+          "rediss:// only: PEM client certificate (chain) for a Redis with tls-auth-clients yes; "
+          "needs --redis_key_file. Re-read when it changes.");
+ABSL_FLAG(std::string, redis_key_file, "",
+          "rediss:// only: the unencrypted PEM private key of --redis_cert_file. Re-read when it "
+          "changes.");
+ABSL_FLAG(std::string, redis_tls_server_name, "",
+          "rediss:// only: the name to verify in the Redis server's certificate and to send as "
+          "SNI, when it differs from the host in --redis_url. Empty: that host.");
 ABSL_FLAG(double, fleet_max_upstream_qps, 0,
           "Fleet mode: at most this many upstream requests per second across every sidecar of "
           "the fleet (set it to the vendor's per-key limit); 0 turns the fleet budget off. The "
@@ -107,7 +121,8 @@ constexpr const char* kEnvFlags[] = {
     "slow_watcher_timeout", "metrics_listen", "shutdown_grace",      "log_format",
     "allow_insecure_upstream", "archive_dir", "archive_max_bytes", "archive_timeout",
     "archive_allow_loopback", "archive_min_bytes_per_second",
-    "fleet_name",       "api_key_previous_file", "fleet_arrival_margin"};
+    "fleet_name",       "api_key_previous_file", "fleet_arrival_margin",
+    "redis_ca_file",    "redis_cert_file",    "redis_key_file",      "redis_tls_server_name"};
 
 }  // namespace
 
@@ -150,6 +165,10 @@ SidecarConfig SidecarConfigFromFlags() {
   config.archive_min_bytes_per_second = absl::GetFlag(FLAGS_archive_min_bytes_per_second);
   config.redis_url = absl::GetFlag(FLAGS_redis_url);
   config.redis_password_file = absl::GetFlag(FLAGS_redis_password_file);
+  config.redis_ca_file = absl::GetFlag(FLAGS_redis_ca_file);
+  config.redis_cert_file = absl::GetFlag(FLAGS_redis_cert_file);
+  config.redis_key_file = absl::GetFlag(FLAGS_redis_key_file);
+  config.redis_tls_server_name = absl::GetFlag(FLAGS_redis_tls_server_name);
   config.fleet_max_upstream_qps = absl::GetFlag(FLAGS_fleet_max_upstream_qps);
   config.fleet_name = absl::GetFlag(FLAGS_fleet_name);
   config.fleet_arrival_margin = absl::GetFlag(FLAGS_fleet_arrival_margin);

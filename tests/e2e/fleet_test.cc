@@ -1,6 +1,8 @@
 // End-to-end tests of fleet mode: real videotask_sidecar processes sharing a
 // real redis-server (started by the test on a free loopback port) and the
-// simulated upstream, watched through real gRPC streams.
+// simulated upstream, watched through real gRPC streams. FleetModesTest runs
+// its cases twice: over plain TCP and over TLS (rediss://, a TLS-only
+// redis-server with a CA made by openssl for the test).
 #include <algorithm>
 #include <atomic>
 #include <fstream>
@@ -22,6 +24,7 @@
 #include "tests/sim/sim_upstream.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/sidecar_fleet.h"
+#include "tests/testing/test_pki.h"
 
 namespace videotask {
 namespace {
@@ -30,6 +33,7 @@ using testing::BusiestSecond;
 using testing::RedisServer;
 using testing::Runfile;
 using testing::SidecarProcess;
+using testing::TestPki;
 using Member = testing::SidecarProcess;
 using Watcher = testing::StreamWatcher;
 using v1::VideoTaskStatus;
@@ -62,8 +66,18 @@ void ExpectCleanSequence(const std::vector<WatchVideoTaskResponse>& events, cons
 
 class FleetTest : public ::testing::Test {
  protected:
+  // Over TLS: a TLS-only Redis, and sidecars with --redis_ca_file.
+  virtual bool Tls() const { return false; }
+
   void SetUp() override {
-    auto redis = RedisServer::Start();
+    RedisServer::Options ro;
+    if (Tls()) {
+      auto pki = TestPki::Create(std::getenv("TEST_TMPDIR"));
+      ASSERT_TRUE(pki.ok()) << pki.status();
+      pki_ = *std::move(pki);
+      ro.tls = RedisServer::Options::Tls{pki_.server_pem, pki_.server_key, pki_.ca_pem, false};
+    }
+    auto redis = RedisServer::Start(ro);
     ASSERT_TRUE(redis.ok()) << redis.status();
     redis_ = std::move(*redis);
     sim::SimUpstream::Options o;
@@ -89,6 +103,7 @@ class FleetTest : public ::testing::Test {
                                      "--max_inflight=64",
                                      "--max_backoff=5s",
                                      "--shutdown_grace=1s"};
+    if (Tls() && redis_url.empty()) args.push_back(absl::StrCat("--redis_ca_file=", pki_.ca_pem));
     args.insert(args.end(), extra.begin(), extra.end());
     auto m = SidecarProcess::Start(Runfile("server/videotask_sidecar"), args);
     EXPECT_TRUE(m.ok()) << m.status();
@@ -108,11 +123,23 @@ class FleetTest : public ::testing::Test {
     return pred();
   }
 
+  TestPki pki_;
   std::unique_ptr<RedisServer> redis_;
   std::unique_ptr<sim::SimUpstream> sim_;
   std::string key_file_;
   std::vector<std::unique_ptr<Member>> members_;
 };
+
+// The cases that run over plain TCP and over TLS.
+class FleetModesTest : public FleetTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  bool Tls() const override { return GetParam(); }
+};
+
+INSTANTIATE_TEST_SUITE_P(TcpAndTls, FleetModesTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return std::string(i.param ? "Tls" : "Tcp");
+                         });
 
 std::unique_ptr<v1::VideoTaskService::Stub> Stub(const Member& m) {
   return v1::VideoTaskService::NewStub(m.channel());
@@ -121,7 +148,7 @@ std::unique_ptr<v1::VideoTaskService::Stub> Stub(const Member& m) {
 // Three sidecars, one key, one Redis, a fleet budget of 20 requests a
 // second: 600 distinct tasks watched across them never make the upstream
 // see more than 21 requests in a second, and every watcher completes.
-TEST_F(FleetTest, FleetBudgetHoldsAcrossSidecars) {
+TEST_P(FleetModesTest, FleetBudgetHoldsAcrossSidecars) {
   std::vector<Member*> ms;
   for (int i = 0; i < 3; ++i) ms.push_back(StartMember({"--fleet_max_upstream_qps=20"}));
   for (Member* m : ms) ASSERT_NE(m, nullptr);
@@ -154,7 +181,7 @@ TEST_F(FleetTest, FleetBudgetHoldsAcrossSidecars) {
 // The same 20 tasks watched through all three sidecars (50 watchers each
 // per sidecar) cost what one sidecar costs: one poll per task per interval,
 // and every watcher sees every transition once, in order.
-TEST_F(FleetTest, OnePollPerTaskAcrossTheFleet) {
+TEST_P(FleetModesTest, OnePollPerTaskAcrossTheFleet) {
   std::vector<Member*> ms;
   for (int i = 0; i < 3; ++i) ms.push_back(StartMember());
   for (Member* m : ms) ASSERT_NE(m, nullptr);
@@ -324,7 +351,7 @@ TEST_F(FleetTest, LeaseHolderKilledAnotherTakesOver) {
 
 // Redis killed mid-run: streams keep flowing in local mode, without errors;
 // fleet mode is back within a few seconds of the restart.
-TEST_F(FleetTest, RedisDownFallsBackToLocalAndRecovers) {
+TEST_P(FleetModesTest, RedisDownFallsBackToLocalAndRecovers) {
   Member* a = StartMember();
   ASSERT_NE(a, nullptr);
   ASSERT_TRUE(Eventually([&] { return a->Metric("videotask_fleet_mode") == 1; }));
@@ -459,6 +486,50 @@ TEST_F(FleetTest, BadRedisAtStartMeansLocalMode) {
     Watcher w(stub.get(), id, absl::Seconds(20));
     ASSERT_TRUE(w.WaitDone(absl::Seconds(20)));
     EXPECT_TRUE(w.status().ok()) << w.status().error_message();
+  }
+}
+
+class FleetTlsTest : public FleetTest {
+ protected:
+  bool Tls() const override { return true; }
+};
+
+// A TLS handshake that fails at start (a CA that did not sign the server's
+// certificate, a name the certificate does not have): the sidecar starts in
+// local mode, says why in one log line and in the metric, and serves.
+TEST_F(FleetTlsTest, FailedHandshakeAtStartMeansLocalMode) {
+  const std::string url = absl::StrCat("rediss://:pw-", kKey, "@127.0.0.1:", redis_->port());
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{absl::StrCat("--redis_ca_file=", pki_.other_ca_pem)}, "certificate verify failed"},
+      {{absl::StrCat("--redis_ca_file=", pki_.ca_pem), "--redis_tls_server_name=redis.example.com"},
+       "hostname mismatch"},
+  };
+  for (const auto& [flags, reason] : cases) {
+    Member* m = StartMember(flags, url);
+    ASSERT_NE(m, nullptr);
+    ASSERT_TRUE(Eventually([&] { return m->process().Stderr().find("fleet_mode_off") !=
+                                        std::string::npos; }))
+        << m->process().Stderr();
+    EXPECT_EQ(m->Metric("videotask_redis_up"), 0);
+    EXPECT_EQ(m->Metric("videotask_fleet_mode"), 0);
+    sim::TaskScript quick;
+    quick.queued_polls = 1;
+    quick.processing_polls = 0;
+    const std::string id = absl::StrCat("local-tls-", m->metrics_port());
+    sim_->SetTask(id, quick);
+    auto stub = Stub(*m);
+    Watcher w(stub.get(), id, absl::Seconds(20));
+    ASSERT_TRUE(w.WaitDone(absl::Seconds(20)));
+    EXPECT_TRUE(w.status().ok()) << w.status().error_message();
+    const std::string log = m->process().Stderr();
+    size_t offs = 0;
+    for (size_t at = log.find("fleet_mode_off"); at != std::string::npos;
+         at = log.find("fleet_mode_off", at + 1)) {
+      ++offs;
+    }
+    EXPECT_EQ(offs, 1u) << "one line, not one per attempt: " << log;
+    EXPECT_TRUE(absl::StrContains(log, reason)) << log;
+    EXPECT_FALSE(absl::StrContains(log, kKey)) << "password in the log";
   }
 }
 
