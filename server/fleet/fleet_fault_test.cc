@@ -248,5 +248,47 @@ TEST_F(FleetFaultTest, ResubscribeRereadsWhatWasMissed) {
   EXPECT_EQ(got.back().status(), videotask::v1::VIDEO_TASK_STATUS_PROCESSING);
 }
 
+// Managed Redis with ACL users: fleet mode needs no more than the commands
+// and key/channel patterns docs/fleet.md lists. A user with exactly those
+// runs the budget, leases, shared states and pub/sub without one NOPERM
+// (which would be an error-reply fault).
+TEST_F(FleetFaultTest, LeastPrivilegeAclUserRunsTheFleet) {
+  ASSERT_TRUE(server_
+                  ->Command({"ACL", "SETUSER", "videotask", "on", ">pw", "resetkeys", "~vt:*",
+                             "resetchannels", "&vt:*", "&videotask:keepalive", "-@all", "+ping",
+                             "+select", "+get", "+set", "+del", "+pttl", "+pexpire", "+time",
+                             "+publish", "+subscribe", "+evalsha", "+script|load"})
+                  .ok());
+  auto options = [&] {
+    FleetGateOptions o = Options(/*qps=*/50);
+    o.redis.url.username = "videotask";
+    o.redis.url.password = "pw";
+    return o;
+  };
+  auto holder = Gate(options());
+  auto follower = Gate(options());
+  absl::Mutex mu;
+  std::vector<VideoTask> got;
+  follower->SetListener([&](VideoTask t) {
+    absl::MutexLock lock(&mu);
+    got.push_back(std::move(t));
+  });
+  holder->SetListener([](VideoTask) {});
+  ASSERT_TRUE(Eventually([&] { return follower->client()->stats().subscribes == 1; }));
+  ASSERT_EQ(Admit(*holder, "t", true).kind, Kind::kPoll);
+  ASSERT_EQ(Admit(*follower, "t", true).kind, Kind::kFollow);
+  absl::SleepFor(absl::Milliseconds(50));  // the SUBSCRIBE is answered
+  holder->Observed(Task("t", videotask::v1::VIDEO_TASK_STATUS_PROCESSING));
+  ASSERT_TRUE(Eventually([&] {
+    absl::MutexLock lock(&mu);
+    return !got.empty();
+  }));
+  for (int i = 0; i < 5; ++i) Admit(*holder, absl::StrCat("b", i), true);
+  EXPECT_EQ(holder->client()->stats().faults, 0);
+  EXPECT_EQ(follower->client()->stats().faults, 0);
+  EXPECT_TRUE(holder->up());
+  EXPECT_TRUE(follower->up());
+}
+
 }  // namespace
 }  // namespace videotask::fleet
