@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "server/fleet/redis_client.h"
 #include "server/fleet/redis_url.h"
+#include "tests/testing/listeners.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/test_pki.h"
 
@@ -258,6 +259,41 @@ TEST_F(RedisTlsTest, TlsToAPlainPortFailsWithTheReason) {
   auto plain = RedisServer::Start();
   ASSERT_TRUE(plain.ok()) << plain.status();
   ExpectDown(**plain, Trusting(), "TLS");
+}
+
+// A peer that takes the connection and never answers the ClientHello: the
+// attempt ends at connect_timeout, saying it was the TLS handshake.
+TEST_F(RedisTlsTest, SilentPeerTimesOutInTheHandshake) {
+  ::videotask::testing::SilentListener silent;
+  StateLog log;
+  RedisClientOptions o = Options(absl::StrCat("rediss://", silent.target()), Trusting(), &log);
+  o.connect_timeout = absl::Milliseconds(300);
+  const absl::Time start = absl::Now();
+  RedisClient c(std::move(o));
+  ASSERT_TRUE(log.WaitFor(false, absl::Seconds(5)));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_TRUE(absl::StrContains(c.last_error().message(), "TLS handshake with")) << c.last_error();
+  EXPECT_TRUE(absl::StrContains(c.last_error().message(), "timed out")) << c.last_error();
+}
+
+// A TLS Redis that stops answering (SIGSTOP): the command times out, the
+// client is down within about the stall timeout, and up again after.
+TEST_F(RedisTlsTest, PausedServerIsAFaultAndRecovers) {
+  auto server = Server();
+  ASSERT_NE(server, nullptr);
+  StateLog log;
+  RedisClient c(Options(server->Url(), Trusting(), &log));
+  ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5))) << c.last_error();
+  server->Pause();
+  const absl::Time start = absl::Now();
+  auto r = Call(c, {"PING"});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  ASSERT_TRUE(log.WaitFor(false, absl::Seconds(3)));
+  server->Resume();
+  ASSERT_TRUE(log.WaitFor(true, absl::Seconds(10))) << c.last_error();
+  EXPECT_TRUE(Call(c, {"PING"}).ok());
+  EXPECT_GE(c.stats().faults, 1);
 }
 
 TEST_F(RedisTlsTest, ClientCertificateRequiredByTheServer) {

@@ -6,8 +6,12 @@
 //
 //   bazel run -c opt //tests/bench:fleet_bench -- --sidecars=3
 //       --watchers=5000 --tasks=500 --interval=2s --window=20s
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,6 +26,7 @@
 #include "tests/sim/sim_upstream.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/sidecar_fleet.h"
+#include "tests/testing/test_pki.h"
 #include "tests/testing/subprocess.h"
 
 ABSL_FLAG(int, sidecars, 3, "sidecar processes");
@@ -30,7 +35,9 @@ ABSL_FLAG(int, tasks, 500, "distinct tasks, each watched through every sidecar")
 ABSL_FLAG(absl::Duration, interval, absl::Seconds(2), "--poll_interval of the sidecars");
 ABSL_FLAG(absl::Duration, window, absl::Seconds(20), "measured time");
 ABSL_FLAG(double, fleet_qps, 0, "--fleet_max_upstream_qps (0: off)");
-ABSL_FLAG(std::string, modes, "fleet,independent", "which runs, comma-separated");
+ABSL_FLAG(std::string, modes, "fleet,independent",
+          "which runs, comma-separated: fleet, fleet_tls (rediss:// to a TLS-only Redis), "
+          "independent");
 
 namespace videotask {
 namespace {
@@ -54,12 +61,44 @@ int64_t RedisCommands(const RedisServer& redis) {
   return -1;
 }
 
-int Run(bool fleet) {
+// CPU seconds (user + system) a process has used so far, from /proc.
+double CpuSeconds(pid_t pid) {
+  std::ifstream f(absl::StrCat("/proc/", pid, "/stat"));
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t close = text.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::vector<std::string> fields = absl::StrSplit(text.substr(close + 2), ' ');
+  // After "pid (comm) ": state is field 0, utime 11, stime 12 (clock ticks).
+  double utime = 0, stime = 0;
+  if (fields.size() < 13 || !absl::SimpleAtod(fields[11], &utime) ||
+      !absl::SimpleAtod(fields[12], &stime)) {
+    return 0;
+  }
+  return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+int Run(absl::string_view mode) {
+  const bool fleet = mode != "independent";
+  const bool tls = mode == "fleet_tls";
   const int n = absl::GetFlag(FLAGS_sidecars);
   const int tasks = absl::GetFlag(FLAGS_tasks);
   const absl::Duration interval = absl::GetFlag(FLAGS_interval);
   const absl::Duration window = absl::GetFlag(FLAGS_window);
-  auto redis = RedisServer::Start();
+  RedisServer::Options ro;
+  testing::TestPki pki;
+  if (tls) {
+    const std::string dir = absl::StrCat(getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+                                         "/fleet-bench-pki-", getpid());
+    mkdir(dir.c_str(), 0700);
+    auto made = testing::TestPki::Create(dir);
+    if (!made.ok()) {
+      std::fprintf(stderr, "pki: %s\n", std::string(made.status().message()).c_str());
+      return 1;
+    }
+    pki = *std::move(made);
+    ro.tls = RedisServer::Options::Tls{pki.server_pem, pki.server_key, pki.ca_pem, false};
+  }
+  auto redis = RedisServer::Start(ro);
   if (!redis.ok()) {
     std::fprintf(stderr, "redis: %s\n", std::string(redis.status().message()).c_str());
     return 1;
@@ -89,6 +128,7 @@ int Run(bool fleet) {
                                      "--log_format=text"};
     if (fleet) {
       args.push_back(absl::StrCat("--redis_url=", (*redis)->Url()));
+      if (tls) args.push_back(absl::StrCat("--redis_ca_file=", pki.ca_pem));
       if (absl::GetFlag(FLAGS_fleet_qps) > 0) {
         args.push_back(absl::StrCat("--fleet_max_upstream_qps=", absl::GetFlag(FLAGS_fleet_qps)));
       }
@@ -118,10 +158,16 @@ int Run(bool fleet) {
   absl::SleepFor(interval);
   (*sim)->ResetCounts();
   const int64_t redis_before = RedisCommands(**redis);
+  double cpu_before = 0;
+  for (auto& s : sidecars) cpu_before += CpuSeconds(s->process().pid());
+  const double redis_cpu_before = CpuSeconds((*redis)->pid());
   const absl::Time start = absl::Now();
   absl::SleepFor(window);
   const absl::Duration measured = absl::Now() - start;
   const int64_t redis_after = RedisCommands(**redis);
+  double cpu_after = 0;
+  for (auto& s : sidecars) cpu_after += CpuSeconds(s->process().pid());
+  const double redis_cpu = CpuSeconds((*redis)->pid()) - redis_cpu_before;
   const std::vector<absl::Time> times = (*sim)->RequestTimes();
   const int requests = (*sim)->TotalRequests();
   for (int t = 0; t < tasks; ++t) (*sim)->Complete(absl::StrCat("bench-", t));
@@ -133,12 +179,13 @@ int Run(bool fleet) {
   std::printf(
       "%-11s sidecars=%d streams=%d tasks=%d interval=%s window=%s: requests=%d "
       "per_task_per_interval=%.3f busiest_second=%d redis_commands_per_second=%.0f "
-      "streams_completed=%d/%zu\n",
-      fleet ? "fleet" : "independent", n, n * per, tasks,
+      "sidecar_cpu_percent=%.1f redis_cpu_percent=%.1f streams_completed=%d/%zu\n",
+      std::string(mode).c_str(), n, n * per, tasks,
       absl::FormatDuration(interval).c_str(), absl::FormatDuration(measured).c_str(), requests,
       requests / (tasks * intervals), BusiestSecond(times),
-      fleet ? (redis_after - redis_before) / absl::ToDoubleSeconds(measured) : 0.0, completed,
-      watchers.size());
+      fleet ? (redis_after - redis_before) / absl::ToDoubleSeconds(measured) : 0.0,
+      100 * (cpu_after - cpu_before) / absl::ToDoubleSeconds(measured),
+      fleet ? 100 * redis_cpu / absl::ToDoubleSeconds(measured) : 0.0, completed, watchers.size());
   watchers.clear();
   std::remove(key_file.c_str());
   return completed == static_cast<int>(n * per) ? 0 : 1;
@@ -151,7 +198,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   int rc = 0;
   for (absl::string_view mode : absl::StrSplit(absl::GetFlag(FLAGS_modes), ',')) {
-    rc |= videotask::Run(mode == "fleet");
+    rc |= videotask::Run(mode);
   }
   return rc;
 }

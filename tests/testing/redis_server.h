@@ -48,6 +48,7 @@ class RedisServer {
   ~RedisServer();
 
   int port() const { return port_; }
+  pid_t pid() const { return process_.has_value() ? process_->pid() : -1; }
   // redis://[:password@]127.0.0.1:port/db (rediss:// with tls)
   std::string Url(int db = 0) const;
 
