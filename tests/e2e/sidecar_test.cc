@@ -938,5 +938,21 @@ TEST(SidecarConfigTest, OnlyLoopbackLiteralsMayUsePlainHttp) {
   EXPECT_EQ(ValidateSidecarConfig(c).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// The Redis TLS flags need a rediss:// URL, and a client certificate its key.
+TEST(SidecarConfigTest, RedisTlsFlagsNeedRediss) {
+  SidecarConfig c;
+  c.upstream_url = "https://vendor.example/v1";
+  c.redis_ca_file = "/etc/videotask/redis-ca.pem";
+  EXPECT_EQ(ValidateSidecarConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.redis_url = "redis://redis.example:6379";
+  EXPECT_EQ(ValidateSidecarConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.redis_url = "rediss://redis.example:6380";
+  EXPECT_TRUE(ValidateSidecarConfig(c).ok()) << ValidateSidecarConfig(c);
+  c.redis_cert_file = "/etc/videotask/client.pem";
+  EXPECT_EQ(ValidateSidecarConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.redis_key_file = "/etc/videotask/client.key";
+  EXPECT_TRUE(ValidateSidecarConfig(c).ok()) << ValidateSidecarConfig(c);
+}
+
 }  // namespace
 }  // namespace videotask
