@@ -6,17 +6,18 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
-
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "absl/strings/ascii.h"
@@ -823,6 +824,12 @@ void RedisClient::ExpireDeadlines(absl::Duration now) {
 }
 
 void RedisClient::Loop() {
+  // OpenSSL writes with write(): a TLS connection the server closed must
+  // give EPIPE, not a SIGPIPE that ends a process that did not ignore it.
+  sigset_t pipe;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
   while (true) {
     absl::Duration now = MonoNow();
     DrainQueue(now);

@@ -54,6 +54,8 @@
 //     refused) is a failed attempt whose reason names the cause, e.g.
 //     "redis: rediss://host:6380/0: TLS handshake failed: certificate verify
 //     failed: certificate has expired", followed by the usual backoff.
+//   - The client's thread blocks SIGPIPE for itself, so a write to a
+//     connection the server closed is an error, never a signal.
 //   - The destructor completes every pending command with CANCELLED and
 //     joins its threads; it must not be called from a callback of the client.
 //
