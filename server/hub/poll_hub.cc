@@ -650,16 +650,7 @@ void PollHub::ApplyResult(const std::string& id, UpstreamResult result) {
         break;
       }
       case UpstreamOutcome::kRateLimited: {
-        if (rate_limited_total_ != nullptr) rate_limited_total_->Increment();
-        // An absurd Retry-After (a year, a far-future date) must not stop
-        // every watcher for that long: capped at backoff_max.
-        const absl::Duration pause =
-            result.retry_after.has_value()
-                ? std::clamp(*result.retry_after, absl::ZeroDuration(), options_.backoff_max)
-                : Backoff(kRateLimitBackoffInitial, rate_limit_streak_);
-        ++rate_limit_streak_;
-        paused_until_ = std::max(paused_until_, now + pause);
-        gate_->RateLimited(pause);
+        const absl::Duration pause = PauseForRateLimitLocked(result.retry_after, now);
         LogFields fields = {
             {"task", id},
             {"pause_seconds", Seconds(pause)},
@@ -690,6 +681,57 @@ void PollHub::ApplyResult(const std::string& id, UpstreamResult result) {
     }
     MaybeRelease(id);
   }
+}
+
+absl::Duration PollHub::PauseForRateLimitLocked(std::optional<absl::Duration> retry_after,
+                                                absl::Time now) {
+  if (rate_limited_total_ != nullptr) rate_limited_total_->Increment();
+  // An absurd Retry-After (a year, a far-future date) must not stop
+  // every watcher for that long: capped at backoff_max.
+  const absl::Duration pause =
+      retry_after.has_value()
+          ? std::clamp(*retry_after, absl::ZeroDuration(), options_.backoff_max)
+          : Backoff(kRateLimitBackoffInitial, rate_limit_streak_);
+  ++rate_limit_streak_;
+  paused_until_ = std::max(paused_until_, now + pause);
+  gate_->RateLimited(pause);
+  return pause;
+}
+
+absl::StatusOr<absl::Duration> PollHub::Acquire() {
+  absl::MutexLock lock(&mu_);
+  if (draining_) return absl::UnavailableError("the sidecar is shutting down");
+  const absl::Time now = clock_->Monotonic();
+  const absl::Time paused = std::max(paused_until_, fleet_wait_until_);
+  if (now < paused) return paused - now;
+  while (!window_.empty() && window_.front() + kRateWindow <= now) window_.pop_front();
+  const size_t qps = options_.max_upstream_qps;
+  if (static_cast<size_t>(inflight_) + window_.size() < qps && inflight_ < options_.max_inflight) {
+    ++inflight_;
+    return absl::ZeroDuration();
+  }
+  // The window entry whose expiry frees the first slot; with only requests
+  // in flight, a completion frees one: ask again shortly.
+  if (static_cast<size_t>(inflight_) < qps && inflight_ < options_.max_inflight) {
+    return std::max(absl::Milliseconds(1),
+                    window_[inflight_ + window_.size() - qps] + kRateWindow - now);
+  }
+  return kRateWindow / 10;
+}
+
+void PollHub::Release(bool rate_limited, std::optional<absl::Duration> retry_after) {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_->Monotonic();
+  --inflight_;
+  window_.push_back(now);
+  if (rate_limited) {
+    const absl::Duration pause = PauseForRateLimitLocked(retry_after, now);
+    LogEvent(LogLevel::kWarning, "upstream_rate_limited",
+             {{"request", "create"}, {"pause_seconds", Seconds(pause)}});
+  } else {
+    rate_limit_streak_ = 0;
+  }
+  Kick();
 }
 
 std::shared_ptr<const TaskEvent> PollHub::MakeEvent(const Task& task,

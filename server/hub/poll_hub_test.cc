@@ -350,6 +350,59 @@ TEST_F(PollHubTest, RateLimitPausesAllTrafficForRetryAfter) {
   EXPECT_EQ(metrics_.GetCounter("videotask_rate_limited_total", "")->value(), 1u);
 }
 
+// UpstreamBudget: a create holds a slot of the same window as polls.
+TEST_F(PollHubTest, BudgetSlotsComeFromThePollWindow) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  o.max_upstream_qps = 2;
+  MakeHub(o);
+  ASSERT_EQ(*hub_->Acquire(), absl::ZeroDuration());  // a create in flight
+  WatchOk("a");
+  WatchOk("b");
+  hub_->RunDue();
+  ASSERT_EQ(upstream_.PendingIds(), std::vector<std::string>{"a"}) << "the create's slot";
+  // Full: the next create waits, then gets the slot the first one frees
+  // one second after it ends.
+  absl::StatusOr<absl::Duration> wait = hub_->Acquire();
+  ASSERT_TRUE(wait.ok());
+  EXPECT_GT(*wait, absl::ZeroDuration());
+  hub_->Release(false, std::nullopt);
+  EXPECT_EQ(*hub_->Acquire(), absl::Seconds(1));
+  Advance(absl::Milliseconds(999));
+  EXPECT_EQ(upstream_.PendingIds().size(), 1u) << "b polled in the create's slot";
+  Advance(absl::Milliseconds(1));
+  EXPECT_EQ(upstream_.PendingIds().size(), 2u) << "b gets the slot the create freed";
+  EXPECT_GT(*hub_->Acquire(), absl::ZeroDuration());
+  upstream_.Reply("a", Ok(kQueued));
+  EXPECT_EQ(*hub_->Acquire(), absl::Seconds(1));
+  Advance(absl::Seconds(1));
+  EXPECT_EQ(*hub_->Acquire(), absl::ZeroDuration());
+  hub_->Release(false, std::nullopt);
+}
+
+// UpstreamBudget: a create's 429 pauses polls, and a poll's 429 pauses creates.
+TEST_F(PollHubTest, BudgetRateLimitPausesPollsAndCreates) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  o.max_upstream_qps = 5;
+  MakeHub(o);
+  ASSERT_EQ(*hub_->Acquire(), absl::ZeroDuration());
+  hub_->Release(true, absl::Seconds(3));
+  EXPECT_EQ(*hub_->Acquire(), absl::Seconds(3));
+  WatchOk("a");
+  hub_->RunDue();
+  EXPECT_EQ(upstream_.Total(), 0) << "poll during a create's 429 pause";
+  Advance(absl::Seconds(3));
+  ASSERT_EQ(upstream_.Total(), 1);
+  UpstreamResult r = Outcome(UpstreamOutcome::kRateLimited, "429");
+  r.retry_after = absl::Seconds(2);
+  upstream_.Reply("a", r);
+  EXPECT_EQ(*hub_->Acquire(), absl::Seconds(2)) << "create during a poll's 429 pause";
+  EXPECT_EQ(metrics_.GetCounter("videotask_rate_limited_total", "")->value(), 2u);
+  hub_->Drain();
+  EXPECT_EQ(hub_->Acquire().status().code(), absl::StatusCode::kUnavailable);
+}
+
 TEST_F(PollHubTest, RateLimitWithoutRetryAfterBacksOffExponentially) {
   PollHubOptions o;
   o.poll_interval = absl::Seconds(1);
