@@ -294,7 +294,7 @@ describe('the API embedded in the package', () => {
     assert.deepEqual(Object.keys(embedded).sort(), Object.keys(fromProto).sort());
     const methods = (def: protoLoader.PackageDefinition) =>
       def['videotask.v1.VideoTaskService'] as protoLoader.ServiceDefinition;
-    assert.deepEqual(Object.keys(methods(embedded)).sort(), ['GetVideoTask', 'WatchVideoTask']);
+    assert.deepEqual(Object.keys(methods(embedded)).sort(), ['CreateVideoTask', 'GetVideoTask', 'WatchVideoTask']);
     const task = {
       id: 'proj_1', model: 'videos', createTime: { seconds: '1761635478', nanos: 5 },
       status: 'VIDEO_TASK_STATUS_COMPLETED', videoUrl: 'https://cdn.invalid/v.mp4',
@@ -312,6 +312,16 @@ describe('the API embedded in the package', () => {
       ],
       GetVideoTask: [
         ['request', { id: 'proj_1' }],
+        ['response', task],
+      ],
+      CreateVideoTask: [
+        ['request', {
+          requestId: 'wf-1/run-2/3', family: 'videos',
+          body: { fields: {
+            prompt: { kind: 'stringValue', stringValue: 'a cat' },
+            duration: { kind: 'numberValue', numberValue: 10 },
+          } },
+        }],
         ['response', task],
       ],
     };
