@@ -77,8 +77,33 @@ constexpr absl::Duration kFailedStartGrace = absl::Seconds(1);
 
 }  // namespace
 
+absl::Status CreateRefusal(const SidecarConfig& c) {
+  if (!c.redis_url.empty()) {
+    return absl::UnavailableError(
+        "CreateVideoTask is not yet supported in fleet mode (--redis_url): request_ids live in "
+        "one sidecar's memory, so sidecars of a fleet could create the same video twice; "
+        "nothing was sent");
+  }
+  if (c.allow_remote_create || absl::StartsWith(c.listen, "unix:")) return absl::OkStatus();
+  auto hp = SplitHostPort("listen", c.listen);
+  if (hp.ok() && IsLoopbackAddress(hp->first)) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      "CreateVideoTask spends money and this sidecar listens on ", c.listen,
+      ", beyond loopback, where anyone who reaches the port could create videos; start it with "
+      "--allow_remote_create to allow that (waiting is unaffected)"));
+}
+
 absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
   if (c.listen.empty()) return absl::InvalidArgumentError("--listen must not be empty");
+  if (c.create_dedup_ttl < absl::Minutes(1)) {
+    return absl::InvalidArgumentError("--create_dedup_ttl must be at least 1m");
+  }
+  if (c.max_creates_per_hour < 0) {
+    return absl::InvalidArgumentError("--max_creates_per_hour must not be negative (0: off)");
+  }
+  if (c.create_timeout < absl::Seconds(1) || c.create_max_keys < 1) {
+    return absl::InvalidArgumentError("create_timeout must be at least 1s and create_max_keys positive");
+  }
   if (absl::StartsWith(c.listen, "unix:")) {
     if (c.listen.size() <= 5) return absl::InvalidArgumentError("--listen unix: needs a path");
   } else if (auto hp = SplitHostPort("listen", c.listen); !hp.ok()) {
@@ -154,7 +179,8 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   // One connection per request the hub may run at once, so no request waits
   // inside libcurl: the hub's rate window then sees true start times.
   copts.max_host_connections = config.hub.max_inflight;
-  auto client = CurlUpstreamClient::Create(copts, std::move(*key), config.clock);
+  std::shared_ptr<ApiKeySource> shared_key = std::move(*key);
+  auto client = CurlUpstreamClient::Create(copts, shared_key, config.clock);
   if (!client.ok()) return client.status();
   sc->client_ = std::move(*client);
 
@@ -223,8 +249,27 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
                           "Watched tasks another sidecar of the fleet polls for this one.",
                           [h] { return static_cast<double>(h->GetStats().following); });
   }
+  // Creates: the vendor call with the upstream client's settings, the keys
+  // in memory, the spend guard, and the hub's budget shared with polls.
+  CurlUpstreamClient::Options create_opts = copts;
+  create_opts.timeout = config.create_timeout;
+  sc->vendor_create_ =
+      std::make_unique<CurlVendorCreateClient>(create_opts, shared_key, config.clock);
+  sc->create_keys_ = std::make_unique<MemoryCreateKeyStore>(
+      MemoryCreateKeyStore::Options{config.create_dedup_ttl, config.create_max_keys},
+      config.clock);
+  sc->spend_guard_ = std::make_unique<SpendGuard>(config.max_creates_per_hour, config.clock);
+  sc->creator_ = std::make_unique<Creator>(CreatorOptions(), sc->vendor_create_.get(),
+                                           sc->create_keys_.get(), h, sc->spend_guard_.get(),
+                                           config.clock, &sc->metrics_);
+  VideoTaskServiceOptions service_options = config.service;
+  service_options.create_refusal = CreateRefusal(config);
+  if (!service_options.create_refusal.ok()) {
+    LogEvent(LogLevel::kInfo, "create_disabled",
+             {{"reason", std::string(service_options.create_refusal.message())}});
+  }
   sc->service_ = std::make_unique<VideoTaskServiceImpl>(h, config.clock, &sc->metrics_,
-                                                        config.service);
+                                                        service_options, sc->creator_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -278,7 +323,10 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
             {"max_upstream_qps", absl::StrCat(config.hub.max_upstream_qps)},
             {"max_inflight", absl::StrCat(config.hub.max_inflight)},
             {"max_watches", absl::StrCat(config.hub.max_watches)},
-            {"terminal_cache_ttl", Secs(config.hub.terminal_cache_ttl)}});
+            {"terminal_cache_ttl", Secs(config.hub.terminal_cache_ttl)},
+            {"create", service_options.create_refusal.ok() ? "allowed" : "refused"},
+            {"create_dedup_ttl", Secs(config.create_dedup_ttl)},
+            {"max_creates_per_hour", absl::StrCat(config.max_creates_per_hour)}});
   sc->stopped_ = false;
   if (config.allow_insecure_upstream) {
     auto url = ParseUrl(config.upstream_url);
@@ -298,6 +346,7 @@ void Sidecar::Drain() {
   }
   // Stuck streams are cut after a second instead of holding up shutdown.
   if (service_ != nullptr) service_->Drain();
+  if (creator_ != nullptr) creator_->Shutdown();  // ends creates' waits
   if (hub_ != nullptr) hub_->Drain();
 }
 
@@ -384,7 +433,11 @@ Sidecar::~Sidecar() {
   TearDown(absl::ZeroDuration());  // what a Start that failed halfway left
   // Destroy the server and service before the hub they point to.
   server_.reset();
-  service_.reset();
+  service_.reset();  // waits for running creates
+  creator_.reset();
+  spend_guard_.reset();
+  create_keys_.reset();
+  vendor_create_.reset();
   hub_.reset();
 }
 

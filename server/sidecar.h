@@ -35,6 +35,10 @@
 #include "server/hub/poll_hub.h"
 #include "server/upstream/upstream_client.h"
 #include "server/api/video_task_service.h"
+#include "server/create/creator.h"
+#include "server/create/curl_vendor_create.h"
+#include "server/create/memory_create_key_store.h"
+#include "server/create/spend_guard.h"
 
 namespace httplib {
 class Server;
@@ -65,7 +69,24 @@ struct SidecarConfig {
   std::string archive_dir;
   int64_t archive_max_bytes = int64_t{2} << 30;
   absl::Duration archive_timeout = absl::Minutes(30);
+  // CreateVideoTask (see server/create/creator.h): how long request_ids are
+  // remembered, the spend guard (0: off), and whether creates are allowed
+  // when `listen` is neither loopback nor a unix socket.
+  absl::Duration create_dedup_ttl = absl::Hours(24);
+  int64_t max_creates_per_hour = 0;
+  bool allow_remote_create = false;
+  // Each vendor create request's whole duration (a timeout after sending is
+  // an unknown outcome, so this is longer than upstream_timeout).
+  absl::Duration create_timeout = absl::Seconds(30);
+  int64_t create_max_keys = 100000;
 };
+
+// Why CreateVideoTask is refused with this configuration (OK: allowed):
+// UNAVAILABLE in fleet mode (not yet supported: the key store is one
+// sidecar's memory, so two sidecars could create twice), PERMISSION_DENIED
+// when --listen is neither loopback nor a unix socket without
+// --allow_remote_create.
+absl::Status CreateRefusal(const SidecarConfig& config);
 
 // OK, or INVALID_ARGUMENT naming the bad setting. Also rejects a plain
 // http:// upstream on a non-loopback host unless allow_insecure_upstream.
@@ -85,6 +106,7 @@ class Sidecar {
   void Shutdown(absl::Duration grace);
 
   PollHub* hub() { return hub_.get(); }
+  MemoryCreateKeyStore* create_keys() { return create_keys_.get(); }
   VideoTaskServiceImpl* service() { return service_.get(); }
   MetricsRegistry* metrics() { return &metrics_; }
 
@@ -104,6 +126,10 @@ class Sidecar {
   std::unique_ptr<fleet::FleetPollGate> gate_;  // fleet mode only
   std::unique_ptr<FileArchiver> archiver_;      // null: archiving off
   std::unique_ptr<PollHub> hub_;
+  std::unique_ptr<CurlVendorCreateClient> vendor_create_;
+  std::unique_ptr<MemoryCreateKeyStore> create_keys_;
+  std::unique_ptr<SpendGuard> spend_guard_;
+  std::unique_ptr<Creator> creator_;
   std::unique_ptr<VideoTaskServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<httplib::Server> metrics_server_;

@@ -73,6 +73,15 @@ ABSL_FLAG(std::string, log_format, "text", "Log line format on stderr: text or j
 ABSL_FLAG(bool, allow_insecure_upstream, false,
           "Allow a plain http:// upstream on a non-loopback host (sends the key in clear "
           "text; logged loudly).");
+ABSL_FLAG(absl::Duration, create_dedup_ttl, absl::Hours(24),
+          "How long CreateVideoTask remembers a request_id and its outcome (in memory: a "
+          "restart forgets them).");
+ABSL_FLAG(int64_t, max_creates_per_hour, 0,
+          "Spend guard: at most this many new vendor creates in any sliding hour; beyond it "
+          "CreateVideoTask is RESOURCE_EXHAUSTED (0: off).");
+ABSL_FLAG(bool, allow_remote_create, false,
+          "Allow CreateVideoTask when --listen is neither a loopback address nor a unix "
+          "socket (anyone who reaches the port can then spend money).");
 
 namespace videotask {
 namespace {
@@ -84,7 +93,8 @@ constexpr const char* kEnvFlags[] = {
     "max_inflight",     "terminal_cache_ttl", "max_backoff",         "max_watches",
     "max_pending_gets", "redis_url",          "redis_password_file", "fleet_max_upstream_qps",
     "slow_watcher_timeout", "metrics_listen", "shutdown_grace",      "log_format",
-    "allow_insecure_upstream", "archive_dir", "archive_max_bytes", "archive_timeout"};
+    "allow_insecure_upstream", "archive_dir", "archive_max_bytes", "archive_timeout",
+    "create_dedup_ttl", "max_creates_per_hour", "allow_remote_create"};
 
 }  // namespace
 
@@ -126,6 +136,9 @@ SidecarConfig SidecarConfigFromFlags() {
   config.redis_url = absl::GetFlag(FLAGS_redis_url);
   config.redis_password_file = absl::GetFlag(FLAGS_redis_password_file);
   config.fleet_max_upstream_qps = absl::GetFlag(FLAGS_fleet_max_upstream_qps);
+  config.create_dedup_ttl = absl::GetFlag(FLAGS_create_dedup_ttl);
+  config.max_creates_per_hour = absl::GetFlag(FLAGS_max_creates_per_hour);
+  config.allow_remote_create = absl::GetFlag(FLAGS_allow_remote_create);
   return config;
 }
 
