@@ -37,11 +37,6 @@ int OnPrereq(void* user, char*, char*, int, int) {
   return ++t->sends > 1 ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
 }
 
-long ToMillis(absl::Duration d) {
-  return static_cast<long>(
-      std::clamp<int64_t>(absl::ToInt64Milliseconds(d), 1, int64_t{24} * 3600 * 1000));
-}
-
 VendorCreateResult Failure(VendorCreateResult::Kind kind, std::string code, std::string message) {
   VendorCreateResult r;
   r.kind = kind;
@@ -106,16 +101,7 @@ VendorCreateResult CurlVendorCreateClient::Create(const std::string& family,
   set(CURLOPT_POSTFIELDS, body_json.c_str());
   set(CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_json.size()));
   set(CURLOPT_HTTPHEADER, headers);
-  set(CURLOPT_USERAGENT, options_.user_agent.c_str());
-  set(CURLOPT_NOSIGNAL, 1L);
-  set(CURLOPT_CONNECTTIMEOUT_MS, ToMillis(options_.connect_timeout));
-  set(CURLOPT_TIMEOUT_MS, ToMillis(options_.timeout));
-  set(CURLOPT_PROTOCOLS_STR, "http,https");
-  set(CURLOPT_FOLLOWLOCATION, 0L);
-  set(CURLOPT_SSL_VERIFYPEER, 1L);
-  set(CURLOPT_SSL_VERIFYHOST, 2L);
-  if (!options_.ca_file.empty()) set(CURLOPT_CAINFO, options_.ca_file.c_str());
-  set(CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(options_.max_body_bytes));
+  if (ok && !CurlUpstreamClient::SetTransportOptions(easy, options_)) ok = false;
   set(CURLOPT_FRESH_CONNECT, 1L);
   set(CURLOPT_FORBID_REUSE, 1L);
   set(CURLOPT_PREREQFUNCTION, &OnPrereq);
@@ -157,8 +143,7 @@ VendorCreateResult CurlVendorCreateClient::Create(const std::string& family,
                          : t.too_large                  ? "body_too_large"
                                                         : "reset";
       r = Failure(VendorCreateResult::Kind::kUnknown, code,
-                  absl::StrCat("the request was sent but no answer came back (",
-                               curl_easy_strerror(rc), ")"));
+                  absl::StrCat("no answer came back (", curl_easy_strerror(rc), ")"));
     }
   }
   std::fill(key->begin(), key->end(), '\0');

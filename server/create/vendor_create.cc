@@ -144,7 +144,10 @@ VendorCreateResult ClassifyCreateAnswer(long http_status, absl::string_view body
     return Result(Kind::kUnknown, code, "the vendor's answer has an id the sidecar cannot use");
   }
   task.set_id(id);
-  task.mutable_observe_time()->set_seconds(absl::ToUnixSeconds(observe_time));
+  const int64_t seconds = absl::ToUnixSeconds(observe_time);
+  task.mutable_observe_time()->set_seconds(seconds);
+  task.mutable_observe_time()->set_nanos(static_cast<int32_t>(
+      (observe_time - absl::FromUnixSeconds(seconds)) / absl::Nanoseconds(1)));
   return r;
 }
 

@@ -631,6 +631,21 @@ struct SimUpstream::Impl {
                              });
   }
 
+  // The fields /_sim/faults and /_sim/create_faults share ("count",
+  // "http_status", "retry_after", "delay_ms"); throws std::invalid_argument.
+  static void ParseFaultFields(const json& j, Fault& f) {
+    f.count = IntField(j, "count", 1, -1, std::numeric_limits<int>::max());
+    if (f.count == 0) throw std::invalid_argument("\"count\" must be positive or -1");
+    f.http_status = IntField(j, "http_status", f.http_status, 100, 599);
+    f.retry_after_header = StringField(j, "retry_after", "");
+    if (f.retry_after_header.find_first_of("\r\n") != std::string::npos) {
+      throw std::invalid_argument("\"retry_after\" must be one line");
+    }
+    if (j.contains("delay_ms") && !j["delay_ms"].is_null()) {
+      f.delay = absl::Milliseconds(IntField(j, "delay_ms", 0, 0, int64_t{24} * 3600 * 1000));
+    }
+  }
+
   void InstallAdmin() {
     server.Put(R"(/_sim/tasks/([^/]+))", [this](const httplib::Request& req,
                                                  httplib::Response& res) {
@@ -697,17 +712,7 @@ struct SimUpstream::Impl {
       std::string id;
       try {
         id = StringField(*j, "id", "");
-        f.count = IntField(*j, "count", 1, -1, std::numeric_limits<int>::max());
-        if (f.count == 0) throw std::invalid_argument("\"count\" must be positive or -1");
-        f.http_status = IntField(*j, "http_status", f.http_status, 100, 599);
-        f.retry_after_header = StringField(*j, "retry_after", "");
-        if (f.retry_after_header.find_first_of("\r\n") != std::string::npos) {
-          throw std::invalid_argument("\"retry_after\" must be one line");
-        }
-        if (j->contains("delay_ms") && !(*j)["delay_ms"].is_null()) {
-          f.delay = absl::Milliseconds(
-              IntField(*j, "delay_ms", 0, 0, int64_t{24} * 3600 * 1000));
-        }
+        ParseFaultFields(*j, f);
         f.body_bytes = IntField(*j, "body_bytes", f.body_bytes, 0, kMaxBodyBytes);
         f.status = StringField(*j, "status", f.status);
       } catch (const std::exception& e) {
@@ -738,17 +743,7 @@ struct SimUpstream::Impl {
       std::string family;
       try {
         family = StringField(*j, "family", "");
-        f.count = IntField(*j, "count", 1, -1, std::numeric_limits<int>::max());
-        if (f.count == 0) throw std::invalid_argument("\"count\" must be positive or -1");
-        f.http_status = IntField(*j, "http_status", f.http_status, 100, 599);
-        f.retry_after_header = StringField(*j, "retry_after", "");
-        if (f.retry_after_header.find_first_of("\r\n") != std::string::npos) {
-          throw std::invalid_argument("\"retry_after\" must be one line");
-        }
-        if (j->contains("delay_ms") && !(*j)["delay_ms"].is_null()) {
-          f.delay = absl::Milliseconds(
-              IntField(*j, "delay_ms", 0, 0, int64_t{24} * 3600 * 1000));
-        }
+        ParseFaultFields(*j, f);
         f.message = StringField(*j, "message", f.message);
       } catch (const std::exception& e) {
         return JsonError(res, 400, e.what());
@@ -844,17 +839,19 @@ struct SimUpstream::Impl {
   }
 
   void InjectFault(const std::string& id, Fault f) ABSL_LOCKS_EXCLUDED(mu) {
+    Enqueue(faults, id, std::move(f));
+  }
+
+  void Enqueue(std::deque<PendingFault>& queue, const std::string& id, Fault f)
+      ABSL_LOCKS_EXCLUDED(mu) {
     if (f.count == 0 || f.count < -1) return;  // answers no request
     absl::MutexLock lock(&mu);
     const int left = f.count;
-    faults.push_back({id, std::move(f), left});
+    queue.push_back({id, std::move(f), left});
   }
 
   void InjectCreateFault(const std::string& family, Fault f) ABSL_LOCKS_EXCLUDED(mu) {
-    if (f.count == 0 || f.count < -1) return;  // answers no request
-    absl::MutexLock lock(&mu);
-    const int left = f.count;
-    create_faults.push_back({family, std::move(f), left});
+    Enqueue(create_faults, family, std::move(f));
   }
 
   void ResetCounts() ABSL_LOCKS_EXCLUDED(mu) {
