@@ -137,6 +137,8 @@ absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
     archive.dir = c.archive_dir;
     archive.max_bytes = c.archive_max_bytes;
     archive.timeout = c.archive_timeout;
+    archive.allow_loopback = c.archive_allow_loopback;
+    archive.min_bytes_per_second = c.archive_min_bytes_per_second;
     if (absl::Status s = ValidateFileArchiverOptions(archive); !s.ok()) return s;
   }
   if (absl::Status s = ValidatePollHubOptions(c.hub); !s.ok()) {
@@ -146,12 +148,17 @@ absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
     if (auto redis = fleet::RedisUrl::Parse(c.redis_url); !redis.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("--redis_url: ", redis.status().message()));
     }
-  } else if (!c.redis_password_file.empty() || c.fleet_max_upstream_qps != 0) {
+  } else if (!c.redis_password_file.empty() || c.fleet_max_upstream_qps != 0 ||
+             !c.api_key_previous_file.empty()) {
     return absl::InvalidArgumentError(
-        "--redis_password_file and --fleet_max_upstream_qps need --redis_url (fleet mode)");
+        "--redis_password_file, --fleet_max_upstream_qps and --api_key_previous_file need "
+        "--redis_url (fleet mode)");
   }
   if (!(c.fleet_max_upstream_qps >= 0) || c.fleet_max_upstream_qps > 1e6) {
     return absl::InvalidArgumentError("--fleet_max_upstream_qps must be in [0, 1000000]");
+  }
+  if (c.fleet_arrival_margin < absl::ZeroDuration() || c.fleet_arrival_margin > absl::Seconds(10)) {
+    return absl::InvalidArgumentError("--fleet_arrival_margin must be in [0, 10s]");
   }
   return absl::OkStatus();
 }
@@ -170,8 +177,10 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
         "no usable API key (set --api_key_file or ", config.api_key_env, "): ",
         key.status().message()));
   }
-  // Fleet mode derives its Redis namespace and signing key from the key.
-  absl::StatusOr<std::string> fleet_key = (*key)->Get();
+  // Fleet mode signs shared states with (a key derived from) the API key and
+  // follows the source when it is re-read (a rotation).
+  std::shared_ptr<ApiKeySource> key_source = std::move(*key);
+  absl::StatusOr<std::string> fleet_key = key_source->Get();
   CurlUpstreamClient::Options copts;
   copts.base_url = config.upstream_url;
   copts.timeout = config.upstream_timeout;
@@ -179,8 +188,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   // One connection per request the hub may run at once, so no request waits
   // inside libcurl: the hub's rate window then sees true start times.
   copts.max_host_connections = config.hub.max_inflight;
-  std::shared_ptr<ApiKeySource> shared_key = std::move(*key);
-  auto client = CurlUpstreamClient::Create(copts, shared_key, config.clock);
+  auto client = CurlUpstreamClient::Create(copts, key_source, config.clock);
   if (!client.ok()) return client.status();
   sc->client_ = std::move(*client);
 
@@ -194,13 +202,16 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
     archive.dir = config.archive_dir;
     archive.max_bytes = config.archive_max_bytes;
     archive.timeout = config.archive_timeout;
+    archive.allow_loopback = config.archive_allow_loopback;
+    archive.min_bytes_per_second = config.archive_min_bytes_per_second;
     auto archiver = FileArchiver::Create(archive, config.clock, &sc->metrics_);
     if (!archiver.ok()) return archiver.status();
     sc->archiver_ = std::move(*archiver);
     LogEvent(LogLevel::kInfo, "archive_enabled",
              {{"archive_dir", sc->archiver_->dir()},
               {"archive_max_bytes", absl::StrCat(config.archive_max_bytes)},
-              {"archive_timeout", absl::FormatDuration(config.archive_timeout)}});
+              {"archive_timeout", absl::FormatDuration(config.archive_timeout)},
+              {"archive_allow_loopback", config.archive_allow_loopback ? "true" : "false"}});
   }
   if (!config.redis_url.empty()) {
     fleet::FleetGateOptions fo;
@@ -217,8 +228,23 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
     }
     if (!fleet_key.ok()) return fleet_key.status();
     fo.api_key = *fleet_key;
+    fo.current_api_key = [key_source] { return key_source->Get(); };
+    fo.fleet_name = config.fleet_name;
+    if (!config.api_key_previous_file.empty()) {
+      // Read once: it only matters for the length of a rotation.
+      auto previous = ApiKeySource::FromFile(config.api_key_previous_file,
+                                             ApiKeyFileOptions{nullptr, absl::ZeroDuration()});
+      if (!previous.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--api_key_previous_file: ", previous.status().message()));
+      }
+      absl::StatusOr<std::string> old = (*previous)->Get();
+      if (!old.ok()) return old.status();
+      fo.accepted_api_keys.push_back(*old);
+    }
     fo.upstream_host = ParseUrl(config.upstream_url)->host;
     fo.fleet_qps = config.fleet_max_upstream_qps;
+    fo.fleet_arrival_margin = config.fleet_arrival_margin;
     fo.poll_interval = config.hub.poll_interval;
     fo.terminal_cache_ttl = config.hub.terminal_cache_ttl;
     fo.metrics = &sc->metrics_;
@@ -254,7 +280,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   CurlUpstreamClient::Options create_opts = copts;
   create_opts.timeout = config.create_timeout;
   sc->vendor_create_ =
-      std::make_unique<CurlVendorCreateClient>(create_opts, shared_key, config.clock);
+      std::make_unique<CurlVendorCreateClient>(create_opts, key_source, config.clock);
   sc->create_keys_ = std::make_unique<MemoryCreateKeyStore>(
       MemoryCreateKeyStore::Options{config.create_dedup_ttl, config.create_max_keys},
       config.clock);
@@ -419,12 +445,16 @@ void Sidecar::TearDown(absl::Duration grace) {
     server_->Shutdown(absl::ToChronoTime(std::min(end, absl::Now() + kCloseConnections)));
     server_->Wait();
   }
-  // The hub stops scheduling, then the client completes what is outstanding
-  // while the hub still exists; the hub itself goes last (~Sidecar).
+  // The hub stops scheduling and stops calling the gate and the archiver;
+  // then the client, the archiver and the gate complete what is outstanding
+  // while the hub still exists (the hub applies it locally, never to the
+  // fleet: an aborted archive must not become the fleet's state); the hub
+  // itself goes last (~Sidecar). The gate goes last of the three: nothing
+  // late can reach it.
   if (hub_ != nullptr) hub_->Shutdown();
-  gate_.reset();  // completes pending admissions while the hub exists
-  client_.reset();
+  client_.reset();    // completes requests in flight; their results find the hub
   archiver_.reset();  // aborts downloads; their callbacks still find the hub
+  gate_.reset();      // completes pending admissions while the hub exists
   StopMetrics();
 }
 

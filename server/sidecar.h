@@ -11,9 +11,11 @@
 // Shutdown(), bounded. Drain() turns health NOT_SERVING, refuses new watches
 // and ends open ones with UNAVAILABLE. Shutdown() drains, then stops
 // everything within `grace`. Teardown, also of a Start() that failed
-// halfway, always goes: gRPC server stopped, hub Shutdown(), upstream client
-// destroyed (its late completions still find the hub), metrics endpoint
-// stopped, then server, service and hub destroyed.
+// halfway, always goes: gRPC server stopped, hub Shutdown() (after which the
+// hub calls neither the fleet gate nor the archiver), upstream client,
+// archiver and fleet gate destroyed in that order (their late completions
+// still find the hub), metrics endpoint stopped, then server, service and
+// hub destroyed.
 #ifndef VIDEOTASK_SERVER_SIDECAR_H_
 #define VIDEOTASK_SERVER_SIDECAR_H_
 
@@ -65,10 +67,19 @@ struct SidecarConfig {
   std::string redis_url;
   std::string redis_password_file;
   double fleet_max_upstream_qps = 0;  // 0: no fleet budget
+  // The fleet's name; with the upstream host it names the Redis namespace
+  // (empty: "default"). Not the API key, so a key rotation keeps one fleet.
+  std::string fleet_name;
+  // The fleet budget's allowance for differing request lags (RedisRateBudget).
+  absl::Duration fleet_arrival_margin = absl::Milliseconds(250);
+  // During a key rotation: the previous key, whose signed states still verify.
+  std::string api_key_previous_file;
   // Archiving completed videos (empty archive_dir: off); see file_archiver.h.
   std::string archive_dir;
   int64_t archive_max_bytes = int64_t{2} << 30;
   absl::Duration archive_timeout = absl::Minutes(30);
+  bool archive_allow_loopback = false;
+  int64_t archive_min_bytes_per_second = 32 << 10;
   // CreateVideoTask (see server/create/creator.h): how long request_ids are
   // remembered, the spend guard (0: off), and whether creates are allowed
   // when `listen` is neither loopback nor a unix socket.

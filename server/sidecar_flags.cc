@@ -56,6 +56,20 @@ ABSL_FLAG(double, fleet_max_upstream_qps, 0,
           "Fleet mode: at most this many upstream requests per second across every sidecar of "
           "the fleet (set it to the vendor's per-key limit); 0 turns the fleet budget off. The "
           "local --max_upstream_qps and --max_inflight still apply.");
+ABSL_FLAG(std::string, fleet_name, "default",
+          "Fleet mode: the fleet's name. Sidecars with the same --fleet_name and upstream host "
+          "share one budget, pause, leases and states in --redis_url, whichever API key each "
+          "holds (a key rotation stays one fleet). Give each vendor account its own name when "
+          "several share one Redis and upstream host.");
+ABSL_FLAG(absl::Duration, fleet_arrival_margin, absl::Milliseconds(250),
+          "Fleet mode: grants of the fleet budget are spaced by (1s + this) / "
+          "--fleet_max_upstream_qps, so the vendor sees at most --fleet_max_upstream_qps "
+          "requests in any second while the requests' lags (grant to arrival) differ by at "
+          "most this; the fleet then spends up to qps / (1 + margin) a second. 0 to 10s.");
+ABSL_FLAG(std::string, api_key_previous_file, "",
+          "Fleet mode, during an API key rotation: a file with the previous key. Shared states "
+          "signed with it (by sidecars not yet on the new key) are still accepted; states are "
+          "signed with the current key. Remove it once every sidecar uses the new key.");
 ABSL_FLAG(std::string, archive_dir, "",
           "Archive completed videos into this directory (a volume the worker mounts too): a "
           "COMPLETED event then waits for the copy and carries it (task.archive), or "
@@ -65,6 +79,13 @@ ABSL_FLAG(int64_t, archive_max_bytes, int64_t{2} << 30,
 ABSL_FLAG(absl::Duration, archive_timeout, absl::Minutes(30),
           "How long a failing video download is retried before COMPLETED is sent with "
           "archive_error.");
+ABSL_FLAG(bool, archive_allow_loopback, false,
+          "Let the archiver download a video_url that is plain http:// to a loopback host or "
+          "resolves to a loopback address (a video host in the pod, tests). Redirects never "
+          "reach loopback; private and link-local addresses are refused always.");
+ABSL_FLAG(int64_t, archive_min_bytes_per_second, 32 << 10,
+          "A video download slower than this on average over 60 s fails and is retried (a "
+          "slow host does not hold an archive slot forever); 0: no floor.");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics listen address (host:port); empty disables it.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
@@ -94,6 +115,8 @@ constexpr const char* kEnvFlags[] = {
     "max_pending_gets", "redis_url",          "redis_password_file", "fleet_max_upstream_qps",
     "slow_watcher_timeout", "metrics_listen", "shutdown_grace",      "log_format",
     "allow_insecure_upstream", "archive_dir", "archive_max_bytes", "archive_timeout",
+    "archive_allow_loopback", "archive_min_bytes_per_second",
+    "fleet_name",       "api_key_previous_file", "fleet_arrival_margin",
     "create_dedup_ttl", "max_creates_per_hour", "allow_remote_create"};
 
 }  // namespace
@@ -133,12 +156,17 @@ SidecarConfig SidecarConfigFromFlags() {
   config.archive_dir = absl::GetFlag(FLAGS_archive_dir);
   config.archive_max_bytes = absl::GetFlag(FLAGS_archive_max_bytes);
   config.archive_timeout = absl::GetFlag(FLAGS_archive_timeout);
+  config.archive_allow_loopback = absl::GetFlag(FLAGS_archive_allow_loopback);
+  config.archive_min_bytes_per_second = absl::GetFlag(FLAGS_archive_min_bytes_per_second);
   config.redis_url = absl::GetFlag(FLAGS_redis_url);
   config.redis_password_file = absl::GetFlag(FLAGS_redis_password_file);
   config.fleet_max_upstream_qps = absl::GetFlag(FLAGS_fleet_max_upstream_qps);
   config.create_dedup_ttl = absl::GetFlag(FLAGS_create_dedup_ttl);
   config.max_creates_per_hour = absl::GetFlag(FLAGS_max_creates_per_hour);
   config.allow_remote_create = absl::GetFlag(FLAGS_allow_remote_create);
+  config.fleet_name = absl::GetFlag(FLAGS_fleet_name);
+  config.fleet_arrival_margin = absl::GetFlag(FLAGS_fleet_arrival_margin);
+  config.api_key_previous_file = absl::GetFlag(FLAGS_api_key_previous_file);
   return config;
 }
 

@@ -44,6 +44,7 @@ const FLEET_ONLY_METRICS = [
   "videotask_fleet_tokens_denied_total",
   "videotask_fleet_entries_rejected_total",
   "videotask_fleet_follower_tasks",
+  "videotask_fleet_faults_total",
 ];
 // The metrics a sidecar exports only with --archive_dir.
 const ARCHIVE_ONLY_METRICS = [

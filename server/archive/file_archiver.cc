@@ -3,16 +3,22 @@
 #include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
+#include <ctime>
 #include <mutex>
 #include <optional>
 #include <tuple>
@@ -105,13 +111,19 @@ bool WriteAll(int fd, const char* p, size_t n) {
   return true;
 }
 
-bool FsyncDir(const std::string& dir) {
+// 0, or the errno of a failed open or fsync of `dir`.
+int FsyncDirWith(const std::string& dir, const std::function<int(int)>& fsync_fn) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return false;
-  const bool ok = ::fsync(fd) == 0;
+  if (fd < 0) return errno;
+  const int rc = fsync_fn ? fsync_fn(fd) : ::fsync(fd);
+  const int err = rc == 0 ? 0 : (errno != 0 ? errno : EIO);
   ::close(fd);
-  return ok;
+  return err;
 }
+
+constexpr char kStateDir[] = ".archive-state";
+// Records of published copies older than this are removed at start.
+constexpr absl::Duration kRecordKeep = absl::Hours(24);
 
 bool IsDiskFull(int err) { return err == ENOSPC || err == EFBIG || err == EDQUOT; }
 
@@ -176,8 +188,9 @@ struct UrlCheck {
   std::string error;  // never contains the URL's query (it may hold a signature)
 };
 
-// https://, or http:// to a loopback address.
-UrlCheck CheckUrl(const std::string& url) {
+// https://; or, for the first URL with --archive_allow_loopback, http:// to
+// a loopback host. (Addresses are checked again once resolved.)
+UrlCheck CheckUrl(const std::string& url, bool first, bool allow_loopback) {
   UrlCheck out;
   CURLU* u = curl_url();
   if (u == nullptr) {
@@ -192,16 +205,48 @@ UrlCheck CheckUrl(const std::string& url) {
     out.error = "not a valid absolute URL";
   } else if (absl::EqualsIgnoreCase(scheme, "https")) {
     out.ok = true;
-  } else if (absl::EqualsIgnoreCase(scheme, "http") && IsLoopbackAddress(host)) {
+  } else if (absl::EqualsIgnoreCase(scheme, "http") && first && allow_loopback &&
+             IsLoopbackAddress(host)) {
     out.ok = true;
   } else {
-    out.error = absl::StrCat("refused ", scheme, "://", host,
-                             ": only https:// (or http:// to loopback) is followed");
+    out.error = absl::StrCat(
+        "refused ", scheme, "://", host,
+        ": only https:// is followed (plain http:// only to a loopback host, for the first URL, "
+        "with --archive_allow_loopback)");
   }
   curl_free(scheme);
   curl_free(host);
   curl_url_cleanup(u);
   return out;
+}
+
+std::string AddressText(const struct sockaddr* sa) {
+  char buf[INET6_ADDRSTRLEN] = {0};
+  if (sa->sa_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, buf, sizeof(buf));
+  } else if (sa->sa_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, buf, sizeof(buf));
+  }
+  return buf;
+}
+
+std::string NonPublicV4(uint32_t a) {  // host order
+  auto in = [a](uint32_t net, int bits) {
+    const uint32_t mask = bits == 0 ? 0 : ~uint32_t{0} << (32 - bits);
+    return (a & mask) == net;
+  };
+  if (in(0x7f000000, 8)) return "loopback";
+  if (in(0xa9fe0000, 16)) return "link-local";
+  if (in(0x0a000000, 8) || in(0xac100000, 12) || in(0xc0a80000, 16) || in(0x64400000, 10)) {
+    return "private";
+  }
+  if (in(0x00000000, 8)) return "unspecified";
+  if (in(0xe0000000, 4)) return "multicast";
+  if (in(0xf0000000, 4) || in(0xc0000000, 24) || in(0xc0000200, 24) || in(0xc6336400, 24) ||
+      in(0xcb007100, 24) || in(0xc6120000, 15)) {
+    return "reserved";
+  }
+  return "";
 }
 
 // The URL without query and fragment, for messages (signed URLs carry
@@ -216,6 +261,40 @@ int64_t ToMillis(absl::Duration d) { return std::max<int64_t>(1, absl::ToInt64Mi
 std::once_flag curl_once;
 
 }  // namespace
+
+std::string NonPublicAddressKind(const struct sockaddr* sa) {
+  if (sa == nullptr) return "reserved";
+  if (sa->sa_family == AF_INET) {
+    return NonPublicV4(ntohl(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr.s_addr));
+  }
+  if (sa->sa_family != AF_INET6) return "reserved";
+  const unsigned char* b = reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr.s6_addr;
+  auto v4_at = [b](int i) {
+    return (uint32_t{b[i]} << 24) | (uint32_t{b[i + 1]} << 16) | (uint32_t{b[i + 2]} << 8) |
+           uint32_t{b[i + 3]};
+  };
+  auto zero = [b](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      if (b[i] != 0) return false;
+    }
+    return true;
+  };
+  if (zero(0, 15) && b[15] == 1) return "loopback";
+  if (zero(0, 16)) return "unspecified";
+  if (zero(0, 10) && b[10] == 0xff && b[11] == 0xff) return NonPublicV4(v4_at(12));  // ::ffff:v4
+  if (zero(0, 12)) return "reserved";  // ::v4 (deprecated IPv4-compatible)
+  if (b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && zero(4, 12)) {
+    const std::string v4 = NonPublicV4(v4_at(12));  // 64:ff9b::/96 (NAT64)
+    return v4;
+  }
+  if (b[0] == 0x20 && b[1] == 0x02) return NonPublicV4(v4_at(2));  // 2002::/16 (6to4)
+  if ((b[0] & 0xfe) == 0xfc) return "private";                     // fc00::/7
+  if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) return "link-local";  // fe80::/10
+  if (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) return "private";     // fec0::/10 (site-local)
+  if (b[0] == 0xff) return "multicast";
+  if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) return "reserved";
+  return "";
+}
 
 absl::Status ValidateFileArchiverOptions(const FileArchiverOptions& o) {
   if (o.dir.empty()) return absl::InvalidArgumentError("--archive_dir must not be empty");
@@ -236,6 +315,9 @@ absl::Status ValidateFileArchiverOptions(const FileArchiverOptions& o) {
   if (o.max_redirects < 0 || o.max_redirects > 20) {
     return absl::InvalidArgumentError("archive max_redirects must be in [0, 20]");
   }
+  if (o.min_bytes_per_second < 0) {
+    return absl::InvalidArgumentError("--archive_min_bytes_per_second must not be negative");
+  }
   if (o.max_client_error_attempts < 1) {
     return absl::InvalidArgumentError("archive max_client_error_attempts must be at least 1");
   }
@@ -249,11 +331,21 @@ struct FileArchiver::Outcome {
   VideoArchive archive;
   bool retryable = false;
   bool client_error = false;
+  bool claimed_elsewhere = false;  // another sidecar holds the claim: wait
   std::string reason;  // metrics label
   std::string error;   // for archive_error
+
+  // Marks this outcome failed and returns a copy of it to return.
+  Outcome Failed(const std::string& why, std::string message, bool retry) {
+    ok = false;
+    reason = why;
+    error = std::move(message);
+    retryable = retry;
+    return *this;
+  }
 };
 
-// The state of one GET, shared with libcurl's callbacks.
+// The state of one download, shared with libcurl's callbacks.
 class FileArchiver::Transfer {
  public:
   Transfer(FileArchiver* owner, int fd, absl::Time deadline)
@@ -263,8 +355,18 @@ class FileArchiver::Transfer {
   Sha256 sha;
   int64_t bytes = 0;  // written to the file
   bool too_large = false;
+  bool too_slow = false;
   int write_errno = 0;  // a failed write()
+  int hop = 0;          // 0: the first URL
+  std::string refused;  // an address the open-socket check refused
   char error[CURL_ERROR_SIZE] = {0};
+
+  // Starts a hop: the throughput window starts again.
+  void NewHop(int h) {
+    hop = h;
+    window_start_ = owner_->clock_->Monotonic();
+    window_bytes_ = 0;
+  }
 
   static size_t OnBody(char* p, size_t size, size_t n, void* self) {
     auto* t = static_cast<Transfer*>(self);
@@ -286,53 +388,112 @@ class FileArchiver::Transfer {
     return len;
   }
 
-  static int OnProgress(void* self, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  static int OnProgress(void* self, curl_off_t, curl_off_t dlnow, curl_off_t, curl_off_t) {
     auto* t = static_cast<Transfer*>(self);
+    // The throughput floor, per stall_timeout window, on the injected clock.
+    const FileArchiverOptions& o = t->owner_->options_;
+    const absl::Time now = t->owner_->clock_->Monotonic();
+    if (o.min_bytes_per_second > 0 && now - t->window_start_ >= o.stall_timeout) {
+      const double floor = absl::ToDoubleSeconds(now - t->window_start_) *
+                           static_cast<double>(o.min_bytes_per_second);
+      if (static_cast<double>(dlnow - t->window_bytes_) < floor) {
+        t->too_slow = true;
+        return 1;
+      }
+      t->window_start_ = now;
+      t->window_bytes_ = dlnow;
+    }
     return t->owner_->Aborted(t->deadline_) ? 1 : 0;
+  }
+
+  // CURLOPT_OPENSOCKETFUNCTION: the socket for an address libcurl resolved,
+  // unless the address is not public (loopback allowed for the first URL
+  // with allow_loopback). Checking here is race-free against DNS rebinding:
+  // this is the address connect() gets, with no lookup in between.
+  static curl_socket_t OnOpenSocket(void* self, curlsocktype purpose, struct curl_sockaddr* a) {
+    auto* t = static_cast<Transfer*>(self);
+    if (purpose != CURLSOCKTYPE_IPCXN) return CURL_SOCKET_BAD;
+    const std::string kind = NonPublicAddressKind(&a->addr);
+    if (!kind.empty() &&
+        !(kind == "loopback" && t->hop == 0 && t->owner_->options_.allow_loopback)) {
+      t->refused = absl::StrCat(AddressText(&a->addr), " (", kind, ")");
+      return CURL_SOCKET_BAD;
+    }
+    return ::socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
   }
 
  private:
   FileArchiver* owner_;
   int fd_;
   absl::Time deadline_;
+  absl::Time window_start_;
+  curl_off_t window_bytes_ = 0;
 };
 
 bool FileArchiver::Aborted(absl::Time deadline) const {
   return stopping_.load(std::memory_order_relaxed) || clock_->Monotonic() >= deadline;
 }
 
-FileArchiver::Outcome FileArchiver::TryReuse(const std::string& id) {
-  Outcome out;
-  const std::string meta_path = absl::StrCat(options_.dir, "/", id, ".json");
-  FILE* f = std::fopen(meta_path.c_str(), "re");
-  if (f == nullptr) return out;
+namespace {
+
+struct Meta {
+  std::string file;
+  std::string sha256;
+  int64_t size = 0;
+  std::string content_type;
+  absl::Time archive_time;
+};
+
+// The metadata at `path` when it is well-formed and for `id`.
+std::optional<Meta> ReadMeta(const std::string& path, const std::string& id) {
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (f == nullptr) return std::nullopt;
   std::string text;
   char buf[4096];
   size_t n;
   while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0 && text.size() < 65536) text.append(buf, n);
   std::fclose(f);
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (!j.is_object()) return out;
+  if (!j.is_object()) return std::nullopt;
   auto str = [&j](const char* k) {
     return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string();
   };
-  const std::string file = str("file");
-  const std::string sha = str("sha256");
-  const std::string when = str("archive_time");
-  if (str("id") != id || file.empty() || file.find('/') != std::string::npos || file[0] == '.' ||
-      !absl::StartsWith(file, id + ".") || sha.size() != 64 || !j.contains("size_bytes") ||
-      !j["size_bytes"].is_number_integer()) {
-    return out;
+  Meta m;
+  m.file = str("file");
+  m.sha256 = str("sha256");
+  m.content_type = str("content_type");
+  if (str("id") != id || m.file.empty() || m.file.find('/') != std::string::npos ||
+      m.file[0] == '.' || !absl::StartsWith(m.file, id + ".") ||
+      m.file == absl::StrCat(id, ".meta.json") || m.sha256.size() != 64 ||
+      !j.contains("size_bytes") || !j["size_bytes"].is_number_integer()) {
+    return std::nullopt;
   }
-  const int64_t size = j["size_bytes"].get<int64_t>();
-  absl::Time archive_time;
+  m.size = j["size_bytes"].get<int64_t>();
   std::string err;
-  if (!absl::ParseTime(absl::RFC3339_full, when, &archive_time, &err)) return out;
-  const std::string path = absl::StrCat(options_.dir, "/", file);
+  if (!absl::ParseTime(absl::RFC3339_full, str("archive_time"), &m.archive_time, &err)) {
+    return std::nullopt;
+  }
+  return m;
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+}  // namespace
+
+int FileArchiver::SyncDir() const { return FsyncDirWith(options_.dir, options_.fsync_dir); }
+
+FileArchiver::Outcome FileArchiver::TryReuse(const std::string& id) {
+  Outcome out;
+  std::optional<Meta> m = ReadMeta(absl::StrCat(options_.dir, "/", id, ".meta.json"), id);
+  if (!m.has_value()) return out;
+  const std::string path = absl::StrCat(options_.dir, "/", m->file);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return out;
   struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size != size) {
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size != m->size) {
     ::close(fd);
     return out;
   }
@@ -352,13 +513,31 @@ FileArchiver::Outcome FileArchiver::TryReuse(const std::string& id) {
     if (stopping_.load(std::memory_order_relaxed)) read_ok = false;
   }
   ::close(fd);
-  if (!read_ok || h.HexDigest() != sha) return out;
+  if (!read_ok || h.HexDigest() != m->sha256) return out;
   out.ok = true;
   out.archive.set_uri(FileUri(path));
-  out.archive.set_sha256(sha);
-  out.archive.set_size_bytes(size);
-  out.archive.set_content_type(str("content_type"));
-  ToTimestamp(archive_time, out.archive.mutable_archive_time());
+  out.archive.set_sha256(m->sha256);
+  out.archive.set_size_bytes(m->size);
+  out.archive.set_content_type(m->content_type);
+  ToTimestamp(m->archive_time, out.archive.mutable_archive_time());
+  return out;
+}
+
+FileArchiver::Outcome FileArchiver::FromRecord(const std::string& id) {
+  Outcome out;
+  std::optional<Meta> m =
+      ReadMeta(absl::StrCat(options_.dir, "/", kStateDir, "/", id, ".done"), id);
+  if (!m.has_value()) return out;
+  // Only when the copy was taken away (by the worker): a copy that is there
+  // but no longer matches is made again.
+  const std::string path = absl::StrCat(options_.dir, "/", m->file);
+  if (Exists(path) || Exists(absl::StrCat(options_.dir, "/", id, ".meta.json"))) return out;
+  out.ok = true;
+  out.archive.set_uri(FileUri(path));
+  out.archive.set_sha256(m->sha256);
+  out.archive.set_size_bytes(m->size);
+  out.archive.set_content_type(m->content_type);
+  ToTimestamp(m->archive_time, out.archive.mutable_archive_time());
   return out;
 }
 
@@ -366,22 +545,82 @@ FileArchiver::Outcome FileArchiver::RunAttempt(const std::string& id, const std:
                                                absl::Time deadline) {
   Outcome out;
   auto fail = [&out](const std::string& reason, std::string error, bool retryable) {
-    out.ok = false;
-    out.reason = reason;
-    out.error = std::move(error);
-    out.retryable = retryable;
-    return out;
+    return out.Failed(reason, std::move(error), retryable);
   };
   if (!ValidateTaskId(id).ok()) return fail("invalid", "the task id is not a valid id", false);
   if (url.empty()) return fail("invalid", "the task has no video_url", false);
-  if (Outcome reuse = TryReuse(id); reuse.ok) {
+  auto reused = [this, &fail](Outcome o) {
+    // What is reported must be durable, whoever wrote it.
+    if (const int err = SyncDir(); err != 0) {
+      return fail("io_error", absl::StrCat("fsync of the archive dir: ", strerror(err)), true);
+    }
     reused_.fetch_add(1);
-    return reuse;
-  }
-  if (UrlCheck c = CheckUrl(url); !c.ok) {
+    return o;
+  };
+  if (Outcome reuse = TryReuse(id); reuse.ok) return reused(std::move(reuse));
+  if (UrlCheck c = CheckUrl(url, true, options_.allow_loopback); !c.ok) {
     return fail("insecure_url", absl::StrCat("video_url ", c.error), false);
   }
 
+  // The claim: one sidecar at a time downloads a task into a shared
+  // directory. An flock() on the claim file: the kernel (or the NFS server,
+  // when the lease of a crashed client ends) drops it with its holder.
+  const std::string claim = absl::StrCat(options_.dir, "/", kStateDir, "/", id, ".claim");
+  int claim_fd = -1;
+  while (claim_fd < 0) {
+    claim_fd = ::open(claim.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (claim_fd < 0) {
+      const int err = errno;
+      if (IsDiskFull(err)) {
+        return fail("disk_full", absl::StrCat("archive dir: ", strerror(err)), false);
+      }
+      return fail("io_error",
+                  absl::StrCat("cannot claim the task in the archive dir: ", strerror(err)), true);
+    }
+    if (::flock(claim_fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      ::close(claim_fd);
+      if (err == EWOULDBLOCK) {
+        out = fail("claimed", "another sidecar sharing the archive dir is archiving this task",
+                   true);
+        out.claimed_elsewhere = true;
+        return out;
+      }
+      return fail("io_error", absl::StrCat("cannot lock the claim: ", strerror(err)), true);
+    }
+    // The holder before may have removed the file between our open and lock:
+    // then the lock is on a file nobody else will look at; again.
+    struct stat held, named;
+    if (::fstat(claim_fd, &held) != 0 || ::stat(claim.c_str(), &named) != 0 ||
+        held.st_ino != named.st_ino || held.st_dev != named.st_dev) {
+      ::close(claim_fd);
+      claim_fd = -1;
+    }
+  }
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  const std::string who = absl::StrCat(host, " pid ", ::getpid(), "\n");
+  if (::ftruncate(claim_fd, 0) == 0) WriteAll(claim_fd, who.data(), who.size());  // for people
+  // Whoever held the claim before may have published it just now, or may
+  // have published it and seen the worker take it away since.
+  if (Outcome reuse = TryReuse(id); reuse.ok) {
+    out = reused(std::move(reuse));
+  } else if (Outcome record = FromRecord(id); record.ok) {
+    out = reused(std::move(record));
+  } else {
+    out = Download(id, url, deadline);
+  }
+  ::unlink(claim.c_str());  // before the unlock: a waiter then finds a new file
+  ::close(claim_fd);
+  return out;
+}
+
+FileArchiver::Outcome FileArchiver::Download(const std::string& id, const std::string& url,
+                                             absl::Time deadline) {
+  Outcome out;
+  auto fail = [&out](const std::string& reason, std::string error, bool retryable) {
+    return out.Failed(reason, std::move(error), retryable);
+  };
   // The temporary file, in the final directory so that rename() is atomic.
   std::string tmp;
   int fd = -1;
@@ -411,11 +650,18 @@ FileArchiver::Outcome FileArchiver::RunAttempt(const std::string& id, const std:
     discard();
     return fail("io_error", "SHA-256 unavailable", true);
   }
+  struct curl_slist* resolve = nullptr;
+  for (const std::string& r : options_.resolve) resolve = curl_slist_append(resolve, r.c_str());
+  struct SlistFree {
+    curl_slist* l;
+    ~SlistFree() { curl_slist_free_all(l); }
+  } free_resolve{resolve};
   std::string current = url;
   std::string content_type;
   int hops = 0;
   downloads_.fetch_add(1);
   while (true) {
+    t.NewHop(hops);
     CURL* easy = curl_easy_init();
     if (easy == nullptr) {
       discard();
@@ -429,6 +675,10 @@ FileArchiver::Outcome FileArchiver::RunAttempt(const std::string& id, const std:
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);  // each hop is checked below
+    curl_easy_setopt(easy, CURLOPT_PROXY, "");           // no proxy from the environment
+    curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, &Transfer::OnOpenSocket);
+    curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, static_cast<void*>(&t));
+    if (resolve != nullptr) curl_easy_setopt(easy, CURLOPT_RESOLVE, resolve);
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
     if (!options_.ca_file.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, options_.ca_file.c_str());
@@ -475,7 +725,25 @@ FileArchiver::Outcome FileArchiver::RunAttempt(const std::string& id, const std:
         return fail("io_error", absl::StrCat("writing the archive: ", strerror(t.write_errno)),
                     true);
       }
+      if (!t.refused.empty()) {
+        return fail("insecure_url",
+                    absl::StrCat(hops == 0 ? "video_url " : "redirect ", Redacted(current),
+                                 " refused: it resolves to ", t.refused,
+                                 ", not a public address",
+                                 hops == 0 && !options_.allow_loopback
+                                     ? " (a loopback video host needs --archive_allow_loopback)"
+                                     : ""),
+                    false);
+      }
       if (stopping_.load()) return fail("shutdown", "archiving stopped", false);
+      if (t.too_slow) {
+        return fail("slow",
+                    absl::StrCat("downloading ", Redacted(current), ": fewer than ",
+                                 options_.min_bytes_per_second,
+                                 " bytes/s over ", absl::FormatDuration(options_.stall_timeout),
+                                 " (--archive_min_bytes_per_second)"),
+                    true);
+      }
       if (rc == CURLE_ABORTED_BY_CALLBACK ||
           (rc == CURLE_OPERATION_TIMEDOUT && clock_->Monotonic() >= deadline)) {
         return fail("timeout", "the archive timeout ran out during the download", false);
@@ -494,7 +762,7 @@ FileArchiver::Outcome FileArchiver::RunAttempt(const std::string& id, const std:
         return fail("redirect", absl::StrCat("more than ", options_.max_redirects, " redirects"),
                     false);
       }
-      if (UrlCheck c = CheckUrl(next); !c.ok) {
+      if (UrlCheck c = CheckUrl(next, false, options_.allow_loopback); !c.ok) {
         discard();
         return fail("insecure_url", absl::StrCat("redirect ", c.error), false);
       }
@@ -540,7 +808,11 @@ FileArchiver::Outcome FileArchiver::RunAttempt(const std::string& id, const std:
     discard();
     return fail("io_error", absl::StrCat("rename: ", strerror(err)), true);
   }
-  FsyncDir(options_.dir);
+  // From here on `path` is published: a failure leaves it (complete, and
+  // replaced by the next attempt) rather than unlinking a published name.
+  if (const int err = SyncDir(); err != 0) {
+    return fail("io_error", absl::StrCat("fsync of the archive dir: ", strerror(err)), true);
+  }
 
   out.archive.set_uri(FileUri(path));
   out.archive.set_sha256(t.sha.HexDigest());
@@ -563,8 +835,8 @@ FileArchiver::Outcome FileArchiver::RunAttempt(const std::string& id, const std:
   };
   const std::string text =
       meta.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  const std::string meta_path = absl::StrCat(options_.dir, "/", id, ".json");
-  const std::string meta_tmp = absl::StrCat(tmp, ".json");
+  const std::string meta_path = absl::StrCat(options_.dir, "/", id, ".meta.json");
+  const std::string meta_tmp = absl::StrCat(tmp.substr(0, tmp.size() - 5), ".meta.part");
   const int mfd = ::open(meta_tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   int merr = mfd < 0 ? errno : 0;
   if (mfd >= 0) {
@@ -573,15 +845,24 @@ FileArchiver::Outcome FileArchiver::RunAttempt(const std::string& id, const std:
     if (merr == 0 && ::rename(meta_tmp.c_str(), meta_path.c_str()) != 0) merr = errno;
   }
   if (merr != 0) {
-    // Without its metadata the copy could not be trusted after a restart.
-    ::unlink(meta_tmp.c_str());
-    ::unlink(path.c_str());
+    ::unlink(meta_tmp.c_str());  // ours; the published video stays
     if (IsDiskFull(merr)) {
       return fail("disk_full", absl::StrCat("archive dir full: ", strerror(merr)), false);
     }
     return fail("io_error", absl::StrCat("writing the metadata: ", strerror(merr)), true);
   }
-  FsyncDir(options_.dir);
+  if (const int err = SyncDir(); err != 0) {
+    return fail("io_error", absl::StrCat("fsync of the archive dir: ", strerror(err)), true);
+  }
+  // The record that it was published (best effort: without it a sidecar
+  // that comes after the worker removed the copy downloads it again).
+  const std::string record = absl::StrCat(options_.dir, "/", kStateDir, "/", id, ".done");
+  const std::string record_tmp = absl::StrCat(record, ".part");
+  ::unlink(record_tmp.c_str());
+  if (::link(meta_path.c_str(), record_tmp.c_str()) != 0 ||
+      ::rename(record_tmp.c_str(), record.c_str()) != 0) {
+    ::unlink(record_tmp.c_str());
+  }
   out.ok = true;
   return out;
 }
@@ -633,11 +914,33 @@ absl::StatusOr<std::unique_ptr<FileArchiver>> FileArchiver::Create(FileArchiverO
     const absl::Time cutoff = clock->Now() - options.timeout - absl::Minutes(1);
     while (struct dirent* e = ::readdir(d)) {
       const absl::string_view name = e->d_name;
-      if (!absl::StartsWith(name, ".") || !absl::StrContains(name, ".part")) continue;
+      if (!absl::StartsWith(name, ".") || !absl::EndsWith(name, ".part")) continue;
       const std::string path = absl::StrCat(options.dir, "/", name);
       struct stat fst;
       if (::lstat(path.c_str(), &fst) == 0 && S_ISREG(fst.st_mode) &&
           absl::FromTimeT(fst.st_mtime) < cutoff) {
+        ::unlink(path.c_str());
+      }
+    }
+    ::closedir(d);
+  }
+  // Claims and records of sidecars sharing the directory; records of copies
+  // published long ago go.
+  const std::string state = absl::StrCat(options.dir, "/", kStateDir);
+  if (::mkdir(state.c_str(), 0755) != 0 && errno != EEXIST) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--archive_dir ", options.dir, ": cannot create ", kStateDir, ": ",
+                     strerror(errno)));
+  }
+  if (DIR* d = ::opendir(state.c_str())) {
+    const absl::Time cutoff = absl::Now() - kRecordKeep;
+    while (struct dirent* e = ::readdir(d)) {
+      const absl::string_view name = e->d_name;
+      if (!absl::EndsWith(name, ".done") && !absl::EndsWith(name, ".part")) continue;
+      const std::string path = absl::StrCat(state, "/", name);
+      struct stat fst;
+      if (::lstat(path.c_str(), &fst) == 0 && S_ISREG(fst.st_mode) &&
+          absl::FromTimeT(fst.st_ctime) < cutoff) {
         ::unlink(path.c_str());
       }
     }
@@ -722,6 +1025,9 @@ void FileArchiver::SchedulerLoop() {
       std::vector<std::string> gone;
       for (auto& [id, job] : jobs_) {
         if (job->running) continue;
+        // A due job waits for a slot: that time is not its own (its
+        // deadline moves on when it gets one).
+        if (job->next_try <= now) continue;
         if (now >= job->deadline) {
           gone.push_back(id);
           continue;
@@ -744,6 +1050,7 @@ void FileArchiver::SchedulerLoop() {
           }
         }
         if (best == nullptr) break;
+        best->deadline += now - best->next_try;  // the wait for a slot
         best->running = true;
         ++running_;
         ready_.push_back(best->id);
@@ -797,6 +1104,8 @@ void FileArchiver::WorkerLoop() {
     }
     Outcome o = RunAttempt(id, url, deadline);
     std::unique_ptr<Job> finished;
+    bool claim_gave_up = false;
+    std::string previous_error;  // of the attempt before this one
     {
       absl::MutexLock lock(&mu_);
       --running_;
@@ -805,33 +1114,51 @@ void FileArchiver::WorkerLoop() {
       if (it == jobs_.end()) continue;  // cannot happen: only this worker runs it
       Job& job = *it->second;
       job.running = false;
-      if (!o.ok) {
+      const absl::Time now = clock_->Monotonic();
+      if (o.claimed_elsewhere && !stopping_) {
+        // Not an attempt of ours: look again soon, within the deadline.
+        --job.attempts;
         job.last_error = o.error;
         job.last_reason = o.reason;
-        job.client_errors = o.client_error ? job.client_errors + 1 : 0;
-      }
-      const absl::Time now = clock_->Monotonic();
-      if (o.ok || !o.retryable || stopping_ ||
-          job.client_errors >= options_.max_client_error_attempts) {
+        job.next_try = now + options_.initial_backoff;
+        if (job.next_try < job.deadline) continue;
         finished = std::move(it->second);
         jobs_.erase(it);
+        claim_gave_up = true;
       } else {
-        job.next_try = now + Backoff(job.attempts);
-        if (job.next_try >= job.deadline) {
+        previous_error = job.last_error;
+        if (!o.ok) {
+          job.last_error = o.error;
+          job.last_reason = o.reason;
+          job.client_errors = o.client_error ? job.client_errors + 1 : 0;
+        }
+        if (o.ok || !o.retryable || stopping_ ||
+            job.client_errors >= options_.max_client_error_attempts) {
           finished = std::move(it->second);
           jobs_.erase(it);
         } else {
-          LogEvent(LogLevel::kWarning, "archive_retry",
-                   {{"task", id},
-                    {"attempt", absl::StrCat(job.attempts)},
-                    {"reason", o.reason},
-                    {"error", o.error},
-                    {"retry_in", absl::FormatDuration(
-                                     absl::Trunc(job.next_try - now, absl::Milliseconds(1)))}});
+          job.next_try = now + Backoff(job.attempts);
+          if (job.next_try >= job.deadline) {
+            finished = std::move(it->second);
+            jobs_.erase(it);
+          } else {
+            LogEvent(LogLevel::kWarning, "archive_retry",
+                     {{"task", id},
+                      {"attempt", absl::StrCat(job.attempts)},
+                      {"reason", o.reason},
+                      {"error", o.error},
+                      {"retry_in", absl::FormatDuration(
+                                       absl::Trunc(job.next_try - now, absl::Milliseconds(1)))}});
+          }
         }
       }
     }
     if (finished == nullptr) continue;
+    if (claim_gave_up) {
+      Finish(std::move(finished), nullptr,
+             absl::StrCat("gave up (--archive_timeout): ", o.error), o.reason);
+      continue;
+    }
     if (o.ok) {
       Finish(std::move(finished), &o.archive, "", "");
     } else if (o.retryable && !stopping_ &&
@@ -840,10 +1167,17 @@ void FileArchiver::WorkerLoop() {
              absl::StrCat("gave up after ", finished->attempts,
                           " attempts (--archive_timeout): ", o.error),
              o.reason);
-    } else {
+    } else if (stopping_) {
+      Finish(std::move(finished), nullptr, "archiving stopped: the sidecar is shutting down",
+             "shutdown");
+    } else if (o.reason == "timeout" && !previous_error.empty()) {
+      // The timeout cut a retry: what went wrong before is the news.
       Finish(std::move(finished), nullptr,
-             stopping_ ? std::string("archiving stopped: the sidecar is shutting down") : o.error,
-             stopping_ ? std::string("shutdown") : o.reason);
+             absl::StrCat("gave up after ", finished->attempts, " attempts (--archive_timeout ran "
+                          "out during the last): ", previous_error),
+             o.reason);
+    } else {
+      Finish(std::move(finished), nullptr, o.error, o.reason);
     }
   }
 }

@@ -1,6 +1,7 @@
 // FileArchiver: the Archiver for `--archive_dir=PATH`, a volume the worker
 // mounts too. It copies a COMPLETED task's video from its video_url to
-// PATH/<id>.<ext> and describes the copy in PATH/<id>.json.
+// PATH/<id>.<ext> and describes the copy in PATH/<id>.meta.json (a name no
+// video extension can take).
 //
 // How a copy is made:
 // - Streamed with libcurl on a worker thread of its own (at most
@@ -9,30 +10,54 @@
 //   SHA-256 computed on the way; the video is never held in memory. The file
 //   is fsync'd, renamed to its final name and the directory fsync'd, so no
 //   partial file ever carries the final name. Then the metadata (uri,
-//   sha256, size, content type, archive time) is written the same way.
+//   sha256, size, content type, archive time) is written the same way. A
+//   failed directory fsync fails the attempt (io_error, retried): `archive`
+//   is only reported once the names are durable.
 // - The extension comes from the URL's path, else from the Content-Type,
 //   else `mp4`.
 // - No header the sidecar does not need is sent: no Authorization (the
-//   vendor's key never reaches the video host). Redirects are followed by
-//   hand, at most `max_redirects`, each only to https:// or to plain http://
-//   on a loopback address; the first URL obeys the same rule.
+//   vendor's key never reaches the video host), no proxy. Redirects are
+//   followed by hand, at most `max_redirects`, each only to https://.
+//   Plain http:// is followed only for the first URL, to a loopback host,
+//   with `allow_loopback`. Every address libcurl is about to connect to
+//   (after DNS) is checked in its open-socket callback: loopback, link-local
+//   (169.254/16, the cloud metadata address, fe80::/10), private (10/8,
+//   172.16/12, 192.168/16, 100.64/10, fc00::/7), unspecified, multicast and
+//   reserved addresses are refused, the check being on the very address the
+//   socket connects to (no second lookup a rebinding DNS could answer
+//   differently). `allow_loopback` lets the first URL (never a redirect)
+//   reach a loopback address; private addresses are refused always.
 // - More than `max_bytes` (by Content-Length or as counted) aborts the copy;
 //   a full disk (ENOSPC, EFBIG, also from RLIMIT_FSIZE) too. Both end the
 //   archive at once with `archive_error`, the partial file removed.
 // - Other failures (connection errors, cut transfers, 5xx, a stall of
-//   `stall_timeout`) are retried after `initial_backoff`, doubling (+-20%
-//   jitter) up to `max_backoff`, until `timeout` after Archive() was called;
-//   then `archive_error` says what went wrong last. Client errors (4xx but
-//   408 and 429) end it after `max_client_error_attempts` in a row.
+//   `stall_timeout`, fewer than `min_bytes_per_second` on average over any
+//   `stall_timeout` of the transfer, by the injected clock) are retried
+//   after `initial_backoff`, doubling (+-20% jitter) up to `max_backoff`,
+//   until `timeout` of the archive's own time has passed (time spent waiting
+//   for a free download slot does not count); then `archive_error` says what
+//   went wrong last. Client errors (4xx but 408 and 429) end it after
+//   `max_client_error_attempts` in a row.
+// - Sidecars sharing PATH (pods on one volume) claim a task before
+//   downloading it: an flock() on PATH/.archive-state/<id>.claim, which the
+//   kernel (or, on NFS, the server when a crashed client's lease ends) drops
+//   with its holder. Who finds the claim held waits (looks again every
+//   `initial_backoff`, within its timeout) and then answers from the
+//   holder's copy. After a copy is published, PATH/.archive-state/<id>.done
+//   (a hard link of the metadata) records it, so a sidecar that comes later
+//   and finds the worker has already removed the copy answers with that
+//   record instead of downloading it again. Published names are never
+//   unlinked by the archiver. Records older than a day are removed at start.
 // - A task whose metadata and file are already there (a restart, another
 //   pod sharing the volume) is reused when the file's size and SHA-256 match
 //   the metadata: no download.
 // - Archive() of an id already in progress joins it: one download.
 //
-// Time comes from the injected Clock: Monotonic() for the timeout, backoffs
-// and durations, Now() for archive_time. The scheduler re-reads the clock at
-// least once a second and on Kick(), so tests advancing a SimulatedClock
-// call Kick(). Metrics: videotask_archive_bytes_total,
+// Time comes from the injected Clock: Monotonic() for the timeout, backoffs,
+// the throughput floor and durations, Now() for archive_time (record ages
+// are file times, compared with the real clock). The scheduler re-reads the
+// clock at least once a second and on Kick(), so tests advancing a
+// SimulatedClock call Kick(). Metrics: videotask_archive_bytes_total,
 // videotask_archive_duration_seconds, videotask_archive_failures_total{reason}.
 //
 // Destroying the archiver aborts transfers in progress and runs every
@@ -45,11 +70,14 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include <sys/socket.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -77,11 +105,28 @@ struct FileArchiverOptions {
   absl::Duration connect_timeout = absl::Seconds(30);
   // An attempt that receives no byte for this long fails (and is retried).
   absl::Duration stall_timeout = absl::Seconds(60);
+  // An attempt that receives fewer bytes than this per second on average
+  // over a `stall_timeout` fails too (and is retried); 0: no floor.
+  int64_t min_bytes_per_second = 32 << 10;
+  // The first URL (never a redirect) may be plain http:// to a loopback
+  // host, or resolve to a loopback address (a video host in the pod, tests).
+  bool allow_loopback = false;
   int max_redirects = 5;
   int max_client_error_attempts = 3;
   std::string ca_file;  // empty: the system's CA bundle
   std::string user_agent = "videotask-sidecar";
+  // Tests only. `resolve`: libcurl CURLOPT_RESOLVE entries ("host:port:addr"),
+  // a stand-in for DNS answers. `fsync_dir`: replaces ::fsync() of the
+  // directory (returns 0 or -1 with errno set).
+  std::vector<std::string> resolve;
+  std::function<int(int fd)> fsync_dir;
 };
+
+// Why `addr` may not be connected to by the archiver ("loopback",
+// "link-local", "private", "unspecified", "multicast", "reserved"), or ""
+// for a public address. IPv4-mapped, NAT64 and 6to4 IPv6 addresses are
+// judged by the IPv4 address they carry.
+std::string NonPublicAddressKind(const struct sockaddr* addr);
 
 // OK, or INVALID_ARGUMENT naming the bad option (as the sidecar's flag).
 absl::Status ValidateFileArchiverOptions(const FileArchiverOptions& options);
@@ -142,7 +187,11 @@ class FileArchiver : public Archiver {
   void WorkerLoop();
   // One attempt for `job` (a copy taken under the lock); no lock held.
   Outcome RunAttempt(const std::string& id, const std::string& url, absl::Time deadline);
+  Outcome Download(const std::string& id, const std::string& url, absl::Time deadline);
   Outcome TryReuse(const std::string& id);
+  Outcome FromRecord(const std::string& id);
+  // 0, or the errno of a failed fsync of the archive directory.
+  int SyncDir() const;
   // Removes the job and runs its waiters with `archive` or `error`.
   void Finish(std::unique_ptr<Job> job, const videotask::v1::VideoArchive* archive,
               const std::string& error, const std::string& reason) ABSL_LOCKS_EXCLUDED(mu_);

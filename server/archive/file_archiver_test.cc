@@ -4,9 +4,12 @@
 #include "server/archive/file_archiver.h"
 
 #include <dirent.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <spawn.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -56,7 +59,8 @@ std::set<std::string> ListDir(const std::string& dir) {
   if (DIR* d = opendir(dir.c_str())) {
     while (dirent* e = readdir(d)) {
       const std::string name = e->d_name;
-      if (name != "." && name != "..") out.insert(name);
+      // The claims and records of sidecars sharing the dir are checked apart.
+      if (name != "." && name != ".." && name != ".archive-state") out.insert(name);
     }
     closedir(d);
   }
@@ -110,6 +114,7 @@ class FileArchiverTest : public ::testing::Test {
     options_.dir = dir_;
     options_.initial_backoff = absl::Seconds(1);
     options_.max_backoff = absl::Seconds(8);
+    options_.allow_loopback = true;  // the sim is the video host, on loopback
   }
 
   void TearDown() override {
@@ -230,8 +235,8 @@ TEST_F(FileArchiverTest, CopiesTheVideoWithItsSha256AndMetadata) {
     EXPECT_NE(r.threads[0], std::this_thread::get_id());  // never inline
   }
   // Metadata next to it; nothing else left in the directory.
-  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"proj_1.mp4", "proj_1.json"}));
-  std::ifstream meta(dir_ + "/proj_1.json");
+  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"proj_1.mp4", "proj_1.meta.json"}));
+  std::ifstream meta(dir_ + "/proj_1.meta.json");
   std::stringstream text;
   text << meta.rdbuf();
   nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, false);
@@ -297,7 +302,7 @@ TEST_F(FileArchiverTest, NoPartialFileEverHasTheFinalName) {
   EXPECT_EQ(wrong_final, 0) << "the final name held a partial file";
   EXPECT_GT(partial_seen, 0) << "the watcher never saw the download under way";
   EXPECT_GT(looks, 100);
-  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"slow.mp4", "slow.json"}));
+  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"slow.mp4", "slow.meta.json"}));
 }
 
 // Runs this test binary again with only `test` and the child marker set;
@@ -370,6 +375,7 @@ TEST(FileArchiverChild, PeakRss) {
   (*sim)->SetVideo("warm", small);
   FileArchiverOptions o;
   o.dir = templ;
+  o.allow_loopback = true;
   auto a = FileArchiver::Create(o, RealClock::Get(), nullptr);
   ASSERT_TRUE(a.ok());
   auto archive = [&](const std::string& id) {
@@ -412,6 +418,7 @@ TEST(FileArchiverChild, FullDisk) {
   MetricsRegistry metrics;
   FileArchiverOptions o;
   o.dir = templ;
+  o.allow_loopback = true;
   auto a = FileArchiver::Create(o, RealClock::Get(), &metrics);  // ignores SIGXFSZ
   ASSERT_TRUE(a.ok());
   rlimit lim{2 << 20, RLIM_INFINITY};
@@ -459,8 +466,9 @@ TEST_F(FileArchiverTest, CutTransfersAreRetried) {
   ASSERT_TRUE(f.has_archive()) << f.archive_error();
   EXPECT_EQ(f.archive().sha256(), SimVideoSha256("flaky", v.size_bytes));
   EXPECT_EQ(sim_->VideoRequestCount("flaky"), 4);
-  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"cut.mp4", "cut.json", "wrong.mp4", "wrong.json",
-                                                  "flaky.mp4", "flaky.json"}));
+  EXPECT_EQ(ListDir(dir_),
+            (std::set<std::string>{"cut.mp4", "cut.meta.json", "wrong.mp4", "wrong.meta.json",
+                                   "flaky.mp4", "flaky.meta.json"}));
 }
 
 TEST_F(FileArchiverTest, RetriesBackOffAndStopAtTheTimeout) {
@@ -528,18 +536,14 @@ TEST_F(FileArchiverTest, TooLargeIsAbortedWithAndWithoutContentLength) {
   EXPECT_TRUE(ArchiveOne("exact", sim_->VideoUrl("exact")).has_archive());
 }
 
-TEST_F(FileArchiverTest, RedirectsOnlyToHttpsOrLoopback) {
+// Redirects are followed only to https://, never to plain http:// and never
+// to a loopback address (another service in the pod), --archive_allow_loopback
+// or not; the sim can only play a loopback host, so every redirect it makes
+// is refused.
+TEST_F(FileArchiverTest, RedirectsOnlyToHttpsAndNeverToLoopback) {
   StartArchiver();
   VideoScript v;
   v.size_bytes = 4096;
-  v.redirect_hops = 2;
-  sim_->SetVideo("hops", v);
-  VideoTask t = ArchiveOne("hops", sim_->VideoUrl("hops"));
-  ASSERT_TRUE(t.has_archive()) << t.archive_error();
-  EXPECT_EQ(t.archive().sha256(), SimVideoSha256("hops", 4096));
-  EXPECT_EQ(sim_->VideoRequestCount("hops"), 3);
-
-  v.redirect_hops = 0;
   v.redirect_location = "http://video.invalid/x.mp4";  // plain http, not loopback
   sim_->SetVideo("away", v);
   VideoTask away = ArchiveOne("away", sim_->VideoUrl("away"));
@@ -553,19 +557,132 @@ TEST_F(FileArchiverTest, RedirectsOnlyToHttpsOrLoopback) {
   EXPECT_TRUE(absl::StrContains(
       ArchiveOne("lookalike", sim_->VideoUrl("lookalike")).archive_error(), "refused"));
 
+  // Back to the same loopback host (the sim's own hops).
   v.redirect_location = "";
-  v.redirect_hops = options_.max_redirects + 1;
-  sim_->SetVideo("loop", v);
-  VideoTask loop = ArchiveOne("loop", sim_->VideoUrl("loop"));
-  EXPECT_TRUE(absl::StrContains(loop.archive_error(), "redirects")) << loop.archive_error();
-  EXPECT_EQ(sim_->VideoRequestCount("loop"), options_.max_redirects + 1);
+  v.redirect_hops = 1;
+  sim_->SetVideo("hops", v);
+  VideoTask hops = ArchiveOne("hops", sim_->VideoUrl("hops"));
+  EXPECT_FALSE(hops.has_archive());
+  EXPECT_TRUE(absl::StrContains(hops.archive_error(), "refused http://127.0.0.1"))
+      << hops.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("hops"), 1);
 
-  // The first URL obeys the same rule; nothing is fetched.
+  // The first URL obeys the scheme rule too; nothing is fetched.
   VideoTask plain = ArchiveOne("plain", "http://video.invalid/plain.mp4");
   EXPECT_TRUE(absl::StrContains(plain.archive_error(), "refused")) << plain.archive_error();
-  EXPECT_EQ(Failures("insecure_url"), 3u);
+  EXPECT_EQ(Failures("insecure_url"), 4u);
   EXPECT_EQ(sim_->VideoAuthorizationCount(), 0);
-  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"hops.mp4", "hops.json"}));
+  EXPECT_EQ(ListDir(dir_), std::set<std::string>{});
+}
+
+// A video host points the sidecar at another service in the pod: refused
+// even with --archive_allow_loopback, over http and over https, and nothing
+// is fetched from it.
+TEST_F(FileArchiverTest, ARedirectToAnotherLoopbackServiceIsRefusedEvenWithTheFlag) {
+  auto internal = SimUpstream::Start(SimUpstream::Options());
+  ASSERT_TRUE(internal.ok());
+  VideoScript secret;
+  secret.size_bytes = 100;
+  (*internal)->SetVideo("secret", secret);
+  ASSERT_TRUE(options_.allow_loopback);
+  // A name for the internal service, as DNS would answer it.
+  options_.resolve = {absl::StrCat("pod.internal.test:", (*internal)->port(), ":127.0.0.1")};
+  StartArchiver();
+  VideoScript v;
+  const std::string targets[] = {
+      (*internal)->VideoUrl("secret"),
+      absl::StrCat("https://127.0.0.1:", (*internal)->port(), "/videos/secret.mp4"),
+      absl::StrCat("https://pod.internal.test:", (*internal)->port(), "/videos/secret.mp4"),
+  };
+  int i = 0;
+  for (const std::string& target : targets) {
+    SCOPED_TRACE(target);
+    const std::string id = absl::StrCat("ssrf", i++);
+    v.redirect_location = target;
+    sim_->SetVideo(id, v);
+    VideoTask t = ArchiveOne(id, sim_->VideoUrl(id));
+    EXPECT_FALSE(t.has_archive()) << "an internal endpoint was stored as the video";
+    EXPECT_TRUE(absl::StrContains(t.archive_error(), "refused")) << t.archive_error();
+    EXPECT_EQ(sim_->VideoRequestCount(id), 1);  // not retried
+  }
+  EXPECT_EQ((*internal)->VideoRequestCount("secret"), 0);
+  EXPECT_EQ((*internal)->TotalRequests(), 0);
+  EXPECT_EQ(ListDir(dir_), std::set<std::string>{});
+}
+
+// Without --archive_allow_loopback a loopback video host is refused: by its
+// URL, and by the address its name resolves to (checked where the socket is
+// opened, so a name that only later resolves to loopback is caught too).
+TEST_F(FileArchiverTest, ALoopbackVideoHostNeedsTheFlag) {
+  options_.allow_loopback = false;
+  options_.resolve = {absl::StrCat("video.cdn.test:", sim_->port(), ":127.0.0.1")};
+  StartArchiver();
+  VideoScript v;
+  v.size_bytes = 1000;
+  sim_->SetVideo("lo", v);
+  VideoTask lo = ArchiveOne("lo", sim_->VideoUrl("lo"));  // http://127.0.0.1:PORT/...
+  EXPECT_FALSE(lo.has_archive());
+  EXPECT_TRUE(absl::StrContains(lo.archive_error(), "--archive_allow_loopback"))
+      << lo.archive_error();
+  sim_->SetVideo("named", v);
+  VideoTask named = ArchiveOne(
+      "named", absl::StrCat("https://video.cdn.test:", sim_->port(), "/videos/named.mp4"));
+  EXPECT_FALSE(named.has_archive());
+  EXPECT_TRUE(absl::StrContains(named.archive_error(), "resolves to 127.0.0.1 (loopback)"))
+      << named.archive_error();
+  EXPECT_TRUE(absl::StrContains(named.archive_error(), "--archive_allow_loopback"))
+      << named.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("lo") + sim_->VideoRequestCount("named"), 0);
+  EXPECT_EQ(Failures("insecure_url"), 2u);
+  EXPECT_EQ(ListDir(dir_), std::set<std::string>{});
+}
+
+TEST(NonPublicAddressKindTest, LoopbackLinkLocalPrivateAndTheirIpv6Forms) {
+  auto kind = [](const std::string& text) {
+    sockaddr_storage ss{};
+    if (inet_pton(AF_INET, text.c_str(), &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr) == 1) {
+      ss.ss_family = AF_INET;
+    } else if (inet_pton(AF_INET6, text.c_str(),
+                         &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr) == 1) {
+      ss.ss_family = AF_INET6;
+    } else {
+      ADD_FAILURE() << text;
+    }
+    return NonPublicAddressKind(reinterpret_cast<sockaddr*>(&ss));
+  };
+  const std::pair<const char*, const char*> kCases[] = {
+      {"127.0.0.1", "loopback"},
+      {"127.255.0.9", "loopback"},
+      {"::1", "loopback"},
+      {"::ffff:127.0.0.1", "loopback"},
+      {"169.254.169.254", "link-local"},  // the cloud metadata address
+      {"::ffff:169.254.169.254", "link-local"},
+      {"64:ff9b::a9fe:a9fe", "link-local"},  // NAT64 of 169.254.169.254
+      {"2002:a9fe:a9fe::1", "link-local"},   // 6to4 of it
+      {"fe80::1", "link-local"},
+      {"fd00:ec2::254", "private"},  // the IPv6 metadata address of one cloud
+      {"fc00::1", "private"},
+      {"fec0::1", "private"},
+      {"10.1.2.3", "private"},
+      {"172.16.0.1", "private"},
+      {"172.31.255.255", "private"},
+      {"192.168.1.1", "private"},
+      {"100.64.0.1", "private"},
+      {"0.0.0.0", "unspecified"},
+      {"::", "unspecified"},
+      {"224.0.0.1", "multicast"},
+      {"ff02::1", "multicast"},
+      {"255.255.255.255", "reserved"},
+      {"192.0.2.1", "reserved"},
+      {"2001:db8::1", "reserved"},
+      {"::10.0.0.1", "reserved"},
+      {"8.8.8.8", ""},
+      {"172.32.0.1", ""},
+      {"100.128.0.1", ""},
+      {"2606:4700::1111", ""},
+      {"::ffff:8.8.8.8", ""},
+  };
+  for (const auto& [addr, want] : kCases) EXPECT_EQ(kind(addr), want) << addr;
 }
 
 TEST_F(FileArchiverTest, BadTasksGetAnArchiveErrorNotACrash) {
@@ -659,6 +776,191 @@ TEST_F(FileArchiverTest, DestroyingRunsEveryPendingDoneOnce) {
   }
   EXPECT_EQ(ListDir(dir_), std::set<std::string>{});
   EXPECT_EQ(sim_->VideoRequestCount("queued"), 0);  // it never started
+}
+
+// A video_url ending in ".json": the video keeps its name, the metadata has
+// its own (ID.meta.json), and both are what they claim.
+TEST_F(FileArchiverTest, AJsonExtensionDoesNotCollideWithTheMetadata) {
+  StartArchiver();
+  VideoScript v;
+  v.size_bytes = 100000;
+  sim_->SetVideo("jv", v);
+  VideoTask t = ArchiveOne("jv", sim_->VideoUrl("jv", ".json"));
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  const std::string path = archiver_->dir() + "/jv.json";
+  EXPECT_EQ(t.archive().uri(), "file://" + path);
+  EXPECT_EQ(t.archive().sha256(), SimVideoSha256("jv", v.size_bytes));
+  EXPECT_EQ(FileSha256(path), t.archive().sha256()) << "the published file is not the video";
+  EXPECT_EQ(ListDir(dir_), (std::set<std::string>{"jv.json", "jv.meta.json"}));
+  // And a restart reuses it.
+  StartArchiver();
+  VideoTask again = ArchiveOne("jv", sim_->VideoUrl("jv", ".json"));
+  EXPECT_EQ(again.archive().SerializeAsString(), t.archive().SerializeAsString());
+  EXPECT_EQ(sim_->VideoRequestCount("jv"), 1);
+}
+
+// Two pods on one shared archive dir archive the same id at once: the second
+// waits for the first's claim and answers with its copy; after the worker
+// removed that copy, nothing brings it back. One download.
+TEST_F(FileArchiverTest, TwoArchiversOnOneDirDownloadOnceAndNeverRecreateARemovedCopy) {
+  VideoScript v;
+  v.size_bytes = 2 << 20;
+  v.chunk_delay = absl::Milliseconds(20);
+  sim_->SetVideo("dup", v);
+  StartArchiver();
+  auto b = FileArchiver::Create(options_, &clock_, &metrics_);  // "pod B", same dir
+  ASSERT_TRUE(b.ok());
+  Results ra, rb;
+  archiver_->Archive(Completed("dup", sim_->VideoUrl("dup")), ra.Callback());
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (sim_->VideoRequestCount("dup") == 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  (*b)->Archive(Completed("dup", sim_->VideoUrl("dup")), rb.Callback());
+  std::vector<VideoTask> a_got = Await(ra, 1, absl::Milliseconds(20));
+  ASSERT_EQ(a_got.size(), 1u);
+  ASSERT_TRUE(a_got[0].has_archive()) << a_got[0].archive_error();
+  // The worker got A's COMPLETED, copied the video, and removes it.
+  ASSERT_EQ(::unlink((dir_ + "/dup.mp4").c_str()), 0);
+  ASSERT_EQ(::unlink((dir_ + "/dup.meta.json").c_str()), 0);
+  const absl::Time b_give_up = absl::Now() + absl::Seconds(60);
+  while (rb.size() == 0 && absl::Now() < b_give_up) {
+    clock_.Advance(absl::Milliseconds(100));
+    (*b)->Kick();
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  {
+    absl::MutexLock lock(&rb.mu);
+    ASSERT_EQ(rb.tasks.size(), 1u);
+    ASSERT_TRUE(rb.tasks[0].has_archive()) << rb.tasks[0].archive_error();
+    EXPECT_EQ(rb.tasks[0].archive().SerializeAsString(), a_got[0].archive().SerializeAsString());
+  }
+  EXPECT_EQ(sim_->VideoRequestCount("dup"), 1);
+  EXPECT_EQ(ListDir(dir_), std::set<std::string>{}) << "a removed copy came back";
+  // No claim is left; the record of the copy is.
+  EXPECT_EQ(ListDir(dir_ + "/.archive-state"), std::set<std::string>{"dup.done"});
+}
+
+// A claim file that a dead sidecar left (no lock on it) does not block; one
+// that is held (flock, as another sidecar's) is waited for, within the
+// timeout, without a download.
+TEST_F(FileArchiverTest, ALeftoverClaimIsTakenAndAHeldOneWaitedFor) {
+  options_.timeout = absl::Seconds(20);
+  StartArchiver();
+  VideoScript v;
+  v.size_bytes = 5000;
+  sim_->SetVideo("orphan", v);
+  sim_->SetVideo("held", v);
+  const std::string left = dir_ + "/.archive-state/orphan.claim";
+  std::ofstream(left) << "crashed-pod pid 1\n";
+  VideoTask orphan = ArchiveOne("orphan", sim_->VideoUrl("orphan"));
+  ASSERT_TRUE(orphan.has_archive()) << orphan.archive_error();
+  EXPECT_EQ(FileSize(left), -1);
+
+  const std::string claim = dir_ + "/.archive-state/held.claim";
+  const int fd = open(claim.c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(flock(fd, LOCK_EX | LOCK_NB), 0);
+  VideoTask held = ArchiveOne("held", sim_->VideoUrl("held"));
+  EXPECT_FALSE(held.has_archive());
+  EXPECT_TRUE(absl::StrContains(held.archive_error(), "another sidecar")) << held.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("held"), 0);
+  EXPECT_EQ(Failures("claimed"), 1u);
+  close(fd);  // the holder goes: now it is ours
+  VideoTask after = ArchiveOne("held", sim_->VideoUrl("held"));
+  EXPECT_TRUE(after.has_archive()) << after.archive_error();
+}
+
+// A failed fsync of the directory fails the attempt (io_error, retried), and
+// `archive` is only reported once one succeeded; the published file is never
+// unlinked for it.
+TEST_F(FileArchiverTest, AFailedDirectoryFsyncIsRetriedAndNeverReportedAsDurable) {
+  auto failures = std::make_shared<std::atomic<int>>(1);
+  options_.fsync_dir = [failures](int fd) {
+    if (failures->fetch_sub(1) > 0) {
+      errno = EIO;
+      return -1;
+    }
+    return ::fsync(fd);
+  };
+  StartArchiver();
+  VideoScript v;
+  v.size_bytes = 20000;
+  sim_->SetVideo("sync", v);
+  VideoTask t = ArchiveOne("sync", sim_->VideoUrl("sync"));
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("sync"), 2);  // the first attempt failed at the fsync
+
+  // Every fsync fails: archive_error naming it, after retries; the copy
+  // that was renamed into place stays (complete) but is not reported.
+  failures->store(1000000);
+  options_.timeout = absl::Seconds(10);
+  StartArchiver();
+  sim_->SetVideo("never", v);
+  VideoTask never = ArchiveOne("never", sim_->VideoUrl("never"));
+  EXPECT_FALSE(never.has_archive());
+  EXPECT_TRUE(absl::StrContains(never.archive_error(), "fsync of the archive dir"))
+      << never.archive_error();
+  EXPECT_GE(sim_->VideoRequestCount("never"), 2);
+  EXPECT_EQ(Failures("io_error") + Failures("timeout"), 1u);  // the timeout may cut the last try
+  EXPECT_EQ(FileSha256(dir_ + "/never.mp4"), SimVideoSha256("never", v.size_bytes));
+}
+
+// A slow video host holds its slot only until the throughput floor (on the
+// injected clock) fails the attempt: retried, then archive_error naming it.
+TEST_F(FileArchiverTest, ASlowHostIsCutOffByTheThroughputFloor) {
+  options_.timeout = absl::Seconds(30);
+  options_.stall_timeout = absl::Seconds(10);
+  options_.min_bytes_per_second = 64 << 10;
+  StartArchiver();
+  VideoScript slow;
+  slow.size_bytes = 4 << 20;
+  slow.chunk_delay = absl::Hours(1);  // headers, then nothing
+  sim_->SetVideo("slow", slow);
+  Results r;
+  archiver_->Archive(Completed("slow", sim_->VideoUrl("slow")), r.Callback());
+  // Small steps: libcurl reports progress about once a second when idle.
+  std::vector<VideoTask> got = Await(r, 1, absl::Milliseconds(50));
+  ASSERT_EQ(got.size(), 1u);
+  const VideoTask& t = got[0];
+  EXPECT_FALSE(t.has_archive());
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "--archive_min_bytes_per_second"))
+      << t.archive_error();
+  EXPECT_GE(sim_->VideoRequestCount("slow"), 2);  // retried
+  EXPECT_EQ(Failures("slow"), 1u);
+  EXPECT_EQ(ListDir(dir_), std::set<std::string>{});
+}
+
+// A job queued behind a download that holds the only slot does not spend its
+// timeout waiting for the slot.
+TEST_F(FileArchiverTest, AQueuedJobKeepsItsTimeoutWhileItWaitsForASlot) {
+  options_.max_concurrent = 1;
+  options_.timeout = absl::Seconds(30);
+  options_.min_bytes_per_second = 0;  // the hog is only cut by its own timeout
+  StartArchiver();
+  VideoScript hog;
+  hog.size_bytes = 4 << 20;
+  hog.chunk_delay = absl::Hours(1);
+  sim_->SetVideo("hog", hog);
+  VideoScript fast;
+  fast.size_bytes = 50000;
+  sim_->SetVideo("queued", fast);
+  Results r_hog, r_queued;
+  archiver_->Archive(Completed("hog", sim_->VideoUrl("hog")), r_hog.Callback());
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (sim_->VideoRequestCount("hog") == 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  archiver_->Archive(Completed("queued", sim_->VideoUrl("queued")), r_queued.Callback());
+  clock_.Advance(absl::Seconds(45));  // past both timeouts
+  archiver_->Kick();
+  std::vector<VideoTask> h = Await(r_hog, 1, absl::Milliseconds(100));
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_TRUE(absl::StrContains(h[0].archive_error(), "timeout")) << h[0].archive_error();
+  std::vector<VideoTask> q = Await(r_queued, 1, absl::Milliseconds(100));
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_TRUE(q[0].has_archive()) << q[0].archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("queued"), 1);
 }
 
 }  // namespace

@@ -39,6 +39,10 @@ absl::StatusOr<std::unique_ptr<FleetPollGate>> FleetPollGate::Create(FleetGateOp
   if (!(options.fleet_qps >= 0) || options.fleet_qps > 1e6) {
     return absl::InvalidArgumentError("--fleet_max_upstream_qps must be in [0, 1000000]");
   }
+  if (options.fleet_arrival_margin < absl::ZeroDuration() ||
+      options.fleet_arrival_margin > absl::Seconds(10)) {
+    return absl::InvalidArgumentError("--fleet_arrival_margin must be in [0, 10s]");
+  }
   if (options.poll_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("poll_interval must be positive");
   }
@@ -46,7 +50,9 @@ absl::StatusOr<std::unique_ptr<FleetPollGate>> FleetPollGate::Create(FleetGateOp
 }
 
 FleetPollGate::FleetPollGate(FleetGateOptions options)
-    : options_(std::move(options)), keys_(options_.api_key, options_.upstream_host) {
+    : options_(std::move(options)),
+      keys_(options_.fleet_name, options_.upstream_host, options_.api_key,
+            options_.accepted_api_keys) {
   MetricsRegistry* metrics = options_.metrics != nullptr ? options_.metrics : &own_metrics_;
   tokens_denied_ = metrics->GetCounter(
       "videotask_fleet_tokens_denied_total",
@@ -58,13 +64,16 @@ FleetPollGate::FleetPollGate(FleetGateOptions options)
   const std::string where = redis.url.Redacted();
   auto user_on_state = redis.on_state;
   const std::string fingerprint = keys_.fingerprint();
+  const std::string fleet_name =
+      options_.fleet_name.empty() ? std::string(kDefaultFleetName) : options_.fleet_name;
   // Shared with the gauges, which may be read after this gate is gone.
   auto up_now = std::make_shared<std::atomic<bool>>(false);
-  redis.on_state = [where, fingerprint, user_on_state, up_now](bool up, const absl::Status& why) {
+  redis.on_state = [where, fingerprint, fleet_name, user_on_state, up_now](
+                       bool up, const absl::Status& why) {
     up_now->store(up);
     if (up) {
       LogEvent(LogLevel::kInfo, "fleet_mode_on",
-               {{"redis", where}, {"fleet", fingerprint}});
+               {{"redis", where}, {"fleet_name", fleet_name}, {"fleet", fingerprint}});
     } else {
       LogEvent(LogLevel::kWarning, "fleet_mode_off",
                {{"redis", where},
@@ -72,6 +81,23 @@ FleetPollGate::FleetPollGate(FleetGateOptions options)
                 {"action", "local limits apply until Redis answers again"}});
     }
     if (user_on_state) user_on_state(up, why);
+  };
+  // A write at each connect: a replica (READONLY) or a full Redis (OOM)
+  // never counts as up; error replies and timeouts later are faults.
+  redis.probe = {"SET", keys_.ProbeKey(), "1", "PX", "60000"};
+  Counter* error_faults = metrics->GetCounter(
+      "videotask_fleet_faults_total",
+      "Redis faults that switched fleet mode off: error replies (READONLY, OOM, ...) and "
+      "commands past their timeout.",
+      "kind=\"error_reply\"");
+  Counter* timeout_faults = metrics->GetCounter(
+      "videotask_fleet_faults_total",
+      "Redis faults that switched fleet mode off: error replies (READONLY, OOM, ...) and "
+      "commands past their timeout.",
+      "kind=\"timeout\"");
+  redis.on_fault = [error_faults, timeout_faults](RedisClientOptions::Fault kind,
+                                                  const absl::Status&) {
+    (kind == RedisClientOptions::Fault::kTimeout ? timeout_faults : error_faults)->Increment();
   };
   client_ = std::make_unique<RedisClient>(std::move(redis));
   RedisTaskStore::Options so;
@@ -81,6 +107,7 @@ FleetPollGate::FleetPollGate(FleetGateOptions options)
   store_ = std::make_unique<RedisTaskStore>(client_.get(), keys_, so);
   RedisRateBudget::Options bo;
   bo.rate_per_second = options_.fleet_qps > 0 ? options_.fleet_qps : 1;
+  bo.arrival_margin = options_.fleet_arrival_margin;
   budget_ = std::make_unique<RedisRateBudget>(client_.get(), keys_, bo);
   metrics->AddGauge("videotask_redis_up", "1 while the fleet's Redis answers, else 0.",
                     [up_now] { return up_now->load() ? 1.0 : 0.0; });
@@ -98,7 +125,14 @@ void FleetPollGate::CountRejected(const absl::Status& status) {
             {"action", "ignored; check who else writes to this Redis"}});
 }
 
+void FleetPollGate::RefreshApiKey() {
+  if (!options_.current_api_key) return;
+  absl::StatusOr<std::string> key = options_.current_api_key();
+  if (key.ok() && !key->empty()) keys_.signing()->UseApiKey(*key);
+}
+
 void FleetPollGate::Admit(const std::string& id, bool watched, AdmitDone done) {
+  RefreshApiKey();
   if (!client_->up()) {
     std::move(done)(Admission{});  // local mode
     return;
@@ -158,6 +192,10 @@ void FleetPollGate::Decide(std::shared_ptr<Join> join) {
     return;
   }
   if (join->watched && !join->held) {
+    {
+      absl::MutexLock lock(&following_mu_);
+      following_.insert(join->id);
+    }
     a.kind = Admission::Kind::kFollow;  // another sidecar polls it
     std::move(join->done)(std::move(a));
     return;
@@ -186,6 +224,7 @@ void FleetPollGate::Decide(std::shared_ptr<Join> join) {
 
 void FleetPollGate::Observed(const VideoTask& task) {
   if (!client_->up() || task.id().empty()) return;
+  RefreshApiKey();
   store_->Put(task);
 }
 
@@ -195,6 +234,10 @@ void FleetPollGate::RateLimited(absl::Duration pause) {
 }
 
 void FleetPollGate::Released(const std::string& id) {
+  {
+    absl::MutexLock lock(&following_mu_);
+    following_.erase(id);
+  }
   if (!client_->up()) return;
   store_->ReleaseLease(id, [](absl::StatusOr<bool>) {});
 }
@@ -209,7 +252,30 @@ void FleetPollGate::SetListener(Listener listener) {
         absl::MutexLock lock(&listener_mu_);
         if (listener_) listener_(task);
       },
-      [this](const absl::Status& status) { CountRejected(status); });
+      [this](const absl::Status& status) { CountRejected(status); },
+      // (Re)subscribed: what was published while the subscriber was away
+      // is lost; re-read what this sidecar follows.
+      [this] { Reread(); });
+}
+
+void FleetPollGate::Reread() {
+  std::vector<std::string> ids;
+  {
+    absl::MutexLock lock(&following_mu_);
+    ids.assign(following_.begin(), following_.end());
+  }
+  for (const std::string& id : ids) {
+    store_->Get(id, [this](absl::StatusOr<std::optional<VideoTask>> state) {
+      if (state.ok() && state->has_value()) {
+        absl::MutexLock lock(&listener_mu_);
+        if (listener_) listener_(**state);
+      } else if (!state.ok() && !absl::IsUnavailable(state.status()) &&
+                 !absl::IsDeadlineExceeded(state.status()) && !absl::IsCancelled(state.status()) &&
+                 !absl::IsInternal(state.status())) {
+        CountRejected(state.status());
+      }
+    });
+  }
 }
 
 }  // namespace videotask::fleet

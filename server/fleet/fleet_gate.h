@@ -24,7 +24,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -41,9 +44,19 @@ namespace videotask::fleet {
 
 struct FleetGateOptions {
   RedisClientOptions redis;            // url, password source, timeouts
-  std::string api_key;                 // derives namespace and signing key
+  // The fleet: --fleet_name ("" = "default") and the upstream host name the
+  // namespace (FleetKeys); the API key only derives the signing key.
+  std::string fleet_name;
+  std::string api_key;                 // signs (and verifies) shared states
+  // Also accepted when verifying: the previous key during a rotation.
+  std::vector<std::string> accepted_api_keys;
+  // When set, asked before each admission and share: a key that changed (a
+  // re-read secret) signs from then on, the replaced one stays accepted.
+  std::function<absl::StatusOr<std::string>()> current_api_key;
   std::string upstream_host;
   double fleet_qps = 0;                // 0: no fleet budget (pause still shared)
+  // See RedisRateBudget: the lag spread the vendor-side bound tolerates.
+  absl::Duration fleet_arrival_margin = absl::Milliseconds(250);
   absl::Duration poll_interval = absl::Seconds(30);
   absl::Duration terminal_cache_ttl = absl::Hours(1);
   // Optional: registers videotask_redis_up, videotask_fleet_mode,
@@ -74,6 +87,10 @@ class FleetPollGate : public PollGate {
   // The last step of an admission: a token when the fleet has a budget.
   void Decide(std::shared_ptr<Join> join);
   void CountRejected(const absl::Status& status);
+  // Follows options_.current_api_key.
+  void RefreshApiKey();
+  // Gets the shared state of every task followed, for the listener.
+  void Reread();
 
   const FleetGateOptions options_;
   const FleetKeys keys_;
@@ -82,6 +99,11 @@ class FleetPollGate : public PollGate {
   Counter* entries_rejected_ = nullptr;
   absl::Mutex listener_mu_;
   Listener listener_ ABSL_GUARDED_BY(listener_mu_);
+  // Watched tasks admitted as kFollow and not Released since: re-read after
+  // a resubscribe. Its own lock: Released runs under the hub's lock, the
+  // listener takes the hub's lock under listener_mu_.
+  absl::Mutex following_mu_;
+  std::set<std::string> following_ ABSL_GUARDED_BY(following_mu_);
   // Reset first in the destructor (which completes what is pending, while
   // the store and budget whose callbacks those are still exist).
   std::unique_ptr<RedisClient> client_;

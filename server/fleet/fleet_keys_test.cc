@@ -22,14 +22,38 @@ TEST(FleetKeysTest, FingerprintIsStableHexAndNeverTheKey) {
   for (char c : a.fingerprint()) EXPECT_TRUE(absl::ascii_isxdigit(c));
   EXPECT_FALSE(absl::StrContains(a.prefix(), api_key));
   EXPECT_FALSE(absl::StrContains(a.prefix(), "0123456789abcdef"));
-  // Another key or another host: another fleet.
-  EXPECT_NE(FleetKeys("sk-live-other", "api.example.com").fingerprint(), a.fingerprint());
+  // Another name or another host: another fleet; another key: the same one
+  // (issue 16 item 3: a key rotation must not split the budget).
+  EXPECT_EQ(FleetKeys("sk-live-other", "api.example.com").fingerprint(), a.fingerprint());
+  EXPECT_EQ(FleetKeys("", "api.example.com", "sk-live-other").fingerprint(), a.fingerprint());
+  EXPECT_NE(FleetKeys("team-b", "api.example.com", api_key).fingerprint(), a.fingerprint());
   EXPECT_NE(FleetKeys(api_key, "api2.example.com").fingerprint(), a.fingerprint());
+  EXPECT_NE(FleetKeys("sk-live-other", "api.example.com").signing_key(), a.signing_key());
   // The signing key differs from the namespace and between fleets.
   EXPECT_EQ(a.signing_key().size(), 32u);
   EXPECT_EQ(a.signing_key(), b.signing_key());
   EXPECT_NE(FleetKeys(api_key, "api2.example.com").signing_key(), a.signing_key());
   EXPECT_FALSE(absl::StrContains(absl::BytesToHexString(a.signing_key()), a.fingerprint()));
+}
+
+// Rotation: the configured previous key and a replaced one verify; the
+// current one signs.
+TEST(FleetKeysTest, SigningKeysFollowARotation) {
+  FleetKeys old_only("fleet", "api.example.com", "sk-old");
+  FleetKeys both("fleet", "api.example.com", "sk-new", {"sk-old"});
+  EXPECT_EQ(both.fingerprint(), old_only.fingerprint());
+  const std::vector<std::string> accepted = both.signing()->accepted();
+  ASSERT_EQ(accepted.size(), 2u);
+  EXPECT_EQ(accepted[0], both.signing_key());
+  EXPECT_EQ(accepted[1], old_only.signing_key());
+  // A re-read key: it signs, the replaced one is still accepted.
+  old_only.signing()->UseApiKey("sk-new");
+  EXPECT_EQ(old_only.signing_key(), both.signing_key());
+  EXPECT_EQ(old_only.signing()->accepted().size(), 2u);
+  old_only.signing()->UseApiKey("sk-new");  // unchanged: nothing moves
+  EXPECT_EQ(old_only.signing()->accepted().size(), 2u);
+  for (int i = 0; i < 5; ++i) old_only.signing()->UseApiKey("sk-" + std::to_string(i));
+  EXPECT_EQ(old_only.signing()->accepted().size(), 1 + SigningKeys::kMaxReplaced);
 }
 
 TEST(FleetKeysTest, EveryKeySharesOneHashTag) {

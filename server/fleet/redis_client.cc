@@ -15,6 +15,7 @@
 #include <random>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace videotask::fleet {
@@ -62,6 +63,22 @@ bool IsNumericAddress(const std::string& host) {
 
 std::string DurationText(absl::Duration d) { return absl::FormatDuration(d); }
 
+// The subscriber connection's keepalive: SUBSCRIBE to a channel nobody
+// publishes on. Redis answers a SUBSCRIBE of a channel already subscribed
+// again, and hiredis 0.14 routes that answer through its channel table (a
+// PING there would take the callback of the next message), so it is a
+// round trip that cannot be confused with a message.
+constexpr char kKeepaliveChannel[] = "videotask:keepalive";
+
+// An error reply as a fault reason: its first line, printable, bounded.
+std::string ErrorText(absl::string_view reply) {
+  std::string out;
+  for (char ch : reply.substr(0, std::min<size_t>(reply.find('\n'), 120))) {
+    out.push_back(ch >= 0x20 && ch < 0x7f ? ch : '?');
+  }
+  return out;
+}
+
 }  // namespace
 
 struct RedisClient::Conn {
@@ -81,6 +98,10 @@ struct RedisClient::Conn {
   int outstanding = 0;  // commands sent and not answered, this connection
   absl::Duration last_progress;
   int handshake_left = 0;
+  absl::Duration ready_since;     // kReady: when it got there
+  absl::Duration fault_backoff;   // the next reconnect wait after a fault
+  bool keepalive_sent = false;    // subscriber: awaiting its answer
+  absl::Duration keepalive_at;
 
   // hiredis' event hooks: the client's poll() loop watches what they ask for.
   static void AddRead(void* p) { static_cast<Conn*>(p)->want_read = true; }
@@ -160,6 +181,7 @@ RedisClient::RedisClient(RedisClientOptions options) : options_(std::move(option
   for (Conn* c : {cmd_.get(), sub_.get()}) {
     c->client = this;
     c->backoff = options_.min_backoff;
+    c->fault_backoff = options_.min_backoff;
   }
   sub_->is_sub = true;
   if (options_.url.kind == RedisUrl::Kind::kTcp && !IsNumericAddress(options_.url.host)) {
@@ -268,7 +290,35 @@ void RedisClient::OnReply(redisAsyncContext* ac, void* reply, void* privdata) {
                                        : absl::UnavailableError("redis: connection lost"));
     return;
   }
-  self->Complete(id, Convert(static_cast<redisReply*>(reply)));
+  RedisReply converted = Convert(static_cast<redisReply*>(reply));
+  // Handshake errors are the handshake's to judge; NOSCRIPT is RedisScript's.
+  const bool fault = c->ac == ac && c->state == Conn::State::kReady && converted.is_error() &&
+                     self->options_.error_reply_is_fault &&
+                     !absl::StartsWith(converted.str, "NOSCRIPT");
+  // The fault first, so that the caller already sees up() false.
+  if (fault) {
+    self->Faulted(RedisClientOptions::Fault::kErrorReply,
+                  absl::UnavailableError(absl::StrCat("redis: error reply: ", ErrorText(converted.str))));
+  }
+  self->Complete(id, std::move(converted));
+}
+
+void RedisClient::Faulted(RedisClientOptions::Fault kind, absl::Status why) {
+  Conn& c = *cmd_;
+  if (c.state != Conn::State::kReady || stopping_) return;
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.faults;
+  }
+  if (options_.on_fault) options_.on_fault(kind, why);
+  const absl::Duration now = MonoNow();
+  // Faults that recur soon after a reconnect back off further; a fault
+  // after a long good stretch starts again from min_backoff.
+  if (now - c.ready_since > options_.max_fault_backoff) c.fault_backoff = options_.min_backoff;
+  const absl::Duration hold = c.fault_backoff;
+  c.fault_backoff = std::min(c.fault_backoff * 2, options_.max_fault_backoff);
+  Fail(c, std::move(why));
+  c.retry_at = now + hold;
 }
 
 void RedisClient::OnSubReply(redisAsyncContext* ac, void* reply, void* /*privdata*/) {
@@ -276,6 +326,7 @@ void RedisClient::OnSubReply(redisAsyncContext* ac, void* reply, void* /*privdat
   RedisClient* self = c->client;
   if (reply == nullptr || c->ac != ac) return;
   c->last_progress = MonoNow();
+  c->keepalive_sent = false;
   const auto* r = static_cast<redisReply*>(reply);
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
   const redisReply* kind = r->element[0];
@@ -390,6 +441,7 @@ void RedisClient::OnConnected(Conn& c) {
     }
   }
   if (options_.url.db != 0) steps.push_back({"SELECT", absl::StrCat(options_.url.db)});
+  if (!c.is_sub && !options_.probe.empty()) steps.push_back(options_.probe);
   steps.push_back({"PING"});
   c.handshake_left = static_cast<int>(steps.size());
   const uint64_t generation = c.generation;
@@ -411,9 +463,10 @@ void RedisClient::HandshakeStep(Conn& c, uint64_t generation, absl::StatusOr<Red
     return;
   }
   if (r->is_error()) {
-    // Redis' error texts (WRONGPASS, NOAUTH, ERR DB index) never echo the password.
+    // Redis' error texts (WRONGPASS, NOAUTH, ERR DB index, READONLY and
+    // OOM for the probe) never echo the password.
     Fail(c, absl::UnavailableError(absl::StrCat("redis: ", options_.url.Redacted(),
-                                                " refused the connection: ", r->str)));
+                                                " refused the connection: ", ErrorText(r->str))));
     return;
   }
   if (--c.handshake_left == 0) SetReady(c);
@@ -424,6 +477,8 @@ void RedisClient::SetReady(Conn& c) {
   c.backoff = options_.min_backoff;
   c.attempts = 0;
   c.last_progress = MonoNow();
+  c.ready_since = c.last_progress;
+  c.keepalive_sent = false;
   if (!c.is_sub) {
     {
       absl::MutexLock lock(&mu_);
@@ -431,6 +486,10 @@ void RedisClient::SetReady(Conn& c) {
     }
     SetUp(true, absl::OkStatus());
     return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.subscribes;
   }
   for (const auto& [channel, cb] : channels_) SubscribeOn(c, channel);
 }
@@ -482,13 +541,14 @@ void RedisClient::DrainQueue(absl::Duration now) {
     if (is_new && sub_->state == Conn::State::kReady) SubscribeOn(*sub_, name);
   }
   int64_t sent = 0;
+  std::vector<Done> late;
   for (Queued& q : queue) {
     if (stopping_) {
       q.done(absl::CancelledError("redis client destroyed"));
     } else if (q.argv.empty()) {
       q.done(absl::InvalidArgumentError("redis: empty command"));
     } else if (q.deadline <= now) {
-      q.done(absl::DeadlineExceededError("redis: command timed out before it was sent"));
+      late.push_back(std::move(q.done));  // answered below, after the fault
     } else if (cmd_->state != Conn::State::kReady) {
       absl::Status why;
       {
@@ -501,23 +561,62 @@ void RedisClient::DrainQueue(absl::Duration now) {
       ++sent;
     }
   }
-  if (sent > 0) {
+  if (sent > 0 || !late.empty()) {
     absl::MutexLock lock(&mu_);
     stats_.commands += sent;
+    stats_.timeouts += static_cast<int64_t>(late.size());
+  }
+  if (!late.empty()) {
+    Faulted(RedisClientOptions::Fault::kTimeout,
+            absl::UnavailableError(absl::StrCat("redis: ", late.size(),
+                                                " command(s) timed out before they were sent")));
+    for (Done& done : late) {
+      done(absl::DeadlineExceededError("redis: command timed out before it was sent"));
+    }
   }
 }
 
+void RedisClient::CheckSubscriber(Conn& c, absl::Duration now) {
+  if (c.keepalive_sent) {
+    if (now - c.keepalive_at > options_.stall_timeout) {
+      Fail(c, absl::UnavailableError(absl::StrCat(
+                  "redis: the subscriber connection did not answer a keepalive within ",
+                  DurationText(options_.stall_timeout), ", reconnecting")));
+    }
+    return;
+  }
+  if (now - c.last_progress < options_.keepalive_interval) return;
+  const char* argv[] = {"SUBSCRIBE", kKeepaliveChannel};
+  const size_t lens[] = {9, sizeof(kKeepaliveChannel) - 1};
+  if (redisAsyncCommandArgv(c.ac, OnSubReply, nullptr, 2, argv, lens) != REDIS_OK) {
+    Fail(c, absl::UnavailableError("redis: cannot send the subscriber keepalive"));
+    return;
+  }
+  c.keepalive_sent = true;
+  c.keepalive_at = now;
+}
+
 void RedisClient::ExpireDeadlines(absl::Duration now) {
-  int64_t expired = 0;
+  std::vector<Done> expired;
   while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
     const uint64_t id = deadlines_.begin()->second;
-    ++expired;
-    Complete(id, absl::DeadlineExceededError("redis: no reply in time"));
+    deadlines_.erase(deadlines_.begin());
+    auto it = pending_.find(id);
+    expired.push_back(std::move(it->second.done));
+    pending_.erase(it);
   }
-  if (expired > 0) {
+  if (expired.empty()) return;
+  {
     absl::MutexLock lock(&mu_);
-    stats_.timeouts += expired;
+    stats_.timeouts += static_cast<int64_t>(expired.size());
   }
+  // A fault (unless these were the handshake's, which fails by itself),
+  // before the callers hear of it: they see up() false.
+  Faulted(RedisClientOptions::Fault::kTimeout,
+          absl::UnavailableError(absl::StrCat("redis: ", expired.size(),
+                                              " command(s) got no reply within ",
+                                              DurationText(options_.command_timeout))));
+  for (Done& done : expired) done(absl::DeadlineExceededError("redis: no reply in time"));
 }
 
 void RedisClient::Loop() {
@@ -569,7 +668,9 @@ void RedisClient::Loop() {
         case Conn::State::kHandshake:
           break;  // bounded by the handshake commands' deadlines
         case Conn::State::kReady:
-          if (!c->is_sub && c->outstanding > 0 && now - c->last_progress > options_.stall_timeout) {
+          if (c->is_sub) {
+            CheckSubscriber(*c, now);
+          } else if (c->outstanding > 0 && now - c->last_progress > options_.stall_timeout) {
             const absl::Status why = absl::UnavailableError(absl::StrCat(
                 "redis: no reply for ", DurationText(options_.stall_timeout), ", reconnecting"));
             Fail(*c, why);
@@ -593,7 +694,11 @@ void RedisClient::Loop() {
           next = std::min(next, c->attempt_deadline);
           break;
         case Conn::State::kReady:
-          if (!c->is_sub && c->outstanding > 0) {
+          if (c->is_sub) {
+            next = std::min(next, c->keepalive_sent
+                                      ? c->keepalive_at + options_.stall_timeout + absl::Milliseconds(1)
+                                      : c->last_progress + options_.keepalive_interval);
+          } else if (c->outstanding > 0) {
             next = std::min(next, c->last_progress + options_.stall_timeout + absl::Milliseconds(1));
           }
           break;

@@ -23,11 +23,27 @@
 //     changes, and once when the first connection attempt fails (so a Redis
 //     unreachable at start is reported once). `reason` never contains the
 //     password.
+//   - Faults: a Redis that answers but does not serve is down too. An error
+//     reply on the command connection (READONLY from a replica after a
+//     failover, OOM under maxmemory noeviction, BUSY, LOADING, ...; not
+//     NOSCRIPT, which RedisScript handles; unless `error_reply_is_fault` is
+//     off) and a command past its timeout while up are faults: the client
+//     counts it (stats().faults, `on_fault`), drops the command connection
+//     (a failover moves the primary behind the same name: the new
+//     connection finds it) and is down (on_state(false, why)) until a new
+//     connection passes its handshake, which ends with `probe` when set
+//     (fleet mode: a SET, which a replica or a full Redis refuses).
+//     Reconnects after faults back off min_backoff..max_fault_backoff
+//     (doubling while faults recur), so a Redis that keeps failing commands
+//     flips up/down (and logs) at most every max_fault_backoff.
 //   - Pub/sub: Subscribe() uses a second connection (a subscribed Redis
 //     connection cannot run commands); after any reconnect every channel is
 //     subscribed again and `on_subscribed` runs again, so the caller can
-//     refresh what it may have missed. A stall of the command connection
-//     also resets the subscriber connection.
+//     refresh what it may have missed. The subscriber connection is checked
+//     for life: after `keepalive_interval` without traffic it re-SUBSCRIBEs a
+//     keepalive channel, and no answer within `stall_timeout` drops and
+//     re-establishes it. A stall of the command connection also resets the
+//     subscriber connection.
 //   - The destructor completes every pending command with CANCELLED and
 //     joins its threads; it must not be called from a callback of the client.
 //
@@ -84,7 +100,19 @@ struct RedisClientOptions {
   absl::Duration stall_timeout = absl::Seconds(1);
   absl::Duration min_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(2);
+  // Reconnect backoff after faults (see the file comment).
+  absl::Duration max_fault_backoff = absl::Seconds(30);
+  // Subscriber connection: a keepalive after this long without traffic.
+  absl::Duration keepalive_interval = absl::Seconds(5);
+  // Sent last in each handshake; an error reply fails the attempt. Empty:
+  // none.
+  std::vector<std::string> probe;
+  // Error replies count as faults (see the file comment).
+  bool error_reply_is_fault = true;
   std::function<void(bool up, const absl::Status& reason)> on_state;
+  enum class Fault { kErrorReply, kTimeout };
+  // Runs on the client's thread at each fault, before on_state(false).
+  std::function<void(Fault kind, const absl::Status& why)> on_fault;
 };
 
 class RedisClient {
@@ -119,6 +147,8 @@ class RedisClient {
     int64_t commands = 0;   // sent to Redis
     int64_t timeouts = 0;   // completed with DEADLINE_EXCEEDED
     int64_t connects = 0;   // successful handshakes of the command connection
+    int64_t faults = 0;     // error replies and timeouts that dropped it
+    int64_t subscribes = 0; // successful (re)connects of the subscriber connection
   };
   Stats stats() const;
 
@@ -151,6 +181,9 @@ class RedisClient {
   // Drops the connection (if any) and schedules a reconnect.
   void Fail(Conn& c, absl::Status why);
   void Complete(uint64_t id, absl::StatusOr<RedisReply> r);
+  // A fault on the command connection while it is ready (see the header).
+  void Faulted(RedisClientOptions::Fault kind, absl::Status why);
+  void CheckSubscriber(Conn& c, absl::Duration now);
   void SubscribeOn(Conn& c, const std::string& channel);
   void SetUp(bool up, const absl::Status& why);
 

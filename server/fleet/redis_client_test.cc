@@ -82,7 +82,9 @@ absl::StatusOr<RedisReply> Call(RedisClient& c, std::vector<std::string> argv,
 TEST(RedisClientTest, CommandsAndReplyTypes) {
   auto server = RedisServer::Start();
   ASSERT_TRUE(server.ok()) << server.status();
-  RedisClient c(Options((*server)->Url()));
+  RedisClientOptions o = Options((*server)->Url());
+  o.error_reply_is_fault = false;  // this test wants the WRONGTYPE reply itself
+  RedisClient c(o);
   ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5)));
 
   const std::string binary("a\0b\r\n", 5);
@@ -145,29 +147,133 @@ TEST(RedisClientTest, DoneRunsOnceOnTheClientThreadNeverInline) {
   EXPECT_FALSE(inline_call.load());
 }
 
-TEST(RedisClientTest, SlowServerTimesOutCommandsButStaysUp) {
+// A command past its timeout is a fault (issue 16 item 2): the client goes
+// down at once (not after stall_timeout), says so once, drops the
+// connection (so the late PONG can never answer a later command) and comes
+// back by itself when Redis answers again.
+TEST(RedisClientTest, CommandTimeoutIsAFault) {
   auto server = RedisServer::Start();
   ASSERT_TRUE(server.ok()) << server.status();
   StateLog log;
-  RedisClient c(Options((*server)->Url(), &log));
+  std::atomic<int> timeouts{0};
+  RedisClientOptions o = Options((*server)->Url(), &log);
+  o.on_fault = [&](RedisClientOptions::Fault kind, const absl::Status&) {
+    if (kind == RedisClientOptions::Fault::kTimeout) ++timeouts;
+  };
+  RedisClient c(o);
   ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5)));
   std::thread sleeper([&] { (void)(*server)->Command({"DEBUG", "SLEEP", "0.6"}); });
+  absl::Cleanup join = [&] {
+    if (sleeper.joinable()) sleeper.join();
+  };
   absl::SleepFor(absl::Milliseconds(50));
   const absl::Time start = absl::Now();
   auto r = Call(c, {"PING"});
   const absl::Duration took = absl::Now() - start;
-  sleeper.join();
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
   EXPECT_GE(took, absl::Milliseconds(240));
   EXPECT_LT(took, absl::Milliseconds(450));
-  // A shorter hang than stall_timeout does not drop the connection, and the
-  // late PONG is not delivered to the next command.
-  EXPECT_TRUE(c.up());
+  ASSERT_TRUE(log.WaitFor(false, absl::Seconds(1)));
+  EXPECT_FALSE(c.up());
+  EXPECT_EQ(Call(c, {"PING"}).status().code(), absl::StatusCode::kUnavailable) << "down: fail fast";
+  sleeper.join();
+  ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5)));
   r = Call(c, {"ECHO", "after"});
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->str, "after");
-  EXPECT_EQ(log.size(), 1u);  // only the first "up"
-  EXPECT_GE(c.stats().timeouts, 1);
+  EXPECT_EQ(timeouts.load(), 1);
+  EXPECT_EQ(c.stats().faults, 1);
+  EXPECT_EQ(log.size(), 3u);  // up, down (once), up
+}
+
+// A Redis that answers but refuses writes (a primary demoted to a replica by
+// a failover: READONLY; issue 16 item 2): the error reply is a fault, the
+// client reconnects, and the handshake's probe write keeps it down, quietly
+// (one "down"), however many commands come, until Redis takes writes again.
+TEST(RedisClientTest, ReadOnlyReplicaIsAFaultUntilItTakesWritesAgain) {
+  auto server = RedisServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  StateLog log;
+  RedisClientOptions o = Options((*server)->Url(), &log);
+  o.probe = {"SET", "vt:probe", "1", "PX", "60000"};
+  o.max_fault_backoff = absl::Milliseconds(200);
+  RedisClient c(o);
+  ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5)));
+  ASSERT_TRUE((*server)->Command({"REPLICAOF", "127.0.0.1", "1"}).ok());
+  auto r = Call(c, {"SET", "k", "v"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->is_error());
+  EXPECT_TRUE(absl::StartsWith(r->str, "READONLY")) << r->str;
+  ASSERT_TRUE(log.WaitFor(false, absl::Seconds(1)));
+  {
+    absl::MutexLock lock(&log.mu);
+    EXPECT_TRUE(absl::StrContains(log.events.back().second.message(), "READONLY"))
+        << log.events.back().second;
+  }
+  // Several reconnect attempts later it is still down, and said so once.
+  const int64_t connects = c.stats().connects;
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(Call(c, {"SET", "k", "v"}).status().code(), absl::StatusCode::kUnavailable);
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_FALSE(c.up());
+  EXPECT_EQ(c.stats().connects, connects);
+  EXPECT_EQ(c.stats().faults, 1);
+  EXPECT_EQ(log.size(), 2u);  // up, down
+  ASSERT_TRUE((*server)->Command({"REPLICAOF", "NO", "ONE"}).ok());
+  ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5)));
+  r = Call(c, {"SET", "k", "v"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->str, "OK");
+}
+
+// Out of memory under maxmemory noeviction: the same.
+TEST(RedisClientTest, OutOfMemoryIsAFault) {
+  auto server = RedisServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  StateLog log;
+  RedisClientOptions o = Options((*server)->Url(), &log);
+  o.probe = {"SET", "vt:probe", "1", "PX", "60000"};
+  RedisClient c(o);
+  ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5)));
+  ASSERT_TRUE((*server)->Command({"CONFIG", "SET", "maxmemory-policy", "noeviction"}).ok());
+  ASSERT_TRUE((*server)->Command({"CONFIG", "SET", "maxmemory", "1"}).ok());
+  auto r = Call(c, {"SET", "k", "v"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(absl::StartsWith(r->str, "OOM")) << r->str;
+  ASSERT_TRUE(log.WaitFor(false, absl::Seconds(1)));
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE(c.up()) << "the probe write keeps it down";
+  ASSERT_TRUE((*server)->Command({"CONFIG", "SET", "maxmemory", "0"}).ok());
+  ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5)));
+}
+
+// The subscriber connection has its own life check: a Redis that stops
+// answering it (CLIENT PAUSE; no command outstanding on the command
+// connection, so its stall check cannot see it) is dropped and subscribed
+// again, and on_subscribed runs again.
+TEST(RedisClientTest, SubscriberKeepaliveReconnectsAStalledSubscriber) {
+  auto server = RedisServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  RedisClientOptions o = Options((*server)->Url());
+  o.keepalive_interval = absl::Milliseconds(100);
+  o.stall_timeout = absl::Milliseconds(300);
+  RedisClient c(o);
+  ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5)));
+  std::atomic<int> subscribed{0};
+  c.Subscribe("vt:{x}:states", [](const std::string&, const std::string&) {},
+              [&](const std::string&) { ++subscribed; });
+  const absl::Time end = absl::Now() + absl::Seconds(5);
+  while (subscribed.load() < 1 && absl::Now() < end) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(subscribed.load(), 1);
+  absl::SleepFor(absl::Milliseconds(400));  // several keepalives, answered
+  EXPECT_EQ(c.stats().subscribes, 1);
+  ASSERT_TRUE((*server)->Command({"CLIENT", "PAUSE", "800", "ALL"}).ok());
+  while (subscribed.load() < 2 && absl::Now() < end + absl::Seconds(3)) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(subscribed.load(), 2);
+  EXPECT_EQ(c.stats().subscribes, 2);
 }
 
 TEST(RedisClientTest, PausedServerGoesDownWithinASecondThenComesBack) {

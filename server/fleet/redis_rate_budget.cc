@@ -9,13 +9,19 @@ namespace videotask::fleet {
 namespace {
 
 // KEYS[1] rate key (TAT, us), KEYS[2] pause key.
-// ARGV[1] emission interval (us), ARGV[2] burst tolerance (us).
+// ARGV[1] emission interval (us), ARGV[2] burst tolerance (us), ARGV[3]
+// (tests only) the time in us instead of Redis TIME.
 // Returns {1, 0} granted, or {0, retry_after_us}.
 constexpr char kAcquire[] = R"lua(
 local pause = redis.call('PTTL', KEYS[2])
 if pause > 0 then return {0, pause * 1000} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now
+if ARGV[3] then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]))
@@ -38,22 +44,30 @@ end
 return 0
 )lua";
 
+// The emission interval: (1 s + margin) / rate, rounded up, plus 1 us so
+// that a closed window of 1 s + margin holds at most `rate` grants.
+int64_t IntervalMicros(const RedisRateBudget::Options& o) {
+  const double rate = std::clamp(o.rate_per_second, 1e-6, 1e6);
+  const double window_us = 1e6 + std::max(absl::ToDoubleMicroseconds(o.arrival_margin), 0.0);
+  return static_cast<int64_t>(std::ceil(window_us / rate)) + 1;
+}
+
 }  // namespace
 
 RedisRateBudget::RedisRateBudget(RedisClient* client, const FleetKeys& keys, Options options)
     : client_(client),
       rate_key_(keys.RateKey()),
       pause_key_(keys.PauseKey()),
-      interval_us_(absl::StrCat(static_cast<int64_t>(
-          std::ceil(1e6 / std::clamp(options.rate_per_second, 1e-6, 1e6))))),
-      tolerance_us_(absl::StrCat(static_cast<int64_t>(
-          std::ceil(1e6 / std::clamp(options.rate_per_second, 1e-6, 1e6))) *
-                                 (std::max(options.burst, 1) - 1))),
+      interval_us_(absl::StrCat(IntervalMicros(options))),
+      tolerance_us_(absl::StrCat(IntervalMicros(options) * (std::max(options.burst, 1) - 1))),
+      now_us_(options.now_us),
       acquire_(kAcquire),
       pause_(kPause) {}
 
 void RedisRateBudget::Acquire(AcquireDone done) {
-  acquire_.Run(*client_, {rate_key_, pause_key_}, {interval_us_, tolerance_us_},
+  std::vector<std::string> args = {interval_us_, tolerance_us_};
+  if (now_us_) args.push_back(absl::StrCat(now_us_()));
+  acquire_.Run(*client_, {rate_key_, pause_key_}, std::move(args),
                [done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
                  if (!r.ok()) {
                    done(r.status());

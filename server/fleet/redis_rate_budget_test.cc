@@ -51,7 +51,9 @@ absl::Status PauseSync(RedisRateBudget& b, absl::Duration d) {
   return out;
 }
 
-TEST(RedisRateBudgetTest, ThreeSidecarsNeverExceedRatePlusOneInAnySecond) {
+// Grants as callers receive them (the real clock, three sidecars): never
+// more than the rate in any one-second window.
+TEST(RedisRateBudgetTest, ThreeSidecarsNeverExceedTheRateInAnySecond) {
   auto server = RedisServer::Start();
   ASSERT_TRUE(server.ok()) << server.status();
   const FleetKeys keys("api-key", "api.example.com");
@@ -80,7 +82,7 @@ TEST(RedisRateBudgetTest, ThreeSidecarsNeverExceedRatePlusOneInAnySecond) {
           absl::MutexLock lock(&mu);
           grants.push_back(absl::Now());
         } else {
-          EXPECT_LE(*r, absl::Milliseconds(51));
+          EXPECT_LE(*r, absl::Milliseconds(64));
           absl::SleepFor(*r);
         }
       }
@@ -95,8 +97,73 @@ TEST(RedisRateBudgetTest, ThreeSidecarsNeverExceedRatePlusOneInAnySecond) {
     worst = std::max(worst, j - i);
   }
   std::cerr << grants.size() << " grants in 3 s, worst 1 s window " << worst << "\n";
-  EXPECT_LE(worst, static_cast<size_t>(kRate) + 1);
-  EXPECT_GE(grants.size(), 50u);  // the budget is used, not starved
+  EXPECT_LE(worst, static_cast<size_t>(kRate));
+  EXPECT_GE(grants.size(), 40u);  // the budget is used (16 a second), not starved
+}
+
+// The most grants in any closed window [t, t + width] of sorted times (us).
+size_t MostInClosedWindow(const std::vector<int64_t>& t, int64_t width) {
+  size_t worst = 0;
+  for (size_t i = 0, j = 0; i < t.size(); ++i) {
+    while (j < t.size() && t[j] <= t[i] + width) ++j;
+    worst = std::max(worst, j - i);
+  }
+  return worst;
+}
+
+// The bound the fleet keeps at the vendor (issue 16 item 8), on an injected
+// clock: callers ask as early as they may (at once, and again exactly when
+// told), for 20 s of script time. Any closed window of 1 s + margin holds
+// at most `rate` grants, so however each request's lag (grant to arrival at
+// the vendor) falls within [L, L + margin], no closed second at the vendor
+// sees more than `rate`; the adversarial lags (the first of a window late
+// by the whole margin, the rest on time) are checked too. Plain 1/rate
+// spacing let rate + 1 through in a closed second even with equal lags.
+TEST(RedisRateBudgetTest, BoundAtTheVendorOnAnInjectedClock) {
+  auto server = RedisServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  for (const absl::Duration margin : {absl::ZeroDuration(), absl::Milliseconds(250)}) {
+    const FleetKeys keys(absl::StrCat("margin-", absl::FormatDuration(margin)), "api.example.com",
+                         "api-key");
+    constexpr int kRate = 5;
+    std::atomic<int64_t> now{1'000'000'000'000};
+    RedisRateBudget::Options o;
+    o.rate_per_second = kRate;
+    o.arrival_margin = margin;
+    o.now_us = [&now] { return now.load(); };
+    auto client = Connect(**server);
+    std::vector<std::unique_ptr<RedisRateBudget>> budgets;  // three sidecars, one clock
+    for (int i = 0; i < 3; ++i) {
+      budgets.push_back(std::make_unique<RedisRateBudget>(client.get(), keys, o));
+    }
+    std::vector<int64_t> grants;
+    const int64_t end = now.load() + 20'000'000;
+    int turn = 0;
+    while (now.load() < end) {
+      absl::StatusOr<absl::Duration> r = AcquireSync(*budgets[turn++ % 3]);
+      ASSERT_TRUE(r.ok()) << r.status();
+      if (*r == absl::ZeroDuration()) {
+        grants.push_back(now.load());
+      } else {
+        now += absl::ToInt64Microseconds(*r);
+      }
+    }
+    const int64_t margin_us = absl::ToInt64Microseconds(margin);
+    EXPECT_LE(MostInClosedWindow(grants, 1'000'000 + margin_us), static_cast<size_t>(kRate))
+        << "margin " << margin;
+    // Adversarial lags in [0, margin]: each grant's arrival late by the
+    // margin or on time, whichever bunches more; check every such split.
+    for (size_t i = 0; i < grants.size(); ++i) {
+      std::vector<int64_t> arrivals = grants;
+      for (size_t j = 0; j <= i; ++j) arrivals[j] += margin_us;
+      std::sort(arrivals.begin(), arrivals.end());
+      ASSERT_LE(MostInClosedWindow(arrivals, 1'000'000), static_cast<size_t>(kRate))
+          << "margin " << margin << ", first " << i + 1 << " late";
+    }
+    // And the budget is spent: rate / (1 + margin) a second.
+    const double expected = 20 * kRate / (1 + absl::ToDoubleSeconds(margin));
+    EXPECT_GE(static_cast<double>(grants.size()), expected - 1) << "margin " << margin;
+  }
 }
 
 TEST(RedisRateBudgetTest, PauseBlocksEveryoneAndOnlyExtends) {
@@ -146,9 +213,9 @@ TEST(RedisRateBudgetTest, ScriptReloadedAfterFlushAndKeysExpire) {
   absl::StatusOr<absl::Duration> r = AcquireSync(b);
   ASSERT_TRUE(r.ok());
   EXPECT_GT(*r, absl::ZeroDuration());
-  EXPECT_LE(*r, absl::Milliseconds(100));
+  EXPECT_LE(*r, absl::Milliseconds(126));  // (1 s + 250 ms margin) / 10
   ASSERT_TRUE((*server)->Command({"SCRIPT", "FLUSH"}).ok());
-  absl::SleepFor(absl::Milliseconds(250));
+  absl::SleepFor(absl::Milliseconds(300));
   r = AcquireSync(b);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(*r, absl::ZeroDuration());

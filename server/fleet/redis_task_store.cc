@@ -75,7 +75,7 @@ std::string RedisTaskStore::NewOwnerId() {
 RedisTaskStore::RedisTaskStore(RedisClient* client, const FleetKeys& keys, Options options)
     : client_(client),
       keys_(keys),
-      signer_(keys.signing_key()),
+      signer_(keys.signing()),
       options_(std::move(options)),
       put_(kPut),
       acquire_(kAcquire),

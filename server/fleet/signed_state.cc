@@ -19,7 +19,7 @@ constexpr size_t kMaxEntryBytes = 64 * 1024;
 std::string SignedState::Sign(const videotask::v1::VideoTask& task) const {
   std::string body;
   task.SerializeToString(&body);
-  const std::string mac = HmacSha256(key_, absl::StrCat(kMagic, body));
+  const std::string mac = HmacSha256(keys_->current(), absl::StrCat(kMagic, body));
   return absl::StrCat(kMagic, mac, body);
 }
 
@@ -31,10 +31,15 @@ absl::StatusOr<videotask::v1::VideoTask> SignedState::Verify(absl::string_view e
   }
   const absl::string_view mac = entry.substr(kMagic.size(), kMacBytes);
   const absl::string_view body = entry.substr(kMagic.size() + kMacBytes);
-  const std::string want = HmacSha256(key_, absl::StrCat(kMagic, body));
-  if (CRYPTO_memcmp(want.data(), mac.data(), kMacBytes) != 0) {
-    return absl::PermissionDeniedError("fleet entry signature mismatch");
+  bool signed_ok = false;
+  for (const std::string& key : keys_->accepted()) {  // current first
+    const std::string want = HmacSha256(key, absl::StrCat(kMagic, body));
+    if (CRYPTO_memcmp(want.data(), mac.data(), kMacBytes) == 0) {
+      signed_ok = true;
+      break;
+    }
   }
+  if (!signed_ok) return absl::PermissionDeniedError("fleet entry signature mismatch");
   videotask::v1::VideoTask task;
   if (!task.ParseFromArray(body.data(), static_cast<int>(body.size()))) {
     return absl::DataLossError("fleet entry unsigned or malformed");

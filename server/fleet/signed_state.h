@@ -17,18 +17,24 @@
 #ifndef VIDEOTASK_SERVER_FLEET_SIGNED_STATE_H_
 #define VIDEOTASK_SERVER_FLEET_SIGNED_STATE_H_
 
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "proto/videotask/v1/video_task.pb.h"
+#include "server/fleet/fleet_keys.h"
 
 namespace videotask::fleet {
 
 class SignedState {
  public:
-  // `signing_key`: FleetKeys::signing_key().
-  explicit SignedState(std::string signing_key) : key_(std::move(signing_key)) {}
+  // Signs with keys->current(), verifies with any of keys->accepted() (an
+  // API key rotation: FleetKeys).
+  explicit SignedState(std::shared_ptr<const SigningKeys> keys) : keys_(std::move(keys)) {}
+  // Exactly this key (FleetKeys::signing_key()).
+  explicit SignedState(std::string signing_key)
+      : keys_(SigningKeys::FromSigningKey(std::move(signing_key))) {}
 
   std::string Sign(const videotask::v1::VideoTask& task) const;
 
@@ -37,7 +43,7 @@ class SignedState {
                                                   absl::string_view expected_id = {}) const;
 
  private:
-  std::string key_;
+  std::shared_ptr<const SigningKeys> keys_;
 };
 
 }  // namespace videotask::fleet

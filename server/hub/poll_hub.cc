@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -94,9 +95,9 @@ PollHub::PollHub(PollHubOptions options, UpstreamClient* client, Clock* clock,
     : options_(std::move(options)),
       client_(client),
       clock_(clock),
-      gate_(gate != nullptr ? gate : &local_gate_),
       archiver_(archiver),
-      metrics_(metrics) {
+      metrics_(metrics),
+      gate_(gate != nullptr ? gate : &local_gate_) {
   gate_->SetListener([this](VideoTask state) { OnShared(std::move(state)); });
   std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
   rng_ = absl::BitGen(seq);
@@ -124,11 +125,22 @@ void PollHub::Shutdown() {
     threaded_ = false;  // late results are applied where they arrive
     left.swap(completions_);
     for (Completion& c : left) ApplyCompletion(std::move(c));
+    // From here on the gate given at creation is never called again (it may
+    // be destroyed next), and nothing new is archived: what arrives late
+    // (an archive the archiver aborts as it stops, a result the client
+    // completes as it stops) stays in this hub. Above all an aborted
+    // archive's archive_error must not become the fleet's terminal state.
+    gate_ = &local_gate_;
+    shut_down_ = true;
   }
   Flush();
 }
 
 void PollHub::Loop() {
+  {
+    absl::MutexLock lock(&mu_);
+    scheduler_ = std::this_thread::get_id();
+  }
   while (true) {
     const absl::Time wake = NextWakeup();
     {
@@ -362,6 +374,7 @@ void PollHub::Drain() {
 
 void PollHub::RunDue() {
   std::vector<std::pair<std::string, bool>> fetches;
+  PollGate* gate = nullptr;
   {
     absl::MutexLock lock(&mu_);
     std::vector<Completion> completions;
@@ -387,8 +400,9 @@ void PollHub::RunDue() {
       }
     }
     if (!draining_) fetches = StartDueLocked(now);
+    gate = gate_;
   }
-  IssueFetches(std::move(fetches));
+  IssueFetches(gate, std::move(fetches));
   Flush();
 }
 
@@ -440,9 +454,9 @@ absl::Time PollHub::NextWakeup() {
   return t;
 }
 
-void PollHub::IssueFetches(std::vector<std::pair<std::string, bool>> ids) {
+void PollHub::IssueFetches(PollGate* gate, std::vector<std::pair<std::string, bool>> ids) {
   for (auto& [id, watched] : ids) {
-    gate_->Admit(id, watched, [this, id = id](PollGate::Admission a) {
+    gate->Admit(id, watched, [this, id = id](PollGate::Admission a) {
       OnAdmission(id, std::move(a));
     });
   }
@@ -747,7 +761,8 @@ std::shared_ptr<const TaskEvent> PollHub::MakeEvent(const Task& task,
 
 void PollHub::ApplyState(Task& task, VideoTask state, absl::Time now) {
   state.set_id(task.id);
-  if (archiver_ != nullptr && state.status() == videotask::v1::VIDEO_TASK_STATUS_COMPLETED &&
+  if (archiver_ != nullptr && !shut_down_ &&
+      state.status() == videotask::v1::VIDEO_TASK_STATUS_COMPLETED &&
       !state.has_archive() && state.archive_error().empty() &&
       !(task.state && IsTerminal(task.state->status()))) {
     // The COMPLETED event waits for the archive: hand it over once, stop
@@ -848,6 +863,14 @@ PollHub::Task& PollHub::TaskLocked(const std::string& id) {
 
 void PollHub::Flush() {
   mu_.Lock();
+  if (threaded_ && std::this_thread::get_id() != scheduler_) {
+    // Only the scheduler thread delivers: the caller may be the client's or
+    // the gate's I/O thread, which must stay free for I/O, or a gRPC
+    // thread. Wake the scheduler if there is anything to deliver.
+    if (!outbox_.empty() || !answers_.empty() || !to_archive_.empty()) Kick();
+    mu_.Unlock();
+    return;
+  }
   if (flushing_) {  // the thread flushing now delivers ours too, in order
     mu_.Unlock();
     return;

@@ -28,22 +28,29 @@
 // - A task with no state yet retries a failed first poll on a short backoff
 //   (1 s doubling, capped at poll_interval), not the poll-interval backoff.
 // - Sinks and Get callbacks are called without the hub's lock held, one
-//   delivery at a time (never concurrently). With Create(), upstream results
-//   are applied and fanned out on the hub's scheduler thread, never on the
-//   upstream client's I/O thread; Watch/Unwatch/Get/Drain may deliver on the
-//   calling thread.
+//   delivery at a time (never concurrently). With Create(), upstream
+//   results, the gate's answers and shared states and archive results are
+//   applied, and every event and Get answer is delivered, on the hub's
+//   scheduler thread only: the client's and the gate's I/O threads and the
+//   callers of Watch/Unwatch/Get/Drain only queue work and wake it. After
+//   Shutdown() (no scheduler) late results are applied and delivered on the
+//   thread that brings them.
 //
 // Fleet mode: before each request the hub asks its PollGate (default: the
 // local one, which admits everything). The gate may let another sidecar
 // poll the task (this hub then forwards the states the fleet shares, with
 // the same SNAPSHOT / TRANSITION / HEARTBEAT rules, forward only), answer it
 // from a shared state, or make it wait for the fleet's budget or 429 pause.
-// Successful answers and 429s are told to the gate.
+// Successful answers and 429s are told to the gate. After Shutdown() the
+// hub never calls the gate again, so late results (an archive aborted as the
+// archiver stops, a request the client completes as it stops) never reach
+// the fleet.
 //
 // Archiving: with an Archiver, the first COMPLETED of a task is handed to it
 // once (however many watchers); the COMPLETED event, and Gets, wait for its
 // answer (the task with `archive` or `archive_error` set), which is then
-// published like any transition. Polling stops meanwhile.
+// published like any transition. Polling stops meanwhile. After Shutdown()
+// nothing new is handed to the archiver.
 //
 // Other upstream requests (creates) take their slots from the same rate
 // window and in-flight cap, and honour and extend the same 429 pause,
@@ -139,10 +146,11 @@ class PollHub : public UpstreamBudget {
     int64_t following = 0;      // watched tasks another sidecar polls
   };
 
-  // `client`, `clock`, `metrics` (may be null) and `gate` (null: local)
-  // must outlive the hub, and the client's and gate's callbacks must all
-  // have run before the hub is destroyed: call Shutdown(), then destroy the
-  // gate and the client, then the hub.
+  // `client`, `clock`, `metrics` (may be null), `gate` (null: local) and
+  // `archiver` (null: off) must outlive the hub's Shutdown(), and their
+  // callbacks must all have run before the hub is destroyed: call
+  // Shutdown(), then destroy the client, the archiver and the gate (in any
+  // order: the hub calls none of them after Shutdown()), then the hub.
   static absl::StatusOr<std::unique_ptr<PollHub>> Create(PollHubOptions options,
                                                          UpstreamClient* client, Clock* clock,
                                                          MetricsRegistry* metrics,
@@ -167,7 +175,9 @@ class PollHub : public UpstreamBudget {
   // Errors: RESOURCE_EXHAUSTED at max_watches, UNAVAILABLE while draining.
   absl::StatusOr<WatchId> Watch(const std::string& id, std::shared_ptr<WatchSink> sink);
   // Stops a watch; no event is delivered to it after Unwatch returns unless
-  // a delivery was already under way. Unknown ids are ignored.
+  // it was queued or under way before (with a scheduler thread, events
+  // queued before Unwatch may still reach the sink on that thread). Unknown
+  // ids are ignored.
   void Unwatch(WatchId watch);
 
   // The task's state: from the hub when it has one (terminal, watched, or
@@ -184,7 +194,8 @@ class PollHub : public UpstreamBudget {
   // Refuses new watches and Gets with UNAVAILABLE and ends every open watch
   // with UNAVAILABLE. Polling stops.
   void Drain();
-  // Drain() and stop the scheduler thread.
+  // Drain() and stop the scheduler thread; from then on the gate and the
+  // archiver are not called again.
   void Shutdown();
 
   // Starts what is due at the clock's Now(): polls within the rate and
@@ -262,7 +273,8 @@ class PollHub : public UpstreamBudget {
   // gate once the lock is released.
   std::vector<std::pair<std::string, bool>> StartDueLocked(absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void IssueFetches(std::vector<std::pair<std::string, bool>> ids) ABSL_LOCKS_EXCLUDED(mu_);
+  void IssueFetches(PollGate* gate, std::vector<std::pair<std::string, bool>> ids)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The gate's answer for a started poll (any thread).
   void OnAdmission(const std::string& id, PollGate::Admission admission) ABSL_LOCKS_EXCLUDED(mu_);
   void ApplyAdmission(const std::string& id, PollGate::Admission admission)
@@ -300,7 +312,9 @@ class PollHub : public UpstreamBudget {
   absl::Duration RetryDelay(const Task& task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The task entry for `id`, created empty when there is none.
   Task& TaskLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Runs queued deliveries and Get answers outside the lock, one at a time.
+  // Runs queued deliveries, Get answers and archive hand-overs outside the
+  // lock, one at a time. With a scheduler thread only that thread runs
+  // them; any other caller wakes it.
   void Flush() ABSL_LOCKS_EXCLUDED(mu_);
   void Kick() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -308,7 +322,6 @@ class PollHub : public UpstreamBudget {
   UpstreamClient* const client_;
   Clock* const clock_;
   LocalPollGate local_gate_;
-  PollGate* const gate_;
   Archiver* const archiver_;  // null: archiving off
 
   MetricsRegistry* const metrics_;
@@ -316,6 +329,8 @@ class PollHub : public UpstreamBudget {
   Histogram* request_duration_ = nullptr;
 
   absl::Mutex mu_;
+  // The gate given at creation; &local_gate_ after Shutdown().
+  PollGate* gate_ ABSL_GUARDED_BY(mu_);
   absl::BitGen rng_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<Task>> tasks_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<WatchId, std::string> watch_index_ ABSL_GUARDED_BY(mu_);
@@ -327,6 +342,8 @@ class PollHub : public UpstreamBudget {
   // Results the client delivered, applied by the scheduler thread.
   std::vector<Completion> completions_ ABSL_GUARDED_BY(mu_);
   bool threaded_ ABSL_GUARDED_BY(mu_) = false;  // a scheduler thread runs
+  std::thread::id scheduler_ ABSL_GUARDED_BY(mu_);  // that thread, once it runs
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;    // Shutdown() has finished
   TimerSet heartbeats_ ABSL_GUARDED_BY(mu_);
   TimerSet expiry_ ABSL_GUARDED_BY(mu_);
   // End times of the requests that ended within the last second.

@@ -2,8 +2,9 @@
 
 #include <deque>
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -373,7 +374,7 @@ TEST_F(PollHubTest, BudgetSlotsComeFromThePollWindow) {
   Advance(absl::Milliseconds(1));
   EXPECT_EQ(upstream_.PendingIds().size(), 2u) << "b gets the slot the create freed";
   EXPECT_GT(*hub_->Acquire(), absl::ZeroDuration());
-  upstream_.Reply("a", Ok(kQueued));
+  upstream_.Reply("a", Ok(kFailed));  // final: "a" is not polled again
   EXPECT_EQ(*hub_->Acquire(), absl::Seconds(1));
   Advance(absl::Seconds(1));
   EXPECT_EQ(*hub_->Acquire(), absl::ZeroDuration());
@@ -1174,6 +1175,42 @@ TEST_F(PollHubTest, CompletedWaitsForItsArchive) {
   EXPECT_EQ(got->archive_error(), "video host answered 404");
 }
 
+// Issue 16: after Shutdown() the hub never calls the gate again. The
+// sidecar destroys the client, the archiver and the fleet gate after it; the
+// archiver's destructor aborts copies in progress ("shutting down") and the
+// client completes requests in flight. Such late results stay in this hub:
+// the gate may already be gone, and an aborted archive's archive_error must
+// never become the fleet's cached terminal state. Nothing new is archived.
+TEST_F(PollHubGateTest, AfterShutdownLateResultsNeverReachTheGate) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.heartbeat_interval = absl::Hours(1);
+  FakeArchiver archiver;
+  auto hub = PollHub::CreateForTest(o, &upstream_, &clock_, &metrics_, 42, &gate_, &archiver);
+  ASSERT_TRUE(hub.ok());
+  hub_ = std::move(*hub);
+  for (const char* id : {"archived", "late", "limited"}) WatchOk(id);
+  hub_->RunDue();
+  ASSERT_EQ(gate_.Pending(), 3u);
+  for (int i = 0; i < 3; ++i) gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  ASSERT_EQ(upstream_.Total(), 3);
+  upstream_.Reply("archived", Ok(kCompleted));
+  ASSERT_EQ(archiver.calls(), 1u);
+  ASSERT_TRUE(gate_.observed().empty()) << "COMPLETED waits for its archive";
+
+  hub_->Shutdown();
+  archiver.Finish("", "archiving stopped: the sidecar is shutting down");
+  upstream_.Reply("late", Ok(kCompleted));
+  UpstreamResult r = Outcome(UpstreamOutcome::kRateLimited, "429");
+  r.retry_after = absl::Seconds(3);
+  upstream_.Reply("limited", r);
+  for (const VideoTask& t : gate_.observed()) {
+    ADD_FAILURE() << "the gate was told " << t.ShortDebugString() << " after Shutdown()";
+  }
+  EXPECT_TRUE(gate_.pauses().empty()) << "a 429 after Shutdown() reached the gate";
+  EXPECT_EQ(archiver.calls(), 0u) << "a copy was started after Shutdown()";
+}
+
 TEST(PollHubThreadTest, SchedulerThreadPollsOnItsOwn) {
   // The real scheduler thread with the real clock and a short interval.
   FakeUpstream upstream;
@@ -1229,6 +1266,143 @@ TEST(PollHubThreadTest, ResultsAreFannedOutOffTheClientThread) {
         absl::Seconds(10)));
     EXPECT_NE(sink->threads[0], std::this_thread::get_id())
         << "the client's thread delivered the fan-out";
+  }
+  (*hub)->Shutdown();
+}
+
+// A gate for the threaded hub that admits every request inline and records
+// the threads that ask it (only the scheduler thread does). While held,
+// Admit waits until released: the test can then act while the scheduler
+// thread sits between applying a result and delivering its events.
+class HoldingGate : public PollGate {
+ public:
+  void Admit(const std::string&, bool, AdmitDone done) override {
+    {
+      absl::MutexLock lock(&mu_);
+      admit_threads_.insert(std::this_thread::get_id());
+      if (hold_) {
+        held_ = true;
+        mu_.Await(absl::Condition(+[](bool* hold) { return !*hold; }, &hold_));
+        held_ = false;
+      }
+    }
+    std::move(done)(Admission{});
+  }
+  void Observed(const VideoTask&) override {}
+  void RateLimited(absl::Duration) override {}
+  void Released(const std::string&) override {}
+  void SetListener(Listener listener) override { listener_ = std::move(listener); }
+
+  void Hold() {
+    absl::MutexLock lock(&mu_);
+    hold_ = true;
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    hold_ = false;
+  }
+  // Waits until an Admit is held; false after 10 s.
+  bool WaitHeld() {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&held_), absl::Seconds(10));
+  }
+  // A state another sidecar observed, brought by the calling thread (as the
+  // Redis subscriber's thread would).
+  void Share(VideoTask t) { listener_(std::move(t)); }
+  std::set<std::thread::id> admit_threads() {
+    absl::MutexLock lock(&mu_);
+    return admit_threads_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool hold_ ABSL_GUARDED_BY(mu_) = false;
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
+  std::set<std::thread::id> admit_threads_ ABSL_GUARDED_BY(mu_);
+  Listener listener_;
+};
+
+// Issue 16: only the scheduler thread delivers. Results and shared states
+// arrive on other threads (the client's and the gate's I/O threads, here
+// `io`); those only queue work and wake the scheduler, even when events of
+// other tasks are waiting to be delivered at that moment.
+TEST(PollHubThreadTest, OnlyTheSchedulerThreadDelivers) {
+  FakeUpstream upstream;
+  HoldingGate gate;
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(30);
+  o.heartbeat_interval = absl::Hours(1);
+  o.max_inflight = 1;  // "b" starts only once "a" has its answer
+  auto hub = PollHub::Create(o, &upstream, RealClock::Get(), nullptr, &gate);
+  ASSERT_TRUE(hub.ok());
+  struct ThreadSink : WatchSink {
+    void OnEvent(std::shared_ptr<const TaskEvent>) override {
+      absl::MutexLock lock(&mu);
+      threads.push_back(std::this_thread::get_id());
+    }
+    void OnError(const absl::Status&) override {
+      absl::MutexLock lock(&mu);
+      threads.push_back(std::this_thread::get_id());
+    }
+    absl::Mutex mu;
+    std::vector<std::thread::id> threads ABSL_GUARDED_BY(mu);
+  };
+  auto sink = std::make_shared<ThreadSink>();
+  absl::Mutex get_mu;
+  std::optional<std::thread::id> get_thread;
+  ASSERT_TRUE((*hub)->Watch("a", sink).ok());
+  (*hub)->Get("a", [&](absl::StatusOr<VideoTask>) {
+    absl::MutexLock lock(&get_mu);
+    get_thread = std::this_thread::get_id();
+  });
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (upstream.PendingIds().empty() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(upstream.PendingIds(), std::vector<std::string>{"a"});
+  ASSERT_TRUE((*hub)->Watch("b", std::make_shared<ThreadSink>()).ok());
+  gate.Hold();
+  std::thread::id io_id;
+  std::thread io([&] {
+    io_id = std::this_thread::get_id();
+    // The scheduler applies the answer (SNAPSHOT and the Get's answer
+    // queued), starts "b" and is held in Admit before it delivers.
+    upstream.Reply("a", Ok(kQueued));
+    ASSERT_TRUE(gate.WaitHeld());
+    // Work arriving now must not make this thread deliver what is queued.
+    gate.Share(State("unrelated", kProcessing));
+  });
+  io.join();
+  gate.Release();
+  {
+    absl::MutexLock lock(&sink->mu);
+    ASSERT_TRUE(sink->mu.AwaitWithTimeout(
+        absl::Condition(+[](std::vector<std::thread::id>* t) { return !t->empty(); },
+                        &sink->threads),
+        absl::Seconds(10)));
+  }
+  {
+    absl::MutexLock lock(&get_mu);
+    ASSERT_TRUE(get_mu.AwaitWithTimeout(
+        absl::Condition(+[](std::optional<std::thread::id>* t) { return t->has_value(); },
+                        &get_thread),
+        absl::Seconds(10)));
+  }
+  const std::set<std::thread::id> scheduler = gate.admit_threads();
+  ASSERT_EQ(scheduler.size(), 1u) << "Admit is called on the scheduler thread only";
+  const std::thread::id scheduler_id = *scheduler.begin();
+  EXPECT_NE(scheduler_id, io_id);
+  {
+    absl::MutexLock lock(&sink->mu);
+    for (std::thread::id t : sink->threads) {
+      EXPECT_NE(t, io_id) << "the I/O thread delivered a watcher's event";
+      EXPECT_EQ(t, scheduler_id) << "a watcher's event was delivered off the scheduler thread";
+    }
+  }
+  {
+    absl::MutexLock lock(&get_mu);
+    EXPECT_NE(*get_thread, io_id) << "the I/O thread answered a Get";
+    EXPECT_EQ(*get_thread, scheduler_id);
   }
   (*hub)->Shutdown();
 }

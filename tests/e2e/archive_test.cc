@@ -25,6 +25,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/videotask/v1/video_task.grpc.pb.h"
 #include "tests/sim/sim_upstream.h"
+#include "tests/testing/redis_server.h"
 #include "tests/testing/sha256.h"
 #include "tests/testing/subprocess.h"
 
@@ -84,7 +85,9 @@ class ArchiveE2eTest : public ::testing::Test {
                                   "--poll_interval=200ms",
                                   "--heartbeat_interval=300ms",
                                   "--max_upstream_qps=100",
-                                  "--archive_dir=" + dir_};
+                                  "--archive_dir=" + dir_,
+                                  // The sim plays the video host, on loopback.
+                                  "--archive_allow_loopback"};
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   }
@@ -107,6 +110,39 @@ class ArchiveE2eTest : public ::testing::Test {
     stub_.reset();
     sidecar_->Signal(SIGTERM);
     EXPECT_EQ(sidecar_->Wait(absl::Seconds(20)), 0) << sidecar_->Stderr();
+  }
+
+  // Scripts `id` to complete at once with a video whose first chunk never
+  // comes (until the sim stops), starts the sidecar with `extra`, opens a
+  // watch of `id` that must end UNAVAILABLE (drained), and returns once the
+  // copy has started. Join the thread after stopping the sidecar.
+  std::thread StartStuckCopy(const std::string& id, std::vector<std::string> extra) {
+    TaskScript done;
+    done.queued_polls = 0;
+    done.processing_polls = 0;
+    sim_->SetTask(id, done);
+    VideoScript v;
+    v.size_bytes = 4 << 20;
+    v.chunk_delay = absl::Hours(1);
+    sim_->SetVideo(id, v);
+    StartSidecar(std::move(extra));
+    std::thread watch([this, id] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      v1::WatchVideoTaskRequest req;
+      req.set_id(id);
+      auto reader = stub_->WatchVideoTask(&ctx, req);
+      WatchVideoTaskResponse msg;
+      while (reader->Read(&msg)) {
+      }
+      EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);  // drained
+    });
+    const absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (sim_->VideoRequestCount(id) == 0 && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_EQ(sim_->VideoRequestCount(id), 1);
+    return watch;
   }
 
   grpc::Status Get(const std::string& id, VideoTask* task) {
@@ -139,7 +175,6 @@ TEST_F(ArchiveE2eTest, FiftyWatchersOneDownloadAndTheKeyNeverReachesTheVideoHost
   VideoScript v;
   v.size_bytes = 3 << 20;
   v.chunk_delay = absl::Milliseconds(5);  // ~0.25 s: the watchers wait for it
-  v.redirect_hops = 1;                    // the key must not follow a redirect either
   sim_->SetVideo("many", v);
   StartSidecar();
 
@@ -201,16 +236,16 @@ TEST_F(ArchiveE2eTest, FiftyWatchersOneDownloadAndTheKeyNeverReachesTheVideoHost
     EXPECT_EQ(last.archive_error(), "");
   }
   EXPECT_EQ(FileSha256(dir_ + "/many.mp4"), sha);
-  // One download (a redirect and the video), and no Authorization header on
-  // either, although the upstream got the key with every poll.
-  EXPECT_EQ(sim_->VideoRequestCount("many"), 2);
+  // One download, and no Authorization header, although the upstream got
+  // the key with every poll.
+  EXPECT_EQ(sim_->VideoRequestCount("many"), 1);
   EXPECT_EQ(sim_->VideoAuthorizationCount(), 0);
   EXPECT_GE(sim_->ServedCount("many", "completed"), 1);
   // Get answers with the archive too, without another download.
   VideoTask got;
   ASSERT_TRUE(Get("many", &got).ok());
   EXPECT_EQ(got.archive().sha256(), sha);
-  EXPECT_EQ(sim_->VideoRequestCount("many"), 2);
+  EXPECT_EQ(sim_->VideoRequestCount("many"), 1);
   const std::string metrics = Metrics();
   EXPECT_TRUE(
       absl::StrContains(metrics, absl::StrCat("videotask_archive_bytes_total ", v.size_bytes)))
@@ -369,7 +404,7 @@ TEST_F(ArchiveE2eTest, AKilledSidecarNeverLeavesAPartialFileUnderTheFinalName) {
   get.join();
   struct stat st;
   EXPECT_NE(stat((dir_ + "/crash.mp4").c_str(), &st), 0);
-  EXPECT_NE(stat((dir_ + "/crash.json").c_str(), &st), 0);
+  EXPECT_NE(stat((dir_ + "/crash.meta.json").c_str(), &st), 0);
   // The next run downloads it again, whole.
   VideoScript fast;
   fast.size_bytes = 4 << 20;
@@ -382,30 +417,7 @@ TEST_F(ArchiveE2eTest, AKilledSidecarNeverLeavesAPartialFileUnderTheFinalName) {
 }
 
 TEST_F(ArchiveE2eTest, SigtermDuringAStuckDownloadExitsWithinTheGrace) {
-  TaskScript done;
-  done.queued_polls = 0;
-  done.processing_polls = 0;
-  sim_->SetTask("stuck", done);
-  VideoScript v;
-  v.size_bytes = 4 << 20;
-  v.chunk_delay = absl::Hours(1);
-  sim_->SetVideo("stuck", v);
-  StartSidecar({"--shutdown_grace=2s"});
-  std::thread watch([this] {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    v1::WatchVideoTaskRequest req;
-    req.set_id("stuck");
-    auto reader = stub_->WatchVideoTask(&ctx, req);
-    WatchVideoTaskResponse msg;
-    while (reader->Read(&msg)) {
-    }
-    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);  // drained
-  });
-  const absl::Time give_up = absl::Now() + absl::Seconds(20);
-  while (sim_->VideoRequestCount("stuck") == 0 && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  std::thread watch = StartStuckCopy("stuck", {"--shutdown_grace=2s"});
   const absl::Time start = absl::Now();
   sidecar_->Signal(SIGTERM);
   EXPECT_EQ(sidecar_->Wait(absl::Seconds(10)), 0) << sidecar_->Stderr();
@@ -417,24 +429,117 @@ TEST_F(ArchiveE2eTest, SigtermDuringAStuckDownloadExitsWithinTheGrace) {
   if (DIR* d = opendir(dir_.c_str())) {
     while (dirent* e = readdir(d)) {
       const std::string name = e->d_name;
-      if (name != "." && name != "..") ++entries;
+      if (name != "." && name != ".." && name != ".archive-state") ++entries;
     }
     closedir(d);
   }
   EXPECT_EQ(entries, 0);
 }
 
+// Issue 16: in fleet mode a SIGTERM during a copy crashed the sidecar
+// (SIGSEGV): teardown destroyed the fleet gate first, then the archiver,
+// whose destructor aborts the copy with archive_error "shutting down"; the
+// hub applied that and told the freed gate. Now the process exits 0 and the
+// aborted copy never becomes the fleet's state in Redis (another pod would
+// otherwise serve it as the task's cached terminal state).
+TEST_F(ArchiveE2eTest, SigtermMidCopyInFleetModeExitsCleanAndTheFleetCachesNoAbortedArchive) {
+  auto redis = testing::RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  std::thread watch =
+      StartStuckCopy("fleet-stop", {"--redis_url=" + (*redis)->Url(), "--shutdown_grace=2s"});
+  // Connected to Redis by now (the copy stalls for as long as the test
+  // needs), so a state the hub told the gate late would be stored.
+  const absl::Time up_by = absl::Now() + absl::Seconds(20);
+  while (!absl::StrContains(Metrics(), "videotask_redis_up 1") && absl::Now() < up_by) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(absl::StrContains(Metrics(), "videotask_redis_up 1")) << Metrics();
+  stub_.reset();
+  sidecar_->Signal(SIGTERM);
+  EXPECT_EQ(sidecar_->Wait(absl::Seconds(10)), 0) << sidecar_->Stderr();
+  watch.join();
+  // The copy really was aborted by the shutdown...
+  EXPECT_TRUE(absl::StrContains(sidecar_->Stderr(), "archiving stopped")) << sidecar_->Stderr();
+  // ...and no value in Redis (signed states carry the task serialized, so
+  // the error text would appear in the bytes) holds that error.
+  auto keys = (*redis)->Command({"KEYS", "*"});
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  for (absl::string_view key : absl::StrSplit(*keys, '\n', absl::SkipEmpty())) {
+    SCOPED_TRACE(key);
+    auto type = (*redis)->Command({"TYPE", std::string(key)});
+    ASSERT_TRUE(type.ok()) << type.status();
+    absl::StatusOr<std::string> value;
+    if (*type == "string") {
+      value = (*redis)->Command({"GET", std::string(key)});
+    } else if (*type == "hash") {
+      value = (*redis)->Command({"HGETALL", std::string(key)});
+    } else {
+      continue;
+    }
+    ASSERT_TRUE(value.ok()) << value.status();
+    EXPECT_FALSE(absl::StrContains(*value, "shutting down"))
+        << "the fleet caches the aborted archive under " << key;
+  }
+}
+
 TEST_F(ArchiveE2eTest, BadArchiveFlagsStopStartUpWithExitCodeTwo) {
   for (const std::vector<std::string>& extra :
        {std::vector<std::string>{"--archive_dir=/nonexistent/videotask/archive"},
         std::vector<std::string>{"--archive_timeout=0s"},
-        std::vector<std::string>{"--archive_max_bytes=-1"}}) {
+        std::vector<std::string>{"--archive_max_bytes=-1"},
+        std::vector<std::string>{"--archive_min_bytes_per_second=-1"}}) {
     SCOPED_TRACE(extra[0]);
     auto p = Subprocess::Start(Args(extra), {{"VIDEOTASK_API_KEY", kKey}});
     ASSERT_TRUE(p.ok());
     EXPECT_EQ(p->Wait(absl::Seconds(20)), 2) << p->Stderr();
     EXPECT_TRUE(absl::StrContains(p->Stderr(), "archive")) << p->Stderr();
   }
+}
+
+// The video host redirects to another service in the pod (here a second
+// sim, on loopback): refused even though --archive_allow_loopback is set (the
+// first URL is on loopback), not retried, nothing fetched from the service;
+// and without the flag a loopback video_url itself is refused.
+TEST_F(ArchiveE2eTest, LoopbackIsRefusedOnARedirectAlwaysAndOnTheFirstUrlWithoutTheFlag) {
+  auto internal = SimUpstream::Start(SimUpstream::Options());
+  ASSERT_TRUE(internal.ok());
+  TaskScript done;
+  done.queued_polls = 0;
+  done.processing_polls = 0;
+  sim_->SetTask("ssrf", done);
+  VideoScript v;
+  v.redirect_location = absl::StrCat("http://127.0.0.1:", (*internal)->port(), "/_sim/counts");
+  sim_->SetVideo("ssrf", v);
+  StartSidecar();
+  VideoTask got;
+  ASSERT_TRUE(Get("ssrf", &got).ok());
+  EXPECT_EQ(got.status(), v1::VIDEO_TASK_STATUS_COMPLETED);
+  EXPECT_FALSE(got.has_archive()) << "another service's answer was stored as the video";
+  EXPECT_TRUE(absl::StrContains(got.archive_error(), "refused")) << got.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("ssrf"), 1);
+  EXPECT_EQ((*internal)->TotalRequests(), 0);
+  EXPECT_TRUE(absl::StrContains(Metrics(),
+                                "videotask_archive_failures_total{reason=\"insecure_url\"} 1"));
+  StopSidecar();
+
+  sim_->SetTask("plain", done);
+  VideoScript ok;
+  ok.size_bytes = 1000;
+  sim_->SetVideo("plain", ok);
+  std::vector<std::string> args = Args();
+  args.pop_back();  // no --archive_allow_loopback
+  auto p = Subprocess::Start(args, {{"VIDEOTASK_API_KEY", kKey}});
+  ASSERT_TRUE(p.ok());
+  sidecar_ = std::make_unique<Subprocess>(std::move(*p));
+  ASSERT_TRUE(sidecar_->WaitForStderr("sidecar_started", absl::Seconds(20)));
+  stub_ = v1::VideoTaskService::NewStub(grpc::CreateChannel(
+      LogField(sidecar_->Stderr(), "grpc_target"), grpc::InsecureChannelCredentials()));
+  VideoTask plain;
+  ASSERT_TRUE(Get("plain", &plain).ok());
+  EXPECT_FALSE(plain.has_archive());
+  EXPECT_TRUE(absl::StrContains(plain.archive_error(), "--archive_allow_loopback"))
+      << plain.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("plain"), 0);
 }
 
 }  // namespace

@@ -12,7 +12,20 @@
 //   caller has gone;
 // - RSS, open fds and threads of the sidecar that is never restarted level
 //   off: the last quarter of the run stays near the level of its second
-//   quarter.
+//   quarter;
+// - archiving (--archive_dir, videos served by the sim on loopback with
+//   --archive_allow_loopback): a video URL that redirects to a loopback
+//   service (another sim standing for a service in the pod; fault "redirect
+//   to loopback") is never followed: that service gets no request and no
+//   file of that task is archived.
+//
+// - in fleet mode (--redis, the default: both sidecars use one redis-server
+//   the soak starts, each lane its own --fleet_name and a fleet budget of
+//   --qps), Redis faults: Redis turns read-only (REPLICAOF, as a failover
+//   does to a demoted primary) or stalls (CLIENT PAUSE), for up to 3 s; the
+//   rate check above then holds on the local budget (and is also reported
+//   for the fault windows alone), and the steady sidecar must notice them
+//   (videotask_fleet_faults_total).
 //
 // Two lanes, each its own sim and sidecar: "steady" (never restarted; its
 // resource figures are the levelling-off check) and "restart" (SIGTERM and a
@@ -25,6 +38,7 @@
 #include <dirent.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -58,6 +72,7 @@
 #include "proto/videotask/v1/video_task.grpc.pb.h"
 #include "tests/sim/sim_upstream.h"
 #include "tests/soak/sequence_check.h"
+#include "tests/testing/redis_server.h"
 #include "tests/testing/subprocess.h"
 
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(60), "How long the churn runs.");
@@ -72,6 +87,9 @@ ABSL_FLAG(std::string, sidecar, "",
           "The videotask_sidecar binary; default: the one in this target's runfiles.");
 ABSL_FLAG(std::vector<std::string>, without, {},
           "Fault kinds to leave out, by the names the summary prints (e.g. reset,hang).");
+ABSL_FLAG(bool, redis, true,
+          "Run the sidecars in fleet mode on a redis-server the soak starts, with Redis faults "
+          "(\"redis read-only\", \"redis stall\"; --without takes these names too).");
 ABSL_FLAG(bool, verbose, false, "Log restarts and samples as they happen.");
 
 namespace videotask::soak {
@@ -242,6 +260,8 @@ class Lane {
 
   const std::string& name() const { return name_; }
   bool restarts() const { return restarts_; }
+  // Fleet mode: before Init.
+  void set_redis_url(std::string url) { redis_url_ = std::move(url); }
   sim::SimUpstream& sim() { return *sim_; }
   ServedFn served() {
     sim::SimUpstream* s = sim_.get();
@@ -253,12 +273,26 @@ class Lane {
     key_ = absl::StrFormat("soak-%s-key-%016x", name_, absl::Uniform<uint64_t>(gen_));
     o.api_key = key_;
     o.threads = 64;  // hangs hold a thread each until their delay ends
+    o.video_urls_on_sim = true;
+    o.default_video.size_bytes = 16 << 10;
     auto sim = sim::SimUpstream::Start(o);
     if (!sim.ok()) {
       std::cerr << "soak: " << sim.status() << "\n";
       return false;
     }
     sim_ = std::move(*sim);
+    // A service in the pod that a video host must never reach.
+    auto internal = sim::SimUpstream::Start(sim::SimUpstream::Options());
+    if (!internal.ok()) {
+      std::cerr << "soak: " << internal.status() << "\n";
+      return false;
+    }
+    internal_ = std::move(*internal);
+    archive_dir_ = absl::StrCat(dir_, "/", name_, "-archive");
+    if (mkdir(archive_dir_.c_str(), 0755) != 0) {
+      std::cerr << "soak: cannot make " << archive_dir_ << "\n";
+      return false;
+    }
     key_file_ = absl::StrCat(dir_, "/", name_, ".key");
     std::ofstream(key_file_) << key_ << "\n";
     absl::MutexLock lock(&mu_);
@@ -299,6 +333,68 @@ class Lane {
     absl::MutexLock lock(&mu_);
     if (r < 0.12 && !retired_.empty()) return retired_[absl::Uniform<size_t>(gen, 0, retired_.size())];
     return live_[absl::Uniform<size_t>(gen, 0, live_.size())].id;
+  }
+
+  // The fault "redirect to loopback": a live task's video redirects to the
+  // in-pod service, and the task completes within 2 s. Returns false when
+  // no live task is short of its end.
+  bool RedirectVideoToLoopback(absl::BitGen& gen) {
+    absl::MutexLock lock(&mu_);
+    std::vector<Task*> open;  // not yet served completed or failed
+    for (Task& t : live_) {
+      if (sim_->TerminalServedAt(t.id) == absl::InfiniteFuture()) open.push_back(&t);
+    }
+    if (open.empty()) return false;
+    Task& task = *open[absl::Uniform<size_t>(gen, 0, open.size())];
+    const std::string id = task.id;
+    // It completes soon, so that the sidecar archives it within the run.
+    task.force_at = std::min(task.force_at, absl::Now() + absl::Milliseconds(
+                                                              absl::Uniform(gen, 0, 2000)));
+    task.force_fail = false;
+    sim::VideoScript v;
+    v.size_bytes = 16 << 10;
+    v.redirect_location = absl::Bernoulli(gen, 0.5)
+                              ? internal_->VideoUrl(id)
+                              : absl::StrCat("https://127.0.0.1:", internal_->port(), "/videos/",
+                                             id, ".mp4");
+    sim_->SetVideo(id, v);
+    // Still not terminal once the redirect is in place: any download of its
+    // video comes after, and meets the redirect.
+    if (sim_->TerminalServedAt(id) != absl::InfiniteFuture()) return false;
+    redirected_.push_back(id);
+    return true;
+  }
+
+  // Nothing was fetched from the in-pod service, and no task whose video
+  // redirected there has a file in the archive.
+  void CheckNoLoopbackArchive() {
+    std::vector<std::string> ids;
+    {
+      absl::MutexLock lock(&mu_);
+      ids = redirected_;
+    }
+    int reached = internal_->TotalRequests();
+    for (const std::string& id : ids) reached += internal_->VideoRequestCount(id);
+    if (reached != 0) {
+      g_report.Violation(absl::StrCat(name_, ": the in-pod service got ", reached,
+                                      " requests (redirects to it were followed)"));
+    }
+    std::vector<std::string> files;
+    if (DIR* d = opendir(archive_dir_.c_str())) {
+      while (struct dirent* e = readdir(d)) files.push_back(e->d_name);
+      closedir(d);
+    }
+    for (const std::string& id : ids) {
+      for (const std::string& f : files) {
+        if (absl::StartsWith(f, id + ".")) {
+          g_report.Violation(absl::StrCat(name_, ": ", f, " archived from a redirect to loopback"));
+        }
+      }
+    }
+    g_report.Count("videos redirected to loopback", static_cast<int64_t>(ids.size()));
+    int64_t archived = 0;
+    for (const std::string& f : files) archived += absl::EndsWith(f, ".meta.json") ? 1 : 0;
+    g_report.Count("videos archived", archived);
   }
 
   // Replaces finished tasks, forces held ones to their end.
@@ -410,8 +506,16 @@ class Lane {
         "--terminal_cache_ttl=10s",
         "--max_backoff=3s",
         "--slow_watcher_timeout=30s",
+        absl::StrCat("--archive_dir=", archive_dir_),
+        "--archive_allow_loopback",  // the sim plays the video host
+        "--archive_timeout=20s",
         absl::StrCat("--shutdown_grace=", absl::FormatDuration(kGrace)),
     };
+    if (!redis_url_.empty()) {
+      args.push_back(absl::StrCat("--redis_url=", redis_url_));
+      args.push_back(absl::StrCat("--fleet_name=soak-", name_));
+      args.push_back(absl::StrCat("--fleet_max_upstream_qps=", absl::GetFlag(FLAGS_qps)));
+    }
     auto p = Subprocess::Start(args);
     if (!p.ok()) {
       std::cerr << "soak: " << p.status() << "\n";
@@ -475,7 +579,10 @@ class Lane {
   const std::string dir_;
   std::string key_;
   std::string key_file_;
+  std::string redis_url_;
   std::unique_ptr<sim::SimUpstream> sim_;
+  std::unique_ptr<sim::SimUpstream> internal_;  // a service in the pod
+  std::string archive_dir_;
 
   absl::Mutex mu_;
   absl::BitGen gen_ ABSL_GUARDED_BY(mu_);
@@ -486,6 +593,7 @@ class Lane {
   absl::Duration max_drain_ ABSL_GUARDED_BY(mu_);
   std::vector<Task> live_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> retired_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> redirected_ ABSL_GUARDED_BY(mu_);
   int next_task_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -597,7 +705,7 @@ std::string InjectRandomFault(Lane& lane, absl::BitGen& gen) {
       {4, "unknown status"}, {3, "unknown HTTP code"},
       {6, "slow"},           {3, "hang"},         {5, "reset"},
       {8, "status flap"},    {1, "terminal flap"}, {3, "404 once"},
-      {1, "404 twice"},      {1, "401"},
+      {1, "404 twice"},      {1, "401"},          {6, "redirect to loopback"},
   };
   static const std::vector<std::string> without = absl::GetFlag(FLAGS_without);
   auto weight = [](const Choice& c) {
@@ -613,6 +721,9 @@ std::string InjectRandomFault(Lane& lane, absl::BitGen& gen) {
       break;
     }
     pick -= weight(c);
+  }
+  if (name == "redirect to loopback") {  // the video host, not the upstream
+    return lane.RedirectVideoToLoopback(gen) ? name : "";
   }
   if (name == "5xx") {
     f.kind = FaultKind::kServerError;
@@ -765,6 +876,16 @@ int Main() {
   Lane steady("steady", false, sidecar, dir, seed + 1);
   Lane restart("restart", true, sidecar, dir, seed + 2);
   std::vector<Lane*> lanes = {&steady, &restart};
+  std::unique_ptr<testing::RedisServer> redis;
+  if (absl::GetFlag(FLAGS_redis)) {
+    auto r = testing::RedisServer::Start();
+    if (!r.ok()) {
+      std::cerr << "soak: cannot start redis-server: " << r.status() << "\n";
+      return 2;
+    }
+    redis = std::move(*r);
+    for (Lane* lane : lanes) lane->set_redis_url(redis->Url());
+  }
   for (Lane* lane : lanes) {
     if (!lane->Init()) return 1;
   }
@@ -811,6 +932,56 @@ int Main() {
       }
     }
   });
+  // Redis faults (fleet mode): read-only or stalled for a while, one at a
+  // time; their windows (plus a second) are checked on their own below.
+  absl::Mutex redis_mu;
+  std::vector<std::pair<absl::Time, absl::Time>> redis_windows;  // guarded by redis_mu
+  if (redis != nullptr) {
+    threads.emplace_back([&redis, &redis_mu, &redis_windows, end, seed] {
+      absl::BitGen gen(std::seed_seq{static_cast<uint32_t>(seed), 5u});
+      static const std::vector<std::string> without = absl::GetFlag(FLAGS_without);
+      std::vector<std::string> kinds;
+      for (const char* k : {"redis read-only", "redis stall"}) {
+        if (std::find(without.begin(), without.end(), k) == without.end()) kinds.push_back(k);
+      }
+      auto sleep = [](absl::Duration d) {
+        const absl::Time until = absl::Now() + d;
+        while (!g_stop && absl::Now() < until) absl::SleepFor(absl::Milliseconds(20));
+      };
+      while (!g_stop && !kinds.empty()) {
+        sleep(absl::Milliseconds(absl::Uniform(gen, 2000, 6000)));
+        // None in the last seconds: the end checks want a settled fleet.
+        if (g_stop || absl::Now() + absl::Seconds(8) > end) break;
+        const std::string kind = kinds[absl::Uniform<size_t>(gen, 0, kinds.size())];
+        const absl::Duration hold = absl::Milliseconds(absl::Uniform(gen, 300, 3000));
+        const absl::Time from = absl::Now();
+        absl::Status st;
+        if (kind == "redis read-only") {
+          st = redis->Command({"REPLICAOF", "127.0.0.1", "1"}).status();
+          sleep(hold);
+          absl::Status back = redis->Command({"REPLICAOF", "NO", "ONE"}).status();
+          if (st.ok()) st = back;
+        } else {
+          const bool all = absl::Bernoulli(gen, 0.5);  // else writes (every script) only
+          st = redis->Command({"CLIENT", "PAUSE", absl::StrCat(absl::ToInt64Milliseconds(hold)),
+                               all ? "ALL" : "WRITE"})
+                   .status();
+          sleep(hold);
+        }
+        if (!st.ok()) {
+          g_report.Violation(absl::StrCat("soak: injecting ", kind, " failed: ", st.message()));
+          break;
+        }
+        {
+          absl::MutexLock lock(&redis_mu);
+          redis_windows.emplace_back(from, absl::Now() + absl::Seconds(1));
+        }
+        g_report.Count(absl::StrCat("fault ", kind));
+        g_report.Count("faults injected");
+        g_report.Count("redis faults");
+      }
+    });
+  }
   // Restarts.
   const absl::Duration restart_every = absl::GetFlag(FLAGS_restart_every);
   if (restart_every > absl::ZeroDuration()) {
@@ -904,6 +1075,46 @@ int Main() {
     }
   }
 
+  // Redis faults: the rate within their windows alone (already inside the
+  // check above; reported so a run shows the budget held through them), and
+  // the steady sidecar saw them as fleet faults.
+  if (redis != nullptr) {
+    absl::MutexLock lock(&redis_mu);
+    for (Lane* lane : lanes) {
+      std::vector<absl::Time> in;
+      for (absl::Time t : lane->sim().RequestTimes()) {
+        for (const auto& [from, to] : redis_windows) {
+          if (t >= from && t <= to) {
+            in.push_back(t);
+            break;
+          }
+        }
+      }
+      absl::Time at;
+      const int max = in.empty() ? 0 : MaxPerSecond(in, &at);
+      g_report.Count(absl::StrCat("requests during redis faults, ", lane->name()),
+                     static_cast<int64_t>(in.size()));
+      g_report.Count(absl::StrCat("busiest second during redis faults, ", lane->name()), max);
+      if (max > absl::GetFlag(FLAGS_qps)) {
+        g_report.Violation(absl::StrCat(lane->name(), ": ", max,
+                                        " upstream requests within one second during a Redis "
+                                        "fault (cap ", absl::GetFlag(FLAGS_qps), ")"));
+      }
+    }
+    const std::string page = Scrape(steady.metrics_port());
+    const double seen =
+        std::max(0.0, MetricValue(page, "videotask_fleet_faults_total{kind=\"error_reply\"}")) +
+        std::max(0.0, MetricValue(page, "videotask_fleet_faults_total{kind=\"timeout\"}"));
+    g_report.Count("redis faults seen by the steady sidecar", static_cast<int64_t>(seen));
+    if (redis_windows.size() >= 2 && seen == 0) {
+      g_report.Violation(absl::StrCat(redis_windows.size(), " Redis faults injected, none seen "
+                                      "by the steady sidecar (videotask_fleet_faults_total)"));
+    }
+    if (MetricValue(page, "videotask_fleet_mode") != 1) {
+      g_report.Violation("the steady sidecar is not back in fleet mode at the end");
+    }
+  }
+
   // Levelling off: the last quarter against the second one.
   const Levels mid = MaxIn(samples, duration * 0.2, duration * 0.5);
   const Levels last = MaxIn(samples, duration * 0.75, duration);
@@ -924,6 +1135,7 @@ int Main() {
   }
 
   for (Lane* lane : lanes) lane->Shutdown();
+  for (Lane* lane : lanes) lane->CheckNoLoopbackArchive();
 
   // ---- summary ----
   std::map<std::string, int64_t> c = g_report.counts();
@@ -971,6 +1183,17 @@ int Main() {
                   "threads\n",
                   after->rss_kib / 1024.0, after->fds, after->threads);
     }
+  }
+  std::printf("archive             %lld copies; %lld videos redirected to loopback\n",
+              count("videos archived"), count("videos redirected to loopback"));
+  if (redis != nullptr) {
+    std::printf("redis faults        %lld injected, %lld seen by the steady sidecar; requests during "
+                "them: steady %lld (max %lld in 1 s), restart %lld (max %lld in 1 s)\n",
+                count("redis faults"), count("redis faults seen by the steady sidecar"),
+                count("requests during redis faults, steady"),
+                count("busiest second during redis faults, steady"),
+                count("requests during redis faults, restart"),
+                count("busiest second during redis faults, restart"));
   }
   std::printf("metrics scrapes     %lld\n", count("metrics scrapes"));
   const int64_t violations = g_report.violations();

@@ -193,7 +193,9 @@ async def test_archived_video_is_in_the_payload(tmp_path):
     """With --archive_dir, the event's task carries the archive (videos served by the sim)."""
     video_sim = harness.Sim("empty", extra_args=("--video_urls_on_sim",))
     try:
-        sc = harness.Sidecar(video_sim, extra_args=("--archive_dir=%s" % tmp_path,))
+        sc = harness.Sidecar(
+            video_sim, extra_args=("--archive_dir=%s" % tmp_path, "--archive_allow_loopback")
+        )
         try:
             video_sim.set_task("tr-archived", {"queued_polls": 1, "processing_polls": 1})
             events = await run_trigger(VideoTaskTrigger("tr-archived", target=sc.target))
