@@ -19,6 +19,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
 import type { Info } from '@temporalio/activity';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
@@ -240,8 +241,31 @@ describe('generateVideo', () => {
       new Attempt(client, newInfo()).run({ family: 'videos', body: { model: 'videos', duration: 10 } }),
       isFailure('VideoTaskCreateRefused', true),
     );
+    // A 401 or 403: the vendor rejects the sidecar's API key.
+    await sim.createFault({ family: 'vidu', kind: 'refuse', count: 1, http_status: 401, message: 'bad key' });
+    await assert.rejects(
+      new Attempt(client, newInfo()).run({ family: 'vidu', body: { model: 'vidu2', prompt: 'x' } }),
+      isFailure('VideoTaskFailedPrecondition', true, (f) => assert.doesNotMatch(f.message, /temporal-test-key/)),
+    );
     const creates = await createsSince(mark);
-    assert.deepEqual(creates.map((c) => c.id), ['', ''], 'each sent once, nothing created');
+    assert.deepEqual(creates.map((c) => c.id), ['', '', ''], 'each sent once, nothing created');
+  });
+
+  it('a gRPC server without CreateVideoTask (not a videotask sidecar) is a non-retryable VideoTaskUnimplemented', LIMIT, async () => {
+    const other = new grpc.Server();
+    const port = await new Promise<number>((resolve, reject) =>
+      other.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
+    const c = new VideoTaskClient({ target: `127.0.0.1:${port}` });
+    try {
+      await assert.rejects(
+        new Attempt(c, newInfo()).run({ family: 'videos', body: { prompt: 'x' } }),
+        isFailure('VideoTaskUnimplemented', true, (f) => assert.match(f.message, /^creating a video \(family videos, request id video-\d+\/[^)]+\): UNIMPLEMENTED/)),
+      );
+    } finally {
+      c.close();
+      other.forceShutdown();
+    }
   });
 
   it('a bad body, family or request id is refused before anything reaches the vendor', LIMIT, async () => {
