@@ -208,6 +208,13 @@ export class VideoTaskBodyError extends Error {
 
 /** Deeper than this is refused (the sidecar takes at most 64 KiB of JSON anyway). */
 const MAX_BODY_DEPTH = 100;
+/**
+ * A body larger than this as JSON is refused before it is sent. The sidecar
+ * refuses more than 64 KiB itself (INVALID_ARGUMENT); this bound only keeps a
+ * huge body from reaching gRPC's 4 MB message limit, whose RESOURCE_EXHAUSTED
+ * would read like the spend guard.
+ */
+export const MAX_SENT_BODY_BYTES = 1 << 20;
 
 function toValue(v: unknown, where: string, depth: number, seen: Set<object>): ProtoValue {
   if (v === null) return { nullValue: 'NULL_VALUE' };
@@ -248,7 +255,13 @@ function structOf(obj: object, where: string, depth: number, seen: Set<object>):
   for (const [key, value] of Object.entries(obj)) {
     // As JSON.stringify does: a key whose value is undefined is left out.
     if (value === undefined) continue;
-    fields[key] = toValue(value, `${where}.${key}`, depth, seen);
+    // defineProperty: a key "__proto__" (JSON.parse makes it an own key) stays a key.
+    Object.defineProperty(fields, key, {
+      value: toValue(value, `${where}.${key}`, depth, seen),
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
   }
   return { fields };
 }
@@ -619,6 +632,10 @@ export class VideoTaskClient {
       family: request.family,
       body: toStruct(request.body),
     };
+    const jsonBytes = Buffer.byteLength(JSON.stringify(request.body));
+    if (jsonBytes > MAX_SENT_BODY_BYTES) {
+      throw new VideoTaskBodyError(`body is ${jsonBytes} bytes as JSON; the sidecar takes at most 64 KiB`);
+    }
     const start = Date.now();
     if (!(await this.waitForReady(start + giveUpAfter, options.signal, options.onWaitForReady))) {
       throw new VideoTaskRpcError(

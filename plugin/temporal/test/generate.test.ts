@@ -277,6 +277,9 @@ describe('generateVideo', () => {
       [{ family: 'Videos/../x', body: { prompt: 'x' } }, /family/],
       [{ family: 'videos', body: { prompt: 'x' }, requestId: 'bad\nkey' }, /request_id/],
       [{ family: 'videos', body: { prompt: 'x' }, requestId: 'k'.repeat(129) }, /request_id/],
+      // Over the sidecar's 64 KiB; and far over it, refused before gRPC's 4 MB limit could answer RESOURCE_EXHAUSTED.
+      [{ family: 'videos', body: { prompt: 'p'.repeat(70 << 10) } }, /64 KiB|65536|too large|at most/],
+      [{ family: 'videos', body: { prompt: 'p'.repeat(5 << 20) } }, /bytes as JSON; the sidecar takes at most 64 KiB/],
     ];
     for (const [input, message] of bad) {
       await assert.rejects(
@@ -433,6 +436,12 @@ describe('toStruct', () => {
       },
     });
     assert.deepEqual(toStruct(Object.create(null)), { fields: {} });
+    // A "__proto__" key (an own key after JSON.parse) is a key like any other.
+    const odd = toStruct(JSON.parse('{"__proto__": {"x": 1}, "constructor": 2}'));
+    assert.deepEqual(Object.keys(odd.fields), ['__proto__', 'constructor']);
+    assert.deepEqual(Object.getOwnPropertyDescriptor(odd.fields, '__proto__')?.value, {
+      structValue: { fields: { x: { numberValue: 1 } } },
+    });
   });
 
   it('refuses what JSON cannot hold', () => {
