@@ -97,9 +97,22 @@ const PRINTABLE_ASCII = /^[\x20-\x7e]+$/;
  * could be read two ways), it is `sha256:` and the hex SHA-256 of the JSON
  * array `[workflowId, runId, activityId]` instead. A standalone activity (not
  * started by a workflow) uses `activity/ACTIVITY_ID/ACTIVITY_RUN_ID` the same
- * way. Throws a VideoTaskConfigurationError when Info has neither.
+ * way. Throws a VideoTaskConfigurationError when Info has neither, and for a
+ * local activity: a local activity retried after a backoff longer than its
+ * `localRetryThreshold` is scheduled again under a new sequence number, so a
+ * new activity id (sdk-typescript packages/workflow/src/workflow.ts,
+ * scheduleLocalActivity), and its retry would create a second video.
  */
-export function defaultRequestId(info: Pick<Info, 'activityId' | 'workflowExecution' | 'activityRunId'>): string {
+export function defaultRequestId(
+  info: Pick<Info, 'activityId' | 'workflowExecution' | 'activityRunId'> & { isLocal?: boolean },
+): string {
+  if (info.isLocal) {
+    throw new VideoTaskConfigurationError(
+      'videotask: generateVideo as a local activity needs an explicit requestId: a local activity retried after a ' +
+        'backoff gets a new activity id, so the default request id would create the video again (run it as a ' +
+        'normal activity)',
+    );
+  }
   let parts: [string, string, string];
   if (info.workflowExecution?.workflowId && info.workflowExecution.runId) {
     parts = [info.workflowExecution.workflowId, info.workflowExecution.runId, info.activityId];

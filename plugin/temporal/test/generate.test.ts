@@ -287,6 +287,11 @@ describe('generateVideo', () => {
         isFailure('VideoTaskCreateRefused', true, (f) => assert.match(f.message, message)),
       );
     }
+    // A local activity without a requestId (see defaultRequestId).
+    await assert.rejects(
+      new Attempt(client, newInfo({ isLocal: true })).run({ family: 'videos', body: { prompt: 'x' } }),
+      isFailure('VideoTaskConfigurationError', true, (f) => assert.match(f.message, /explicit requestId/)),
+    );
     assert.deepEqual(await createsSince(mark), []);
   });
 
@@ -420,6 +425,14 @@ describe('defaultRequestId', () => {
     // A standalone activity.
     assert.equal(defaultRequestId({ activityId: 'gen', activityRunId: 'r1' }), 'activity/gen/r1');
     assert.throws(() => defaultRequestId({ activityId: 'x' }), /needs a requestId/);
+    // A local activity retried after a backoff is scheduled again with a new
+    // sequence number, so a new activity id (sdk-typescript
+    // packages/workflow/src/workflow.ts, scheduleLocalActivity: `const seq =
+    // activator.nextSeqs.activity++` on every LocalActivityDoBackoff): no default key.
+    assert.throws(
+      () => defaultRequestId({ activityId: '1', isLocal: true, workflowExecution: { workflowId: 'w', runId: run } }),
+      /local activity needs an explicit requestId/,
+    );
   });
 });
 
