@@ -362,6 +362,21 @@ describe('generateVideo', () => {
     assert.equal(creates[0].id, task.id);
   });
 
+  it('a sidecar that dies during the create is a retryable VideoTaskCreateUnavailable', LIMIT, async () => {
+    const doomed = await another([]);
+    await sim.createFault({ family: 'grok', kind: 'slow', delay_ms: 1000, count: 1 });
+    const attempt = new Attempt(doomed.client, newInfo({ heartbeatTimeoutMs: 300 }));
+    const done = attempt.run({ family: 'grok', body: { model: 'grok-video', prompt: 'x' } });
+    await attempt.heartbeat((d) => d.event === 'CREATING');
+    doomed.sidecar.proc.signal('SIGKILL');
+    await assert.rejects(
+      done,
+      isFailure('VideoTaskCreateUnavailable', false, (f) => assert.equal((f.details?.[0] as { code: string }).code, 'UNAVAILABLE')),
+    );
+    // (The vendor got the request: a retry through a new sidecar, which does
+    // not know the key, would create again. The README says so.)
+  });
+
   it('the spend guard is a retryable VideoTaskCreateBudgetExhausted; repeats of a known key still work', LIMIT, async () => {
     const guarded = await another(['--max_creates_per_hour=1']);
     const mark = (await sim.creates()).length;
