@@ -315,7 +315,7 @@ def test_an_unreachable_sidecar_is_retried():
                               ctx("op-unreachable"))
     assert outcome.state == "up_for_retry", outcome
     assert type(outcome.error) is AirflowException
-    assert "unreachable" in str(outcome.error) and "nothing was created" in str(outcome.error)
+    assert "unreachable" in str(outcome.error) and "UNAVAILABLE" in str(outcome.error)
 
 
 def test_a_busy_vendor_is_retried_and_the_retry_creates_once(sim, sidecar):
@@ -426,3 +426,24 @@ def test_target_from_the_environment(sim, sidecar, monkeypatch):
     outcome = engine.run_task(generate(None, P("op-env"), deferrable=False, timeout=30),
                               ctx("op-env"))
     assert outcome.state == "success" and outcome.result["id"] == created(sim, P("op-env"))[0]
+
+
+def test_a_create_slower_than_create_timeout_is_retried_and_the_retry_gets_its_video(
+        sim, sidecar):
+    """The caller's deadline passes while the vendor is still answering: the
+    sidecar waits for the answer anyway and remembers it, so the retry (same
+    request_id) gets the video without a second create."""
+    sim.create_fault({"family": "seedance", "kind": "slow", "delay_ms": 1500, "count": 1})
+    c = ctx("op-slow")
+    op = generate(sidecar.target, P("op-slow"), family="seedance", create_timeout=0.5,
+                  retries=1)
+    outcome = engine.run_task(op, c)
+    assert outcome.state == "up_for_retry", outcome
+    assert type(outcome.error) is AirflowException
+    assert "no answer within create_timeout (500ms)" in str(outcome.error)
+    retry = engine.run_task(generate(sidecar.target, P("op-slow"), family="seedance",
+                                     deferrable=False, timeout=30), engine.retry_of(c),
+                            try_number=2)
+    assert retry.state == "success", retry
+    assert created(sim, P("op-slow")) == [retry.result["id"]]
+    assert len(sim.creates(P("op-slow"))) == 1

@@ -29,10 +29,12 @@ Create outcomes (the sidecar's code -> the task):
   request_id was used with another family or body), FAILED_PRECONDITION (the
   vendor rejects the API key), PERMISSION_DENIED (creates are off on that
   listener): VideoCreateRefused, an AirflowFailException: not retried;
-- RESOURCE_EXHAUSTED (the sidecar's spend guard, --max_creates_per_hour),
-  UNAVAILABLE, DEADLINE_EXCEEDED and anything else: AirflowException,
-  retried by Airflow's `retries`: nothing was created, and the retry's
-  request_id is the same.
+- RESOURCE_EXHAUSTED (the sidecar's spend guard, --max_creates_per_hour;
+  nothing sent), UNAVAILABLE (nothing created: the sidecar unreachable, the
+  vendor busy until the deadline), DEADLINE_EXCEEDED (no answer within
+  create_timeout: the sidecar remembers the outcome of what it sent) and
+  anything else: AirflowException, retried by Airflow's `retries` with the
+  same request_id, so a retry never creates a second video for the key.
 """
 
 import hashlib
@@ -47,6 +49,7 @@ from videotask.client import (
     DEFAULT_GIVE_UP_AFTER,
     VideoTaskError,
     create_video_task_sync,
+    format_duration,
 )
 from videotask_airflow._airflow import (
     AirflowException,
@@ -239,5 +242,11 @@ class VideoGenerateOperator(VideoTaskWaitMixin, BaseOperator):
             return AirflowException(
                 "%s: the sidecar's spend guard refused it, nothing was sent: %s. Retried as "
                 "Airflow's retries allow (the same request_id: no duplicate)" % (what, e.details))
-        return AirflowException("%s: nothing was created: %s: %s (retried as Airflow's retries "
-                                "allow, with the same request_id)" % (what, code.name, e.details))
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return AirflowException(
+                "%s: no answer within create_timeout (%s): %s. The sidecar still waits for a "
+                "request it sent and remembers its outcome: a retry, with the same "
+                "request_id, gets it without a second create" % (
+                    what, format_duration(self.create_timeout), e.details))
+        return AirflowException("%s: %s: %s (retried as Airflow's retries allow, with the same "
+                                "request_id)" % (what, code.name, e.details))
