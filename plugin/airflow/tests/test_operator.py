@@ -405,7 +405,7 @@ def test_a_bad_body_fails_before_anything_is_sent(sim, sidecar, body, words):
 
 def test_arguments(major, monkeypatch):
     assert set(VideoGenerateOperator.template_fields) == {"family", "body", "request_id",
-                                                          "target"}
+                                                          "target", "create_target"}
     with pytest.raises(TypeError):
         VideoGenerateOperator(task_id="g", family="videos")  # body is required
     expected = AirflowException if major == 2 else TypeError
@@ -447,3 +447,23 @@ def test_a_create_slower_than_create_timeout_is_retried_and_the_retry_gets_its_v
     assert retry.state == "success", retry
     assert created(sim, P("op-slow")) == [retry.result["id"]]
     assert len(sim.creates(P("op-slow"))) == 1
+
+
+def test_create_target_creates_and_target_waits(sim, sidecar, start_sidecar):
+    """A shared sidecar keeps every worker's keys (create_target); the wait
+    uses the worker's own (target), here other sidecar processes."""
+    local = start_sidecar(extra_args=["--poll_interval=50ms"])
+    c = ctx("op-create-target")
+    first = engine.run_task(generate(local.target, P("op-create-target"), deferrable=True,
+                                     create_target=sidecar.target), c)
+    assert first.state == "deferred", first
+    assert first.deferred.trigger.serialize()[1]["target"] == local.target
+    # The retry runs on another worker, whose own sidecar knows nothing; the
+    # shared one has the key.
+    other_local = start_sidecar()
+    retry = engine.run_task(generate(other_local.target, P("op-create-target"), deferrable=False,
+                                     timeout=30, create_target=sidecar.target),
+                            engine.retry_of(c), try_number=2)
+    assert retry.state == "success", retry
+    assert created(sim, P("op-create-target")) == [retry.result["id"]]
+    assert first.deferred.trigger.video_task_id == retry.result["id"]

@@ -134,6 +134,10 @@ class VideoGenerateOperator(VideoTaskWaitMixin, BaseOperator):
         try. Give one to choose what counts as "the same video".
       target: the sidecar address (templated); default $VIDEOTASK_TARGET, else
         127.0.0.1:50051, read where each step runs (worker or triggerer).
+      create_target: the sidecar that creates (templated); default `target`.
+        The key lives in that sidecar's memory, so a retry is deduplicated
+        only when it reaches the same one: point every worker's creates at
+        one shared sidecar here, and keep `target` (the waits) local.
       deferrable: wait in the triggerer (True) or in the worker (False);
         default: Airflow's [operators] default_deferrable (False when unset).
       timeout: the wait's limit after the create (seconds or a timedelta;
@@ -149,11 +153,12 @@ class VideoGenerateOperator(VideoTaskWaitMixin, BaseOperator):
       **kwargs: BaseOperator's (task_id, retries, retry_delay, ...).
     """
 
-    template_fields = ("family", "body", "request_id", "target")
+    template_fields = ("family", "body", "request_id", "target", "create_target")
     template_fields_renderers = {"body": "json"}
     ui_color = "#e8f4fd"
 
-    def __init__(self, *, family, body, request_id=None, target=None, deferrable=None,
+    def __init__(self, *, family, body, request_id=None, target=None, create_target=None,
+                 deferrable=None,
                  timeout=DEFAULT_TIMEOUT, create_timeout=DEFAULT_CREATE_TIMEOUT,
                  give_up_after=DEFAULT_GIVE_UP_AFTER, trigger_give_up_after=None,
                  get_timeout=DEFAULT_GET_TIMEOUT, **kwargs):
@@ -162,6 +167,7 @@ class VideoGenerateOperator(VideoTaskWaitMixin, BaseOperator):
         self.body = body
         self.request_id = request_id
         self.target = target
+        self.create_target = create_target
         self.deferrable = bool(default_deferrable() if deferrable is None else deferrable)
         self.timeout = _seconds("timeout", timeout)
         self.create_timeout = _seconds("create_timeout", create_timeout)
@@ -209,7 +215,8 @@ class VideoGenerateOperator(VideoTaskWaitMixin, BaseOperator):
         self.log.info("creating a video of family %s (request_id %s)", self.family, request_id)
         try:
             task = create_video_task_sync(self.family, body, request_id=request_id,
-                                          target=self.target, timeout=self.create_timeout)
+                                          target=self.create_target or self.target,
+                                          timeout=self.create_timeout)
         except VideoTaskError as e:
             raise self._create_failed(e, request_id) from None
         self.video_task_id = task.id
