@@ -21,7 +21,6 @@ import asyncio
 import json
 from datetime import timedelta
 
-import grpc
 import pytest
 
 import engine
@@ -33,7 +32,6 @@ from airflow.exceptions import (  # the stand-in
     AirflowSensorTimeout,
 )
 from harness import HOLD_PROCESSING
-from videotask import client
 from videotask_airflow.operators import (
     VideoCreateOutcomeUnknown,
     VideoCreateRefused,

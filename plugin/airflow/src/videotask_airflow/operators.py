@@ -39,6 +39,7 @@ Create outcomes (the sidecar's code -> the task):
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import timedelta
 
 import grpc
@@ -158,8 +159,7 @@ class VideoGenerateOperator(VideoTaskWaitMixin, BaseOperator):
     ui_color = "#e8f4fd"
 
     def __init__(self, *, family, body, request_id=None, target=None, create_target=None,
-                 deferrable=None,
-                 timeout=DEFAULT_TIMEOUT, create_timeout=DEFAULT_CREATE_TIMEOUT,
+                 deferrable=None, timeout=DEFAULT_TIMEOUT, create_timeout=DEFAULT_CREATE_TIMEOUT,
                  give_up_after=DEFAULT_GIVE_UP_AFTER, trigger_give_up_after=None,
                  get_timeout=DEFAULT_GET_TIMEOUT, **kwargs):
         super().__init__(**kwargs)
@@ -182,7 +182,10 @@ class VideoGenerateOperator(VideoTaskWaitMixin, BaseOperator):
     def waited_for(self, context):
         if self.video_task_id:
             return "video task %s" % self.video_task_id
-        return "the video task of request_id %s" % self._request_id(context)
+        try:
+            return "the video task of request_id %s" % self._request_id(context)
+        except Exception:  # a message must not hide the timeout it reports
+            return "the video task of %s" % self.task_id
 
     def _request_id(self, context):
         if self.request_id is None or self.request_id == "":
@@ -203,7 +206,7 @@ class VideoGenerateOperator(VideoTaskWaitMixin, BaseOperator):
                 raise VideoCreateRefused(
                     "VideoGenerateOperator %s: the body rendered to a string that is not JSON "
                     "(%s); nothing was sent" % (self.task_id, e), "INVALID_ARGUMENT") from None
-        if not isinstance(body, dict):
+        if not isinstance(body, Mapping):
             raise VideoCreateRefused(
                 "VideoGenerateOperator %s: the body must be a dict or a JSON object, not %s; "
                 "nothing was sent" % (self.task_id, type(body).__name__), "INVALID_ARGUMENT")
