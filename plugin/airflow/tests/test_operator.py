@@ -503,3 +503,22 @@ def test_a_sidecar_killed_during_the_create_is_retried_and_has_forgotten_the_key
                             try_number=2)
     assert retry.state == "success", retry
     assert len(created(sim, P("op-killed"))) == 2  # the gap: a second video
+
+
+def test_a_request_id_that_renders_to_no_string(sim, sidecar):
+    # Native rendering makes "{{ params.n }}" an int: refused, nothing sent.
+    before = len(sim.creates())
+    outcome = engine.run_task(generate(sidecar.target, P("op-key-int"), request_id="{{ params.n }}",
+                                       retries=3), ctx("op-key-int", params={"n": 7}, native=True))
+    assert outcome.state == "failed" and isinstance(outcome.error, AirflowFailException), outcome
+    assert "request_id must render to a string, not int" in str(outcome.error)
+    assert len(sim.creates()) == before
+    # A template that renders empty stays the template's text (Airflow sets a
+    # rendered field only when it is truthy): refused, or every instance
+    # rendering empty would share one key.
+    outcome = engine.run_task(generate(sidecar.target, P("op-key-empty"),
+                                       request_id="{{ params.k }}", retries=3),
+                              ctx("op-key-empty", params={"k": ""}))
+    assert outcome.state == "failed" and isinstance(outcome.error, AirflowFailException), outcome
+    assert "was not rendered" in str(outcome.error)
+    assert sim.creates(P("op-key-empty")) == []

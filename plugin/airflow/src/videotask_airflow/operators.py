@@ -194,6 +194,16 @@ class VideoGenerateOperator(VideoTaskWaitMixin, BaseOperator):
             raise AirflowFailException("VideoGenerateOperator %s: request_id must render to a "
                                        "string, not %s" % (self.task_id,
                                                            type(self.request_id).__name__))
+        if "{{" in self.request_id or "{%" in self.request_id:
+            # Airflow keeps a template field whose rendering is empty as it
+            # was (Templater._do_render_template_fields sets only truthy
+            # results): used as a key, the template's text would be shared by
+            # every task instance whose template renders empty.
+            raise AirflowFailException(
+                "VideoGenerateOperator %s: request_id %r was not rendered (Airflow leaves a "
+                "template field that renders empty as it was); nothing was sent. Make it render "
+                "to a non-empty key, or leave request_id unset for the derived one"
+                % (self.task_id, self.request_id))
         return self.request_id
 
     def _body(self):
