@@ -5,6 +5,7 @@
 #include <cmath>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -46,7 +47,10 @@ absl::StatusOr<std::unique_ptr<FleetPollGate>> FleetPollGate::Create(FleetGateOp
 }
 
 FleetPollGate::FleetPollGate(FleetGateOptions options)
-    : options_(std::move(options)), keys_(options_.api_key, options_.upstream_host) {
+    : options_(std::move(options)),
+      keys_(options_.api_key, options_.upstream_host),
+      clock_(options_.clock != nullptr ? options_.clock : RealClock::Get()),
+      lease_ttl_(std::max(options_.poll_interval * 3 / 2, absl::Seconds(1))) {
   MetricsRegistry* metrics = options_.metrics != nullptr ? options_.metrics : &own_metrics_;
   tokens_denied_ = metrics->GetCounter(
       "videotask_fleet_tokens_denied_total",
@@ -77,7 +81,8 @@ FleetPollGate::FleetPollGate(FleetGateOptions options)
   RedisTaskStore::Options so;
   so.terminal_ttl = std::max(options_.terminal_cache_ttl, absl::Seconds(1));
   so.running_ttl = std::max(options_.poll_interval * 3, absl::Seconds(1));
-  so.lease_ttl = std::max(options_.poll_interval * 3 / 2, absl::Seconds(1));
+  so.lease_ttl = lease_ttl_;
+  so.clock = clock_;
   store_ = std::make_unique<RedisTaskStore>(client_.get(), keys_, so);
   RedisRateBudget::Options bo;
   bo.rate_per_second = options_.fleet_qps > 0 ? options_.fleet_qps : 1;
@@ -87,9 +92,101 @@ FleetPollGate::FleetPollGate(FleetGateOptions options)
   metrics->AddGauge("videotask_fleet_mode",
                     "1 while fleet mode is in effect, 0 while fallen back to local limits.",
                     [up_now] { return up_now->load() ? 1.0 : 0.0; });
+  if (options_.renew_thread) renewer_ = std::thread([this] { RenewLoop(); });
 }
 
-FleetPollGate::~FleetPollGate() { client_.reset(); }
+FleetPollGate::~FleetPollGate() {
+  {
+    absl::MutexLock lock(&leases_mu_);
+    stop_ = true;
+  }
+  if (renewer_.joinable()) renewer_.join();
+  client_.reset();
+}
+
+void FleetPollGate::RenewLoop() {
+  absl::Time last_round = absl::InfinitePast();
+  while (true) {
+    {
+      absl::MutexLock lock(&leases_mu_);
+      while (true) {
+        if (stop_) return;
+        const absl::Time now = clock_->Monotonic();
+        absl::Time next = absl::InfiniteFuture();
+        for (const auto& [id, lease] : leases_) {
+          if (!lease.acquiring && !lease.renewing) next = std::min(next, lease.expires - lease_ttl_ / 2);
+        }
+        // A round whose renewals failed leaves them due: not a busy loop.
+        next = std::max(next, last_round + lease_ttl_ / 10);
+        if (next <= now) break;
+        kicked_ = false;
+        leases_mu_.AwaitWithTimeout(
+            absl::Condition(
+                +[](FleetPollGate* g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(g->leases_mu_) {
+                  return g->stop_ || g->kicked_;
+                },
+                this),
+            next - now);
+      }
+    }
+    last_round = clock_->Monotonic();
+    RenewDue();
+  }
+}
+
+void FleetPollGate::RenewDue() {
+  if (!client_->up()) return;  // the leases' own expiry decides meanwhile
+  const absl::Time now = clock_->Monotonic();
+  std::vector<std::string> due;
+  {
+    absl::MutexLock lock(&leases_mu_);
+    for (auto& [id, lease] : leases_) {
+      if (lease.acquiring || lease.renewing || lease.expires - now > lease_ttl_ / 2) continue;
+      lease.renewing = true;
+      due.push_back(id);
+    }
+  }
+  constexpr size_t kBatch = 512;  // keys per script call
+  for (size_t at = 0; at < due.size(); at += kBatch) {
+    std::vector<std::string> ids(due.begin() + at, due.begin() + std::min(due.size(), at + kBatch));
+    store_->RenewLeases(ids, [this, ids, now](absl::StatusOr<std::vector<bool>> ours) {
+      absl::MutexLock lock(&leases_mu_);
+      for (size_t i = 0; i < ids.size(); ++i) {
+        auto it = leases_.find(ids[i]);
+        if (it == leases_.end()) continue;
+        it->second.renewing = false;
+        if (!ours.ok()) continue;  // tried again next round; Admit re-acquires if it lapses
+        if ((*ours)[i]) {
+          it->second.expires = std::max(it->second.expires, now + lease_ttl_);
+        } else if (!it->second.acquiring) {
+          leases_.erase(it);  // lost (expired, taken over): Admit asks again
+        }
+      }
+      kicked_ = true;
+    });
+  }
+}
+
+size_t FleetPollGate::leases_held() {
+  absl::MutexLock lock(&leases_mu_);
+  return leases_.size();
+}
+
+void FleetPollGate::LetGo(const std::string& id) {
+  {
+    absl::MutexLock lock(&leases_mu_);
+    auto it = leases_.find(id);
+    if (it == leases_.end()) return;
+    if (it->second.acquiring) {
+      // The acquisition's answer lets it go.
+      it->second.watched = false;
+      it->second.archiving = false;
+      return;
+    }
+    leases_.erase(it);
+  }
+  store_->ReleaseLease(id, [](absl::StatusOr<bool>) {});
+}
 
 void FleetPollGate::CountRejected(const absl::Status& status) {
   entries_rejected_->Increment();
@@ -107,24 +204,58 @@ void FleetPollGate::Admit(const std::string& id, bool watched, AdmitDone done) {
   join->id = id;
   join->watched = watched;
   join->done = std::move(done);
-  join->outstanding = watched ? 3 : 2;
+  // A lease held with time to spare needs no round trip: the renew timer
+  // keeps it, and says when it was lost.
+  bool acquire = false;
+  if (watched) {
+    absl::MutexLock lock(&leases_mu_);
+    const absl::Time now = clock_->Monotonic();
+    auto it = leases_.find(id);
+    if (it != leases_.end() && !it->second.acquiring && it->second.expires - now > lease_ttl_ / 4) {
+      it->second.watched = true;
+      join->held = true;
+    } else if (!draining_) {
+      Lease& lease = leases_[id];
+      lease.acquiring = true;
+      lease.watched = true;
+      acquire = true;
+    }
+  }
+  join->outstanding = acquire ? 3 : 2;
   // Callbacks run on the client's thread, one at a time: no lock needed.
   auto step = [this, join] {
     if (--join->outstanding == 0) Decide(join);
   };
-  if (watched) {
-    store_->AcquireLease(id, [join, step](absl::StatusOr<bool> held) {
-      if (held.ok()) {
-        join->held = *held;
-      } else {
-        join->redis_failed = true;
+  if (acquire) {
+    const absl::Time sent = clock_->Monotonic();
+    store_->AcquireLease(id, [this, join, step, sent](absl::StatusOr<bool> held) {
+      bool release = false;
+      {
+        absl::MutexLock lock(&leases_mu_);
+        auto it = leases_.find(join->id);
+        const bool wanted = it != leases_.end() && !draining_ &&
+                            (it->second.watched || it->second.archiving);
+        if (held.ok() && *held && wanted) {
+          it->second.acquiring = false;
+          it->second.expires = sent + lease_ttl_;
+          kicked_ = true;  // the renew timer plans for it
+          join->held = true;
+        } else {
+          // Not ours, or nobody here wants it any more (released, drained
+          // while it was in flight): let go of what Redis may have given.
+          if (it != leases_.end()) leases_.erase(it);
+          release = held.ok() && *held;
+          if (!held.ok()) join->redis_failed = true;
+        }
       }
+      if (release) store_->ReleaseLease(join->id, [](absl::StatusOr<bool>) {});
       step();
     });
   }
   store_->Get(id, [this, join, step](absl::StatusOr<std::optional<VideoTask>> state) {
     if (state.ok()) {
       join->shared = std::move(*state);
+      if (join->shared.has_value() && IsTerminal(join->shared->status())) LetGo(join->id);
     } else if (absl::IsUnavailable(state.status()) || absl::IsDeadlineExceeded(state.status()) ||
                absl::IsCancelled(state.status()) || absl::IsInternal(state.status())) {
       join->redis_failed = true;
@@ -187,6 +318,9 @@ void FleetPollGate::Decide(std::shared_ptr<Join> join) {
 void FleetPollGate::Observed(const VideoTask& task) {
   if (!client_->up() || task.id().empty()) return;
   store_->Put(task);
+  // Stored first (the same connection keeps the order), then let go: no
+  // other sidecar can take the lease and poll before the state is there.
+  if (IsTerminal(task.status())) LetGo(task.id());
 }
 
 void FleetPollGate::RateLimited(absl::Duration pause) {
@@ -195,8 +329,51 @@ void FleetPollGate::RateLimited(absl::Duration pause) {
 }
 
 void FleetPollGate::Released(const std::string& id) {
-  if (!client_->up()) return;
+  {
+    absl::MutexLock lock(&leases_mu_);
+    auto it = leases_.find(id);
+    if (it == leases_.end()) return;  // not held: nothing to tell Redis
+    if (it->second.acquiring || it->second.archiving) {
+      // The acquisition's answer lets it go; an archive keeps it until the
+      // archived state is stored (Observed).
+      it->second.watched = false;
+      return;
+    }
+    leases_.erase(it);
+  }
   store_->ReleaseLease(id, [](absl::StatusOr<bool>) {});
+}
+
+void FleetPollGate::Archiving(const std::string& id) {
+  absl::MutexLock lock(&leases_mu_);
+  if (draining_) return;
+  auto it = leases_.find(id);
+  // Only a held lease marks it: an archive started without one (local
+  // mode, a Get) has nothing to tell the fleet.
+  if (it != leases_.end()) it->second.archiving = true;
+}
+
+void FleetPollGate::Drain() {
+  std::vector<std::string> held;
+  {
+    absl::MutexLock lock(&leases_mu_);
+    draining_ = true;
+    for (auto it = leases_.begin(); it != leases_.end();) {
+      if (it->second.acquiring) {
+        it->second.watched = false;  // its answer lets it go
+        it->second.archiving = false;
+        ++it;
+      } else {
+        held.push_back(it->first);
+        it = leases_.erase(it);
+      }
+    }
+  }
+  if (!held.empty()) {
+    LogEvent(LogLevel::kInfo, "fleet_leases_released",
+             {{"leases", absl::StrCat(held.size())}, {"reason", "drain"}});
+  }
+  for (const std::string& id : held) store_->ReleaseLease(id, [](absl::StatusOr<bool>) {});
 }
 
 void FleetPollGate::SetListener(Listener listener) {
@@ -206,6 +383,7 @@ void FleetPollGate::SetListener(Listener listener) {
   }
   store_->Subscribe(
       [this](const VideoTask& task) {
+        if (IsTerminal(task.status())) LetGo(task.id());  // stored: nothing left to poll
         absl::MutexLock lock(&listener_mu_);
         if (listener_) listener_(task);
       },

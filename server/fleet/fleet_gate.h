@@ -1,11 +1,20 @@
 // FleetPollGate: the PollGate of fleet mode, through Redis. Every sidecar
 // that shares a vendor API key and upstream host shares, through it:
 //
-//   - one poll per task: before polling a watched task a sidecar takes (or
-//     renews) the task's lease (`lease_ttl`, about 1.5 poll intervals);
-//     without it, it follows: it forwards what the holder stores and
-//     publishes, and asks again every poll interval, so it takes over
-//     within about two intervals when the holder dies or lets go;
+//   - one poll per task: before polling a watched task a sidecar takes the
+//     task's lease (about 1.5 poll intervals); without it, it follows: it
+//     forwards what the holder stores and publishes, and asks again every
+//     poll interval. The holder renews its leases on a timer of its own
+//     (when half the lease has passed, one batched script per round),
+//     whether it polls or not: while it backs off after errors, and while
+//     it archives the task's video (then even after its watchers left,
+//     until the archived state is stored: the held lease is the fleet's
+//     "archiving" mark, and others wait for that state instead of polling
+//     and downloading again). A lease is let go when the last watcher
+//     leaves, when a terminal state of the task is stored or seen, and on
+//     Drain() (all at once), so a follower takes over at its next ask,
+//     within one interval; a holder that dies is replaced within about
+//     two and a half intervals;
 //   - one state: every answer is stored signed (terminal states for the
 //     terminal-cache TTL, running ones for a few intervals) and published
 //     when it moves forward; a stored terminal state, or any stored state
@@ -23,13 +32,16 @@
 #define VIDEOTASK_SERVER_FLEET_FLEET_GATE_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/base/clock.h"
 #include "server/fleet/fleet_keys.h"
 #include "server/fleet/redis_client.h"
 #include "server/fleet/redis_rate_budget.h"
@@ -46,6 +58,12 @@ struct FleetGateOptions {
   double fleet_qps = 0;                // 0: no fleet budget (pause still shared)
   absl::Duration poll_interval = absl::Seconds(30);
   absl::Duration terminal_cache_ttl = absl::Hours(1);
+  // Monotonic time for lease renewals, wall time for the age of shared
+  // states. Null: RealClock.
+  Clock* clock = nullptr;
+  // Renew leases from a thread of the gate's own. Tests with a
+  // SimulatedClock turn it off and call RenewDue() after advancing it.
+  bool renew_thread = true;
   // Optional: registers videotask_redis_up, videotask_fleet_mode,
   // videotask_fleet_tokens_denied_total, videotask_fleet_entries_rejected_total.
   MetricsRegistry* metrics = nullptr;
@@ -62,7 +80,15 @@ class FleetPollGate : public PollGate {
   void Observed(const videotask::v1::VideoTask& task) override;
   void RateLimited(absl::Duration pause) override;
   void Released(const std::string& id) override;
+  void Archiving(const std::string& id) override;
+  void Drain() override;
   void SetListener(Listener listener) override;
+
+  // Renews, in one script call, every held lease at least half its TTL
+  // old. Run by the renew thread; tests call it themselves.
+  void RenewDue();
+  // Leases this sidecar holds (or is acquiring), for tests and metrics.
+  size_t leases_held();
 
   bool up() const { return client_->up(); }
   const std::string& fingerprint() const { return keys_.fingerprint(); }
@@ -70,7 +96,18 @@ class FleetPollGate : public PollGate {
 
  private:
   struct Join;
+  // A lease this sidecar holds or is acquiring.
+  struct Lease {
+    absl::Time expires = absl::InfinitePast();  // monotonic, from when sent
+    bool acquiring = false;  // AcquireLease in flight
+    bool watched = true;     // false: its watchers left, kept while archiving
+    bool archiving = false;  // kept until the archived state is stored
+    bool renewing = false;   // in a renew batch
+  };
   explicit FleetPollGate(FleetGateOptions options);
+  void RenewLoop();
+  // The fleet has a terminal state for `id`: stop holding its lease.
+  void LetGo(const std::string& id) ABSL_LOCKS_EXCLUDED(leases_mu_);
   // The last step of an admission: a token when the fleet has a budget.
   void Decide(std::shared_ptr<Join> join);
   void CountRejected(const absl::Status& status);
@@ -82,6 +119,14 @@ class FleetPollGate : public PollGate {
   Counter* entries_rejected_ = nullptr;
   absl::Mutex listener_mu_;
   Listener listener_ ABSL_GUARDED_BY(listener_mu_);
+  Clock* const clock_;
+  const absl::Duration lease_ttl_;
+  absl::Mutex leases_mu_;
+  std::map<std::string, Lease> leases_ ABSL_GUARDED_BY(leases_mu_);
+  bool draining_ ABSL_GUARDED_BY(leases_mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(leases_mu_) = false;
+  bool kicked_ ABSL_GUARDED_BY(leases_mu_) = false;
+  std::thread renewer_;
   // Reset first in the destructor (which completes what is pending, while
   // the store and budget whose callbacks those are still exist).
   std::unique_ptr<RedisClient> client_;

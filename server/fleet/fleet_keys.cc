@@ -35,6 +35,9 @@ std::string FleetKeys::PauseKey() const { return absl::StrCat(prefix_, "pause");
 std::string FleetKeys::StateKey(absl::string_view id) const {
   return absl::StrCat(prefix_, "state:", id);
 }
+std::string FleetKeys::TerminalKey(absl::string_view id) const {
+  return absl::StrCat(prefix_, "done:", id);
+}
 std::string FleetKeys::LeaseKey(absl::string_view id) const {
   return absl::StrCat(prefix_, "lease:", id);
 }

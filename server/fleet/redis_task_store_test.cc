@@ -9,6 +9,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "server/base/clock.h"
 #include "server/fleet/fleet_keys.h"
 #include "server/fleet/redis_client.h"
 #include "server/fleet/signed_state.h"
@@ -46,6 +47,8 @@ absl::StatusOr<T> Sync(F&& start) {
   if (!n.WaitForNotificationWithTimeout(absl::Seconds(5))) ADD_FAILURE() << "done never ran";
   return out;
 }
+
+int64_t c_commands(RedisClient& c) { return c.stats().commands; }
 
 class RedisTaskStoreTest : public ::testing::Test {
  protected:
@@ -140,6 +143,78 @@ TEST_F(RedisTaskStoreTest, ForgedOrMovedEntriesAreRejected) {
   EXPECT_EQ(Get(store, "a").status().code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("a"), ""}).ok());
   EXPECT_EQ(Get(store, "a").status().code(), absl::StatusCode::kDataLoss);
+}
+
+// Anyone who can write to Redis can write back an older signed entry, or
+// change the status digit the Put script trusts (outside the MAC): a stored
+// terminal state still answers, an entry older than its TTL by its signed
+// observe time is rejected, a digit that differs from the signed status is
+// rejected, and both are deleted so the Put script is not pinned by them.
+TEST_F(RedisTaskStoreTest, ReplayedOrRedigitedEntriesAreRejected) {
+  auto c = Connect();
+  SimulatedClock clock;
+  RedisTaskStore::Options o;
+  o.running_ttl = absl::Seconds(90);
+  o.clock = &clock;
+  RedisTaskStore store(c.get(), keys_, o);
+  ASSERT_EQ(*Put(store, Task("r", kQueued)), PutResult::kPublished);
+  const std::string queued = *server_->Command({"GET", keys_.StateKey("r")});
+  ASSERT_EQ(*Put(store, Task("r", kCompleted)), PutResult::kPublished);
+  // Written back at once: the terminal key still answers COMPLETED.
+  ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("r"), queued}).ok());
+  auto got = Get(store, "r");
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
+  EXPECT_EQ((*got)->status(), kCompleted);
+  // ... and only a terminal entry is believed at the terminal key.
+  ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("r"), "3" + queued.substr(1)}).ok());
+  ASSERT_TRUE(server_->Command({"SET", keys_.TerminalKey("r"), queued}).ok());
+  EXPECT_EQ(Get(store, "r").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(*server_->Command({"EXISTS", keys_.TerminalKey("r")}), "0") << "deleted";
+  EXPECT_EQ(*server_->Command({"EXISTS", keys_.StateKey("r")}), "0") << "deleted";
+
+  // An entry older than its TTL by its signed observe time: a replay.
+  ASSERT_EQ(*Put(store, Task("s", kProcessing)), PutResult::kPublished);
+  const std::string processing = *server_->Command({"GET", keys_.StateKey("s")});
+  clock.Advance(absl::Seconds(90) + o.clock_skew - absl::Seconds(1));
+  ASSERT_TRUE(Get(store, "s").ok()) << "still within its TTL";
+  clock.Advance(absl::Seconds(2));
+  EXPECT_EQ(Get(store, "s").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(*server_->Command({"EXISTS", keys_.StateKey("s")}), "0") << "deleted";
+  ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("s"), processing}).ok());
+  EXPECT_EQ(Get(store, "s").status().code(), absl::StatusCode::kFailedPrecondition);
+
+  // A terminal digit on a running entry would pin it against every later
+  // Put: rejected and deleted, so the next Put is stored.
+  ASSERT_EQ(*Put(store, Task("p", kQueued)), PutResult::kPublished);
+  const std::string p_queued = *server_->Command({"GET", keys_.StateKey("p")});
+  ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("p"), "4" + p_queued.substr(1)}).ok());
+  EXPECT_EQ(Get(store, "p").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(*Put(store, Task("p", kProcessing)), PutResult::kPublished);
+  got = Get(store, "p");
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
+  EXPECT_EQ((*got)->status(), kProcessing);
+}
+
+TEST_F(RedisTaskStoreTest, RenewsManyLeasesInOneCall) {
+  auto ca = Connect();
+  auto cb = Connect();
+  RedisTaskStore::Options o;
+  o.lease_ttl = absl::Seconds(30);
+  RedisTaskStore a(ca.get(), keys_, o);
+  RedisTaskStore b(cb.get(), keys_, o);
+  EXPECT_EQ(*Lease(a, "acquire", "x"), true);
+  EXPECT_EQ(*Lease(b, "acquire", "y"), true);
+  EXPECT_EQ(*Lease(a, "acquire", "z"), true);
+  ASSERT_TRUE(server_->Command({"PEXPIRE", keys_.LeaseKey("x"), "100"}).ok());
+  const int64_t before = c_commands(*ca);
+  auto ours = Sync<std::vector<bool>>(
+      [&](auto done) { a.RenewLeases({"x", "y", "z", "gone"}, std::move(done)); });
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  EXPECT_EQ(*ours, (std::vector<bool>{true, false, true, false}));
+  EXPECT_GT(std::stoi(*server_->Command({"PTTL", keys_.LeaseKey("x")})), 29000);
+  EXPECT_EQ(*server_->Command({"GET", keys_.LeaseKey("y")}), b.owner());
+  // One EVALSHA; the first time NOSCRIPT, then SCRIPT LOAD and EVALSHA.
+  EXPECT_LE(c_commands(*ca) - before, 3);
 }
 
 TEST_F(RedisTaskStoreTest, OtherSidecarsSeePublishedStatesInOrder) {

@@ -50,8 +50,16 @@ class PollGate {
   virtual void Observed(const videotask::v1::VideoTask& task) = 0;
   // A 429: the whole fleet pauses for `pause`.
   virtual void RateLimited(absl::Duration pause) = 0;
-  // This sidecar's last watcher of `id` left: another may poll it now.
+  // This sidecar's last watcher of `id` left (or the task ended for its
+  // watchers): another may poll it now, unless it is being archived here.
   virtual void Released(const std::string& id) = 0;
+  // The COMPLETED state of `id` was handed to this sidecar's archiver: the
+  // fleet should wait for the archived state (Observed) instead of polling
+  // and downloading the video again, whether watchers stay or not.
+  virtual void Archiving(const std::string& id) = 0;
+  // The sidecar drains: let go of everything held for the fleet now (so
+  // others take over at their next ask), archives in progress included.
+  virtual void Drain() = 0;
   // States other sidecars observed are handed to `listener` (any thread, no
   // lock of the gate held). Set once, before the first Admit.
   virtual void SetListener(Listener listener) = 0;
@@ -64,6 +72,8 @@ class LocalPollGate : public PollGate {
   void Observed(const videotask::v1::VideoTask&) override {}
   void RateLimited(absl::Duration) override {}
   void Released(const std::string&) override {}
+  void Archiving(const std::string&) override {}
+  void Drain() override {}
   void SetListener(Listener) override {}
 };
 

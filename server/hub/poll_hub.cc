@@ -345,6 +345,7 @@ void PollHub::Drain() {
       draining_ = true;
       LogEvent(LogLevel::kInfo, "drain_started",
                {{"active_watches", absl::StrCat(active_watches_)}});
+      gate_->Drain();  // others take over this sidecar's leases at once
     }
     const absl::Status status = absl::UnavailableError("the sidecar is draining; retry elsewhere");
     std::vector<std::string> ids;
@@ -712,6 +713,7 @@ void PollHub::ApplyState(Task& task, VideoTask state, absl::Time now) {
     // polling; watchers keep their heartbeats meanwhile.
     if (!task.archiving) {
       task.archiving = true;
+      gate_->Archiving(task.id);
       to_archive_.push_back(std::move(state));
     }
     SchedulePoll(task, absl::InfiniteFuture());
@@ -760,6 +762,7 @@ void PollHub::Publish(Task& task, WatchVideoTaskResponse::EventType type,
 }
 
 void PollHub::EndTask(Task& task, const absl::Status& status) {
+  if (!task.watchers.empty()) gate_->Released(task.id);
   for (auto& [wid, watcher] : task.watchers) {
     outbox_.push_back({watcher.sink, nullptr, status});
     watch_index_.erase(wid);

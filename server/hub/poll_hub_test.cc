@@ -866,6 +866,14 @@ class FakeGate : public PollGate {
     absl::MutexLock lock(&mu_);
     released_.push_back(id);
   }
+  void Archiving(const std::string& id) override {
+    absl::MutexLock lock(&mu_);
+    archiving_.push_back(id);
+  }
+  void Drain() override {
+    absl::MutexLock lock(&mu_);
+    ++drains_;
+  }
   void SetListener(Listener listener) override { listener_ = std::move(listener); }
 
   // Answers the oldest admission; returns whether it was for watchers.
@@ -898,6 +906,14 @@ class FakeGate : public PollGate {
     absl::MutexLock lock(&mu_);
     return released_;
   }
+  std::vector<std::string> archiving() {
+    absl::MutexLock lock(&mu_);
+    return archiving_;
+  }
+  int drains() {
+    absl::MutexLock lock(&mu_);
+    return drains_;
+  }
 
  private:
   struct Asked {
@@ -910,6 +926,8 @@ class FakeGate : public PollGate {
   std::vector<VideoTask> observed_ ABSL_GUARDED_BY(mu_);
   std::vector<absl::Duration> pauses_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> released_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> archiving_ ABSL_GUARDED_BY(mu_);
+  int drains_ ABSL_GUARDED_BY(mu_) = 0;
   Listener listener_;
 };
 
@@ -938,6 +956,8 @@ class PollHubGateTest : public PollHubTest {
     ASSERT_TRUE(hub.ok()) << hub.status();
     hub_ = std::move(*hub);
   }
+  // The hub tells its gate about the drain in its destructor: it goes first.
+  void TearDown() override { hub_.reset(); }
   FakeGate gate_;
 };
 
@@ -1119,6 +1139,38 @@ TEST_F(PollHubTest, CompletedWaitsForItsArchive) {
   EXPECT_EQ(other->events().back().status, kCompleted);
   hub_->Get("u", [&](absl::StatusOr<VideoTask> r) { got = std::move(r); });
   EXPECT_EQ(got->archive_error(), "video host answered 404");
+}
+
+// What the hub tells the gate about leases: an archive in progress (so the
+// fleet waits for it), a task that ended for its watchers (released), and a
+// drain (everything let go at once).
+TEST_F(PollHubGateTest, TellsTheGateAboutArchivesEndsAndDrain) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  o.poll_jitter = 0;
+  FakeArchiver archiver;
+  auto hub = PollHub::CreateForTest(o, &upstream_, &clock_, &metrics_, 42, &gate_, &archiver);
+  ASSERT_TRUE(hub.ok());
+  hub_ = std::move(*hub);
+  WatchOk("a");
+  WatchOk("nf");
+  WatchOk("d");
+  hub_->RunDue();
+  for (int i = 0; i < 3; ++i) gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  upstream_.Reply("a", Ok(kCompleted));
+  EXPECT_EQ(gate_.archiving(), std::vector<std::string>{"a"});
+  EXPECT_TRUE(gate_.observed().empty()) << "the fleet waits for the archived state";
+  upstream_.Reply("nf", Outcome(UpstreamOutcome::kNotFound, "404"));
+  Advance(absl::Seconds(1));
+  gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  upstream_.Reply("nf", Outcome(UpstreamOutcome::kNotFound, "404"));
+  EXPECT_EQ(gate_.released(), std::vector<std::string>{"nf"}) << "an ended task keeps no lease";
+  EXPECT_EQ(gate_.drains(), 0);
+  hub_->Drain();
+  EXPECT_EQ(gate_.drains(), 1);
+  hub_->Drain();
+  EXPECT_EQ(gate_.drains(), 1) << "once";
+  archiver.Finish("", "end");
 }
 
 TEST(PollHubThreadTest, SchedulerThreadPollsOnItsOwn) {
