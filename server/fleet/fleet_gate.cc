@@ -118,6 +118,7 @@ void FleetPollGate::RenewLoop() {
         }
         // A round whose renewals failed leaves them due: not a busy loop.
         next = std::max(next, last_round + lease_ttl_ / 10);
+        if (!follows_.empty() && !round_running_) next = std::min(next, next_round_);
         if (next <= now) break;
         kicked_ = false;
         leases_mu_.AwaitWithTimeout(
@@ -131,7 +132,112 @@ void FleetPollGate::RenewLoop() {
     }
     last_round = clock_->Monotonic();
     RenewDue();
+    bool round = false;
+    {
+      absl::MutexLock lock(&leases_mu_);
+      round = !follows_.empty() && !round_running_ && next_round_ <= clock_->Monotonic();
+    }
+    if (round) FollowRound();
   }
+}
+
+void FleetPollGate::FollowRound() {
+  if (!client_->up()) return;
+  const absl::Time now = clock_->Monotonic();
+  std::vector<std::string> ids;
+  {
+    absl::MutexLock lock(&leases_mu_);
+    if (round_running_ || draining_) return;
+    next_round_ = now + options_.poll_interval;
+    for (const auto& [id, follow] : follows_) {
+      if (follow.confirmed) ids.push_back(id);
+    }
+    if (ids.empty()) return;
+    round_running_ = true;
+  }
+  constexpr size_t kBatch = 512;  // tasks per script call
+  auto left = std::make_shared<size_t>((ids.size() + kBatch - 1) / kBatch);
+  for (size_t at = 0; at < ids.size(); at += kBatch) {
+    std::vector<std::string> batch(ids.begin() + at,
+                                   ids.begin() + std::min(ids.size(), at + kBatch));
+    store_->FollowRound(batch, [this, batch, left, now](
+                                   absl::StatusOr<std::vector<RedisTaskStore::Followed>> r) {
+      {
+        absl::MutexLock lock(&leases_mu_);
+        if (--*left == 0) {
+          round_running_ = false;
+          kicked_ = true;  // the renew thread plans the next round
+        }
+      }
+      if (!r.ok()) return;  // the next round reads again
+      for (size_t i = 0; i < batch.size(); ++i) {
+        RedisTaskStore::Followed& f = (*r)[i];
+        if (f.acquired) TookOver(batch[i], now);
+        if (!f.rejected.ok()) CountRejected(f.rejected);
+        if (f.state.has_value()) Learned(*f.state);
+      }
+    });
+  }
+}
+
+void FleetPollGate::TookOver(const std::string& id, absl::Time sent) {
+  bool ours = false;
+  {
+    absl::MutexLock lock(&leases_mu_);
+    auto f = follows_.find(id);
+    if (f != follows_.end() && f->second.confirmed && !draining_) {
+      follows_.erase(f);
+      Lease& lease = leases_[id];
+      lease.acquiring = false;
+      lease.watched = true;
+      lease.expires = std::max(lease.expires, sent + lease_ttl_);
+      kicked_ = true;
+      ours = true;
+    }
+  }
+  if (!ours) {
+    // Nobody here follows it any more: give back what Redis just gave.
+    store_->ReleaseLease(id, [](absl::StatusOr<bool>) {});
+    return;
+  }
+  absl::MutexLock lock(&takeover_mu_);
+  if (takeover_) takeover_(id);
+}
+
+void FleetPollGate::TryTakeOver(const std::string& id) {
+  {
+    absl::MutexLock lock(&leases_mu_);
+    auto f = follows_.find(id);
+    if (draining_ || f == follows_.end() || !f->second.confirmed || leases_.count(id) > 0) return;
+  }
+  const absl::Time sent = clock_->Monotonic();
+  store_->AcquireLease(id, [this, id, sent](absl::StatusOr<bool> held) {
+    if (held.ok() && *held) TookOver(id, sent);
+  });
+}
+
+void FleetPollGate::Learned(const VideoTask& task) {
+  const bool terminal = IsTerminal(task.status());
+  {
+    absl::MutexLock lock(&leases_mu_);
+    auto f = follows_.find(task.id());
+    if (f != follows_.end()) {
+      if (terminal) {
+        follows_.erase(f);  // nothing left to follow
+      } else if (!f->second.state.has_value() ||
+                 StatusRank(task.status()) >= StatusRank(f->second.state->status())) {
+        f->second.state = task;
+      }
+    }
+  }
+  if (terminal) LetGo(task.id());  // stored: nothing left to poll
+}
+
+size_t FleetPollGate::tasks_followed() {
+  absl::MutexLock lock(&leases_mu_);
+  size_t n = 0;
+  for (const auto& [id, follow] : follows_) n += follow.confirmed ? 1 : 0;
+  return n;
 }
 
 void FleetPollGate::RenewDue() {
@@ -206,22 +312,40 @@ void FleetPollGate::Admit(const std::string& id, bool watched, AdmitDone done) {
   join->done = std::move(done);
   // A lease held with time to spare needs no round trip: the renew timer
   // keeps it, and says when it was lost.
+  // A followed task is answered from what the fleet published and the
+  // last follow round read: no Redis work per follower and task.
   bool acquire = false;
+  bool following = false;
+  std::optional<VideoTask> known;
   if (watched) {
     absl::MutexLock lock(&leases_mu_);
     const absl::Time now = clock_->Monotonic();
     auto it = leases_.find(id);
+    auto f = follows_.find(id);
     if (it != leases_.end() && !it->second.acquiring && it->second.expires - now > lease_ttl_ / 4) {
       it->second.watched = true;
       join->held = true;
+    } else if (f != follows_.end() && f->second.confirmed && !draining_) {
+      following = true;
+      known = f->second.state;
     } else if (!draining_) {
       Lease& lease = leases_[id];
       lease.acquiring = true;
       lease.watched = true;
+      follows_[id].confirmed = false;  // Decide confirms it if we follow
       acquire = true;
     }
   }
-  join->outstanding = acquire ? 3 : 2;
+  if (following) {
+    Admission a;
+    a.kind = Admission::Kind::kFollow;
+    a.shared = std::move(known);
+    std::move(join->done)(std::move(a));
+    return;
+  }
+  // The holder (whose lease is known here) and a Get read the state (a
+  // terminal one stored by any sidecar ends the polling) and the pause.
+  join->outstanding = (acquire ? 1 : 0) + 2;
   // Callbacks run on the client's thread, one at a time: no lock needed.
   auto step = [this, join] {
     if (--join->outstanding == 0) Decide(join);
@@ -255,7 +379,9 @@ void FleetPollGate::Admit(const std::string& id, bool watched, AdmitDone done) {
   store_->Get(id, [this, join, step](absl::StatusOr<std::optional<VideoTask>> state) {
     if (state.ok()) {
       join->shared = std::move(*state);
-      if (join->shared.has_value() && IsTerminal(join->shared->status())) LetGo(join->id);
+      if (join->shared.has_value() && IsTerminal(join->shared->status())) {
+        Learned(*join->shared);
+      }
     } else if (absl::IsUnavailable(state.status()) || absl::IsDeadlineExceeded(state.status()) ||
                absl::IsCancelled(state.status()) || absl::IsInternal(state.status())) {
       join->redis_failed = true;
@@ -277,6 +403,25 @@ void FleetPollGate::Admit(const std::string& id, bool watched, AdmitDone done) {
 void FleetPollGate::Decide(std::shared_ptr<Join> join) {
   Admission a;
   a.shared = std::move(join->shared);
+  if (join->watched) {
+    // Followed from now on (answered locally), or not.
+    absl::MutexLock lock(&leases_mu_);
+    auto f = follows_.find(join->id);
+    if (f != follows_.end() && !f->second.confirmed) {
+      const bool follows = !join->held && !join->redis_failed && !draining_ &&
+                           !(a.shared.has_value() && IsTerminal(a.shared->status()));
+      if (follows) {
+        f->second.confirmed = true;
+        f->second.state = a.shared;
+        if (next_round_ == absl::InfinitePast()) {
+          next_round_ = clock_->Monotonic() + options_.poll_interval;
+          kicked_ = true;
+        }
+      } else {
+        follows_.erase(f);
+      }
+    }
+  }
   if (a.shared.has_value() && (IsTerminal(a.shared->status()) || !join->watched)) {
     // Answered by the fleet: a finished task, or a Get.
     a.kind = Admission::Kind::kFollow;
@@ -320,7 +465,7 @@ void FleetPollGate::Observed(const VideoTask& task) {
   store_->Put(task);
   // Stored first (the same connection keeps the order), then let go: no
   // other sidecar can take the lease and poll before the state is there.
-  if (IsTerminal(task.status())) LetGo(task.id());
+  if (IsTerminal(task.status())) Learned(task);
 }
 
 void FleetPollGate::RateLimited(absl::Duration pause) {
@@ -331,6 +476,7 @@ void FleetPollGate::RateLimited(absl::Duration pause) {
 void FleetPollGate::Released(const std::string& id) {
   {
     absl::MutexLock lock(&leases_mu_);
+    follows_.erase(id);
     auto it = leases_.find(id);
     if (it == leases_.end()) return;  // not held: nothing to tell Redis
     if (it->second.acquiring || it->second.archiving) {
@@ -358,6 +504,7 @@ void FleetPollGate::Drain() {
   {
     absl::MutexLock lock(&leases_mu_);
     draining_ = true;
+    follows_.clear();
     for (auto it = leases_.begin(); it != leases_.end();) {
       if (it->second.acquiring) {
         it->second.watched = false;  // its answer lets it go
@@ -383,11 +530,17 @@ void FleetPollGate::SetListener(Listener listener) {
   }
   store_->Subscribe(
       [this](const VideoTask& task) {
-        if (IsTerminal(task.status())) LetGo(task.id());  // stored: nothing left to poll
+        Learned(task);
         absl::MutexLock lock(&listener_mu_);
         if (listener_) listener_(task);
       },
       [this](const absl::Status& status) { CountRejected(status); });
+  store_->SubscribeReleases([this](const std::string& id) { TryTakeOver(id); });
+}
+
+void FleetPollGate::SetTakeover(Takeover takeover) {
+  absl::MutexLock lock(&takeover_mu_);
+  takeover_ = std::move(takeover);
 }
 
 }  // namespace videotask::fleet

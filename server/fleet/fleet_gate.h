@@ -14,7 +14,15 @@
 //     leaves, when a terminal state of the task is stored or seen, and on
 //     Drain() (all at once), so a follower takes over at its next ask,
 //     within one interval; a holder that dies is replaced within about
-//     two and a half intervals;
+//     two and a half intervals. Redis work per task per interval does not
+//     grow with the sidecars that watch it: the holder's admission reads
+//     the state and the pause (the lease is known locally), it stores and
+//     publishes each answer, and renews in batches; a follower's admissions are
+//     answered from what it knows (the published states), and once per
+//     poll interval one script (FollowRound) reads every task it follows
+//     and takes any lease that is free. A released lease is published, so
+//     followers try for it at once, and the one that gets it is told to
+//     poll now (SetTakeover);
 //   - one state: every answer is stored signed (terminal states for the
 //     terminal-cache TTL, running ones for a few intervals) and published
 //     when it moves forward; a stored terminal state, or any stored state
@@ -34,6 +42,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -83,12 +92,18 @@ class FleetPollGate : public PollGate {
   void Archiving(const std::string& id) override;
   void Drain() override;
   void SetListener(Listener listener) override;
+  void SetTakeover(Takeover takeover) override;
 
   // Renews, in one script call, every held lease at least half its TTL
   // old. Run by the renew thread; tests call it themselves.
   void RenewDue();
+  // One batched read of every task this sidecar follows; takes free
+  // leases. Run by the renew thread every poll interval; tests call it.
+  void FollowRound();
   // Leases this sidecar holds (or is acquiring), for tests and metrics.
   size_t leases_held();
+  // Tasks this sidecar follows (answered without Redis), for tests.
+  size_t tasks_followed();
 
   bool up() const { return client_->up(); }
   const std::string& fingerprint() const { return keys_.fingerprint(); }
@@ -104,8 +119,20 @@ class FleetPollGate : public PollGate {
     bool archiving = false;  // kept until the archived state is stored
     bool renewing = false;   // in a renew batch
   };
+  // A task this sidecar follows: what the fleet shared about it last.
+  struct Follow {
+    std::optional<videotask::v1::VideoTask> state;
+    bool confirmed = false;  // false: its first admission is in flight
+  };
   explicit FleetPollGate(FleetGateOptions options);
   void RenewLoop();
+  // Records a followed task's state (forward only; a terminal one ends the
+  // follow, and lets go of a lease held for it).
+  void Learned(const videotask::v1::VideoTask& task) ABSL_LOCKS_EXCLUDED(leases_mu_);
+  // The lease of followed `id` is ours now (sent at `sent`): hold it and
+  // tell the hub.
+  void TookOver(const std::string& id, absl::Time sent) ABSL_LOCKS_EXCLUDED(leases_mu_);
+  void TryTakeOver(const std::string& id) ABSL_LOCKS_EXCLUDED(leases_mu_);
   // The fleet has a terminal state for `id`: stop holding its lease.
   void LetGo(const std::string& id) ABSL_LOCKS_EXCLUDED(leases_mu_);
   // The last step of an admission: a token when the fleet has a budget.
@@ -123,6 +150,11 @@ class FleetPollGate : public PollGate {
   const absl::Duration lease_ttl_;
   absl::Mutex leases_mu_;
   std::map<std::string, Lease> leases_ ABSL_GUARDED_BY(leases_mu_);
+  std::map<std::string, Follow> follows_ ABSL_GUARDED_BY(leases_mu_);
+  absl::Time next_round_ ABSL_GUARDED_BY(leases_mu_) = absl::InfinitePast();
+  bool round_running_ ABSL_GUARDED_BY(leases_mu_) = false;
+  absl::Mutex takeover_mu_;
+  Takeover takeover_ ABSL_GUARDED_BY(takeover_mu_);
   bool draining_ ABSL_GUARDED_BY(leases_mu_) = false;
   bool stop_ ABSL_GUARDED_BY(leases_mu_) = false;
   bool kicked_ ABSL_GUARDED_BY(leases_mu_) = false;

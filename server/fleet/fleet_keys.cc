@@ -42,5 +42,6 @@ std::string FleetKeys::LeaseKey(absl::string_view id) const {
   return absl::StrCat(prefix_, "lease:", id);
 }
 std::string FleetKeys::StatesChannel() const { return absl::StrCat(prefix_, "states"); }
+std::string FleetKeys::LeasesChannel() const { return absl::StrCat(prefix_, "leases"); }
 
 }  // namespace videotask::fleet

@@ -39,6 +39,7 @@ class FleetKeys {
   std::string TerminalKey(absl::string_view id) const; // signed terminal state
   std::string LeaseKey(absl::string_view id) const;    // poll lease
   std::string StatesChannel() const;                   // PUBLISH of new states
+  std::string LeasesChannel() const;                   // PUBLISH of released leases
 
   // The 32-byte HMAC key for SignedState (binary).
   const std::string& signing_key() const { return signing_key_; }

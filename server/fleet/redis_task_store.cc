@@ -58,12 +58,29 @@ end
 return 0
 )lua";
 
+// KEYS[1] lease key; ARGV[1] owner, ARGV[2] channel, ARGV[3] task id.
 constexpr char kRelease[] = R"lua(
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
 end
 return 0
+)lua";
+
+// KEYS: per task its lease, state and terminal keys; ARGV[1] owner, ARGV[2]
+// lease TTL ms. Per task: 1 if the free lease was taken, the state, the
+// terminal state (false: none).
+constexpr char kFollowRound[] = R"lua(
+local out = {}
+for i = 1, #KEYS, 3 do
+  local took = 0
+  if redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2], 'NX') then took = 1 end
+  out[#out + 1] = took
+  out[#out + 1] = redis.call('GET', KEYS[i + 1])
+  out[#out + 1] = redis.call('GET', KEYS[i + 2])
+end
+return out
 )lua";
 
 // KEYS: lease keys; ARGV[1] owner, ARGV[2] TTL ms. Returns one 0/1 per key.
@@ -113,6 +130,36 @@ struct RedisTaskStore::Checker {
     return absl::OkStatus();
   }
 
+  // The verified state of `id` from its state and terminal keys' values
+  // (`replies`, in that order, as read), the terminal key first; deletes
+  // tampered or stale values that are still stored. nullopt: none stored.
+  absl::StatusOr<std::optional<VideoTask>> Pick(RedisClient& client, const std::string& id,
+                                                const std::vector<std::string>& keys,
+                                                const RedisReply* const replies[2]) const {
+    absl::Status rejected;
+    for (int i : {1, 0}) {
+      const RedisReply& e = *replies[i];
+      if (e.is_nil()) continue;
+      if (e.type != RedisReply::Type::kString) {
+        return absl::InternalError("fleet store: unexpected reply reading a state");
+      }
+      bool tampered = false;
+      absl::StatusOr<VideoTask> t = Stored(id, e.str, &tampered);
+      if (t.ok() && i == 1 && !IsTerminal(t->status())) {
+        tampered = true;
+        t = absl::FailedPreconditionError("fleet entry at the terminal key is not terminal");
+      }
+      if (tampered) {
+        // Only this exact value: a newer Put since the read is kept.
+        delete_if.Run(client, {keys[i]}, {e.str}, [](absl::StatusOr<RedisReply>) {});
+      }
+      if (t.ok()) return std::optional<VideoTask>(*std::move(t));
+      if (rejected.ok()) rejected = t.status();
+    }
+    if (!rejected.ok()) return rejected;
+    return std::optional<VideoTask>();
+  }
+
   // OK, or why `entry` (as stored under `id`'s key, digit first) is not to
   // be believed; `tampered` is set when it should be deleted.
   absl::StatusOr<VideoTask> Stored(const std::string& id, const std::string& entry,
@@ -151,7 +198,8 @@ RedisTaskStore::RedisTaskStore(RedisClient* client, const FleetKeys& keys, Optio
       acquire_(kAcquire),
       renew_(kRenew),
       release_(kRelease),
-      renew_many_(kRenewMany) {
+      renew_many_(kRenewMany),
+      follow_round_(kFollowRound) {
   if (options_.owner.empty()) options_.owner = NewOwnerId();
   if (options_.clock == nullptr) options_.clock = RealClock::Get();
   checker_ = std::make_shared<const Checker>(Checker{signer_, options_, RedisScript(kDeleteIf)});
@@ -204,36 +252,8 @@ void RedisTaskStore::Get(const std::string& id, GetDone done) {
       done(absl::InternalError("fleet store: unexpected reply to MGET"));
       return;
     }
-    // The terminal key first: only a terminal state is believed there.
-    absl::Status rejected;
-    for (int i : {1, 0}) {
-      const RedisReply& e = r->elements[i];
-      if (e.is_nil()) continue;
-      if (e.type != RedisReply::Type::kString) {
-        done(absl::InternalError("fleet store: unexpected reply to MGET"));
-        return;
-      }
-      bool tampered = false;
-      absl::StatusOr<VideoTask> t = checker->Stored(id, e.str, &tampered);
-      if (t.ok() && i == 1 && !IsTerminal(t->status())) {
-        tampered = true;
-        t = absl::FailedPreconditionError("fleet entry at the terminal key is not terminal");
-      }
-      if (tampered) {
-        // Only this exact value: a newer Put since the GET is kept.
-        checker->delete_if.Run(*client, {keys[i]}, {e.str}, [](absl::StatusOr<RedisReply>) {});
-      }
-      if (t.ok()) {
-        done(std::optional<VideoTask>(*std::move(t)));
-        return;
-      }
-      if (rejected.ok()) rejected = t.status();
-    }
-    if (!rejected.ok()) {
-      done(rejected);
-    } else {
-      done(std::optional<VideoTask>());
-    }
+    const RedisReply* replies[2] = {&r->elements[0], &r->elements[1]};
+    done(checker->Pick(*client, id, keys, replies));
   });
 }
 
@@ -311,7 +331,66 @@ void RedisTaskStore::RenewLeases(const std::vector<std::string>& ids, LeasesDone
 }
 
 void RedisTaskStore::ReleaseLease(const std::string& id, LeaseDone done) {
-  RunLease(release_, id, false, std::move(done));
+  release_.Run(*client_, {keys_.LeaseKey(id)}, {options_.owner, keys_.LeasesChannel(), id},
+               [done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
+                 if (!r.ok()) {
+                   done(r.status());
+                 } else if (r->type != RedisReply::Type::kInteger) {
+                   done(absl::InternalError(absl::StrCat("fleet lease: unexpected reply ", r->str)));
+                 } else {
+                   done(r->integer == 1);
+                 }
+               });
+}
+
+void RedisTaskStore::SubscribeReleases(std::function<void(const std::string& id)> on_released) {
+  client_->Subscribe(keys_.LeasesChannel(),
+                     [on_released = std::move(on_released)](const std::string&,
+                                                            const std::string& id) {
+                       if (on_released && !id.empty() && id.size() <= 128) on_released(id);
+                     });
+}
+
+void RedisTaskStore::FollowRound(const std::vector<std::string>& ids, RoundDone done) {
+  if (ids.empty()) {
+    done(std::vector<Followed>());
+    return;
+  }
+  std::vector<std::string> keys;
+  keys.reserve(ids.size() * 3);
+  for (const std::string& id : ids) {
+    keys.push_back(keys_.LeaseKey(id));
+    keys.push_back(keys_.StateKey(id));
+    keys.push_back(keys_.TerminalKey(id));
+  }
+  follow_round_.Run(
+      *client_, keys, {options_.owner, Millis(options_.lease_ttl)},
+      [client = client_, checker = checker_, ids, keys, done = std::move(done)](
+          absl::StatusOr<RedisReply> r) mutable {
+        if (!r.ok()) {
+          done(r.status());
+          return;
+        }
+        if (r->type != RedisReply::Type::kArray || r->elements.size() != ids.size() * 3) {
+          done(absl::InternalError(absl::StrCat("fleet follow round: unexpected reply ", r->str)));
+          return;
+        }
+        std::vector<Followed> out(ids.size());
+        for (size_t i = 0; i < ids.size(); ++i) {
+          const RedisReply& took = r->elements[3 * i];
+          out[i].acquired = took.type == RedisReply::Type::kInteger && took.integer == 1;
+          const RedisReply* replies[2] = {&r->elements[3 * i + 1], &r->elements[3 * i + 2]};
+          const std::vector<std::string> pair = {keys[3 * i + 1], keys[3 * i + 2]};
+          absl::StatusOr<std::optional<VideoTask>> state =
+              checker->Pick(*client, ids[i], pair, replies);
+          if (state.ok()) {
+            out[i].state = std::move(*state);
+          } else {
+            out[i].rejected = state.status();
+          }
+        }
+        done(std::move(out));
+      });
 }
 
 }  // namespace videotask::fleet

@@ -28,7 +28,11 @@
 // NX PX) or extends it if already ours; RenewLease extends and ReleaseLease
 // deletes it only if the caller still owns it (Lua compare-and-set), so an
 // owner whose lease expired cannot renew or delete another's. RenewLeases
-// renews many in one script call (one round trip, one command).
+// renews many in one script call (one round trip, one command). A release
+// is published (the task id, on FleetKeys::LeasesChannel(), unsigned: it
+// only invites followers to try AcquireLease) so they need not wait for
+// their next round. FollowRound is a follower's one batched read: for many
+// tasks at once it takes each lease that is free and reads each state.
 //
 // Error contract: every `done` runs once, on the RedisClient's thread, never
 // inline; transport errors are the client's (UNAVAILABLE, DEADLINE_EXCEEDED,
@@ -81,6 +85,14 @@ class RedisTaskStore {
   using LeaseDone = absl::AnyInvocable<void(absl::StatusOr<bool>)>;
   // One flag per id, in order: true while still ours (renewed).
   using LeasesDone = absl::AnyInvocable<void(absl::StatusOr<std::vector<bool>>)>;
+  struct Followed {
+    bool acquired = false;  // the lease was free: it is now ours
+    // The verified state (the terminal key first); nullopt when none, or
+    // when what is stored fails verification (then `rejected` says why).
+    std::optional<videotask::v1::VideoTask> state;
+    absl::Status rejected;
+  };
+  using RoundDone = absl::AnyInvocable<void(absl::StatusOr<std::vector<Followed>>)>;
 
   RedisTaskStore(RedisClient* client, const FleetKeys& keys, Options options);
 
@@ -103,6 +115,10 @@ class RedisTaskStore {
   void AcquireLease(const std::string& id, LeaseDone done);
   void RenewLease(const std::string& id, LeaseDone done);
   void RenewLeases(const std::vector<std::string>& ids, LeasesDone done);
+  // One script call for all `ids`, answers in order.
+  void FollowRound(const std::vector<std::string>& ids, RoundDone done);
+  // Ids whose lease another sidecar released (any thread of the client).
+  void SubscribeReleases(std::function<void(const std::string& id)> on_released);
   // true: it was ours and is released.
   void ReleaseLease(const std::string& id, LeaseDone done);
 
@@ -120,6 +136,7 @@ class RedisTaskStore {
   const RedisScript renew_;
   const RedisScript release_;
   const RedisScript renew_many_;
+  const RedisScript follow_round_;
   std::shared_ptr<const Checker> checker_;
 };
 

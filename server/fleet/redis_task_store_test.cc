@@ -78,6 +78,17 @@ class RedisTaskStoreTest : public ::testing::Test {
     });
   }
 
+  // The deletion of a rejected entry follows its read (another connection
+  // here): bounded wait.
+  bool Gone(const std::string& key) {
+    const absl::Time end = absl::Now() + absl::Seconds(5);
+    while (*server_->Command({"EXISTS", key}) != "0") {
+      if (absl::Now() > end) return false;
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    return true;
+  }
+
   const FleetKeys keys_{"api-key", "api.example.com"};
   std::unique_ptr<RedisServer> server_;
 };
@@ -169,8 +180,8 @@ TEST_F(RedisTaskStoreTest, ReplayedOrRedigitedEntriesAreRejected) {
   ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("r"), "3" + queued.substr(1)}).ok());
   ASSERT_TRUE(server_->Command({"SET", keys_.TerminalKey("r"), queued}).ok());
   EXPECT_EQ(Get(store, "r").status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(*server_->Command({"EXISTS", keys_.TerminalKey("r")}), "0") << "deleted";
-  EXPECT_EQ(*server_->Command({"EXISTS", keys_.StateKey("r")}), "0") << "deleted";
+  EXPECT_TRUE(Gone(keys_.TerminalKey("r")));
+  EXPECT_TRUE(Gone(keys_.StateKey("r")));
 
   // An entry older than its TTL by its signed observe time: a replay.
   ASSERT_EQ(*Put(store, Task("s", kProcessing)), PutResult::kPublished);
@@ -179,7 +190,7 @@ TEST_F(RedisTaskStoreTest, ReplayedOrRedigitedEntriesAreRejected) {
   ASSERT_TRUE(Get(store, "s").ok()) << "still within its TTL";
   clock.Advance(absl::Seconds(2));
   EXPECT_EQ(Get(store, "s").status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(*server_->Command({"EXISTS", keys_.StateKey("s")}), "0") << "deleted";
+  EXPECT_TRUE(Gone(keys_.StateKey("s")));
   ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("s"), processing}).ok());
   EXPECT_EQ(Get(store, "s").status().code(), absl::StatusCode::kFailedPrecondition);
 
@@ -189,6 +200,7 @@ TEST_F(RedisTaskStoreTest, ReplayedOrRedigitedEntriesAreRejected) {
   const std::string p_queued = *server_->Command({"GET", keys_.StateKey("p")});
   ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("p"), "4" + p_queued.substr(1)}).ok());
   EXPECT_EQ(Get(store, "p").status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(Gone(keys_.StateKey("p")));
   EXPECT_EQ(*Put(store, Task("p", kProcessing)), PutResult::kPublished);
   got = Get(store, "p");
   ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
@@ -215,6 +227,60 @@ TEST_F(RedisTaskStoreTest, RenewsManyLeasesInOneCall) {
   EXPECT_EQ(*server_->Command({"GET", keys_.LeaseKey("y")}), b.owner());
   // One EVALSHA; the first time NOSCRIPT, then SCRIPT LOAD and EVALSHA.
   EXPECT_LE(c_commands(*ca) - before, 3);
+}
+
+// A follower's round: one script call for many tasks takes each free lease
+// and reads each state (the terminal one first), verified.
+TEST_F(RedisTaskStoreTest, FollowRoundTakesFreeLeasesAndReadsStates) {
+  auto ca = Connect();
+  auto cb = Connect();
+  RedisTaskStore a(ca.get(), keys_, {});
+  RedisTaskStore b(cb.get(), keys_, {});
+  ASSERT_TRUE(*Lease(a, "acquire", "held"));
+  ASSERT_EQ(*Put(a, Task("held", kProcessing)), PutResult::kPublished);
+  ASSERT_EQ(*Put(a, Task("done", kCompleted)), PutResult::kPublished);
+  ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("bad"), "2vts1-forged"}).ok());
+  const int64_t before = cb->stats().commands;
+  auto round = Sync<std::vector<RedisTaskStore::Followed>>([&](auto done) {
+    b.FollowRound({"held", "free", "done", "bad"}, std::move(done));
+  });
+  ASSERT_TRUE(round.ok()) << round.status();
+  ASSERT_EQ(round->size(), 4u);
+  EXPECT_FALSE((*round)[0].acquired);
+  ASSERT_TRUE((*round)[0].state.has_value());
+  EXPECT_EQ((*round)[0].state->status(), kProcessing);
+  EXPECT_TRUE((*round)[1].acquired);
+  EXPECT_FALSE((*round)[1].state.has_value());
+  EXPECT_EQ(*server_->Command({"GET", keys_.LeaseKey("free")}), b.owner());
+  ASSERT_TRUE((*round)[2].state.has_value());
+  EXPECT_EQ((*round)[2].state->status(), kCompleted);
+  EXPECT_FALSE((*round)[3].state.has_value());
+  EXPECT_EQ((*round)[3].rejected.code(), absl::StatusCode::kDataLoss);
+  // One EVALSHA; the first time NOSCRIPT, then SCRIPT LOAD and EVALSHA.
+  EXPECT_LE(cb->stats().commands - before, 3);
+  EXPECT_EQ(*server_->Command({"GET", keys_.LeaseKey("held")}), a.owner());
+}
+
+// A release is published for followers; someone else's release is not.
+TEST_F(RedisTaskStoreTest, ReleasesArePublished) {
+  auto ca = Connect();
+  auto cb = Connect();
+  RedisTaskStore a(ca.get(), keys_, {});
+  RedisTaskStore b(cb.get(), keys_, {});
+  absl::Mutex mu;
+  std::vector<std::string> released;
+  b.SubscribeReleases([&](const std::string& id) {
+    absl::MutexLock lock(&mu);
+    released.push_back(id);
+  });
+  absl::SleepFor(absl::Milliseconds(200));  // subscribed
+  ASSERT_TRUE(*Lease(a, "acquire", "x"));
+  EXPECT_FALSE(*Lease(b, "release", "x"));
+  EXPECT_TRUE(*Lease(a, "release", "x"));
+  absl::MutexLock lock(&mu);
+  auto one = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !released.empty(); };
+  ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&one), absl::Seconds(5)));
+  EXPECT_EQ(released, std::vector<std::string>{"x"});
 }
 
 TEST_F(RedisTaskStoreTest, OtherSidecarsSeePublishedStatesInOrder) {

@@ -39,6 +39,7 @@ class PollGate {
   };
   using AdmitDone = absl::AnyInvocable<void(Admission) &&>;
   using Listener = absl::AnyInvocable<void(videotask::v1::VideoTask)>;
+  using Takeover = absl::AnyInvocable<void(const std::string& id)>;
 
   virtual ~PollGate() = default;
 
@@ -63,6 +64,11 @@ class PollGate {
   // States other sidecars observed are handed to `listener` (any thread, no
   // lock of the gate held). Set once, before the first Admit.
   virtual void SetListener(Listener listener) = 0;
+  // This sidecar now holds the lease of `id`, which it followed (the holder
+  // let go, or died): ask Admit for it now rather than at the next
+  // interval. Same threading as the listener. Set once, before the first
+  // Admit.
+  virtual void SetTakeover(Takeover takeover) = 0;
 };
 
 // One pod: every request is admitted at once, inline; nothing is shared.
@@ -75,6 +81,7 @@ class LocalPollGate : public PollGate {
   void Archiving(const std::string&) override {}
   void Drain() override {}
   void SetListener(Listener) override {}
+  void SetTakeover(Takeover) override {}
 };
 
 }  // namespace videotask

@@ -98,6 +98,7 @@ PollHub::PollHub(PollHubOptions options, UpstreamClient* client, Clock* clock,
       archiver_(archiver),
       metrics_(metrics) {
   gate_->SetListener([this](VideoTask state) { OnShared(std::move(state)); });
+  gate_->SetTakeover([this](const std::string& id) { OnTakeover(id); });
   std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
   rng_ = absl::BitGen(seq);
   if (metrics_ != nullptr) {
@@ -545,6 +546,17 @@ void PollHub::ApplyAdmission(const std::string& id, PollGate::Admission admissio
     SetTimer(expiry_, task->expires, id, now + options_.poll_interval);
   }
   MaybeRelease(id);
+}
+
+void PollHub::OnTakeover(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  Task* task = FindTask(id);
+  // A followed task waiting for its next ask: ask now (the gate admits it).
+  if (task == nullptr || draining_ || !task->following || task->inflight || task->archiving ||
+      task->watchers.empty() || task->poll_set == nullptr) {
+    return;
+  }
+  SchedulePoll(*task, clock_->Monotonic());
 }
 
 void PollHub::OnShared(VideoTask state) { Enqueue(Completion::Kind::kShared, std::move(state)); }

@@ -875,6 +875,8 @@ class FakeGate : public PollGate {
     ++drains_;
   }
   void SetListener(Listener listener) override { listener_ = std::move(listener); }
+  void SetTakeover(Takeover takeover) override { takeover_ = std::move(takeover); }
+  void TakeOver(const std::string& id) { takeover_(id); }
 
   // Answers the oldest admission; returns whether it was for watchers.
   bool Answer(Admission a) {
@@ -929,6 +931,7 @@ class FakeGate : public PollGate {
   std::vector<std::string> archiving_ ABSL_GUARDED_BY(mu_);
   int drains_ ABSL_GUARDED_BY(mu_) = 0;
   Listener listener_;
+  Takeover takeover_;
 };
 
 VideoTask State(const std::string& id, VideoTaskStatus status) {
@@ -1139,6 +1142,30 @@ TEST_F(PollHubTest, CompletedWaitsForItsArchive) {
   EXPECT_EQ(other->events().back().status, kCompleted);
   hub_->Get("u", [&](absl::StatusOr<VideoTask> r) { got = std::move(r); });
   EXPECT_EQ(got->archive_error(), "video host answered 404");
+}
+
+// The gate hands over the lease of a followed task: the hub asks now, not
+// at the next interval; a task it polls itself is left alone.
+TEST_F(PollHubGateTest, TakeoverAsksTheGateNow) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.heartbeat_interval = absl::Hours(1);
+  MakeGatedHub(o);
+  WatchOk("t");
+  hub_->RunDue();
+  gate_.Answer(Admit(PollGate::Admission::Kind::kFollow, State("t", kQueued)));
+  ASSERT_EQ(hub_->GetStats().following, 1);
+  Advance(absl::Seconds(1));
+  EXPECT_EQ(gate_.Pending(), 0u);
+  gate_.TakeOver("t");
+  gate_.TakeOver("unknown");
+  hub_->RunDue();
+  ASSERT_EQ(gate_.Pending(), 1u) << "not asked at once";
+  gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  EXPECT_EQ(upstream_.Count("t"), 1);
+  gate_.TakeOver("t");  // polled here now: nothing to do
+  hub_->RunDue();
+  EXPECT_EQ(gate_.Pending(), 0u);
 }
 
 // What the hub tells the gate about leases: an archive in progress (so the
