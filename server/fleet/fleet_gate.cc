@@ -233,6 +233,11 @@ void FleetPollGate::Learned(const VideoTask& task) {
   if (terminal) LetGo(task.id());  // stored: nothing left to poll
 }
 
+bool FleetPollGate::follow_round_running() {
+  absl::MutexLock lock(&leases_mu_);
+  return round_running_;
+}
+
 size_t FleetPollGate::tasks_followed() {
   absl::MutexLock lock(&leases_mu_);
   size_t n = 0;

@@ -104,6 +104,8 @@ class FleetPollGate : public PollGate {
   size_t leases_held();
   // Tasks this sidecar follows (answered without Redis), for tests.
   size_t tasks_followed();
+  // A FollowRound's answers are still on their way, for tests.
+  bool follow_round_running();
 
   bool up() const { return client_->up(); }
   const std::string& fingerprint() const { return keys_.fingerprint(); }

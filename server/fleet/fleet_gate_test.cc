@@ -294,7 +294,12 @@ TEST_F(FleetGateTest, FollowersCostOneBatchedReadPerInterval) {
   }
   for (int i = 0; i < kTasks; ++i) ASSERT_EQ(Admit(*b, id(i), true).kind, Kind::kFollow);
   EXPECT_EQ(b->tasks_followed(), static_cast<size_t>(kTasks));
-  b->FollowRound();  // loads the script
+  // One round, its answers in (the next one waits for them).
+  auto one_round = [&] {
+    b->FollowRound();
+    ASSERT_TRUE(Eventually([&] { return !b->follow_round_running(); }));
+  };
+  one_round();  // loads the script
   ASSERT_TRUE(Eventually([&] {
     for (int i = 0; i < kTasks; ++i) {
       if (!Admit(*b, id(i), true).shared.has_value()) return false;
@@ -310,7 +315,7 @@ TEST_F(FleetGateTest, FollowersCostOneBatchedReadPerInterval) {
       EXPECT_EQ(x.shared->status(), videotask::v1::VIDEO_TASK_STATUS_PROCESSING);
     }
     clock.Advance(absl::Seconds(2));
-    b->FollowRound();
+    one_round();
   }
   ASSERT_TRUE(Eventually([&] { return b->client()->stats().commands - before == 3; }))
       << b->client()->stats().commands - before << " commands for 3 intervals of " << kTasks
@@ -321,7 +326,7 @@ TEST_F(FleetGateTest, FollowersCostOneBatchedReadPerInterval) {
     ASSERT_TRUE(server_->Command({"DEL", "vt:{" + a->fingerprint() + "}:lease:" + id(i)}).ok());
   }
   clock.Advance(absl::Seconds(2));
-  b->FollowRound();
+  one_round();
   ASSERT_TRUE(Eventually([&] {
     absl::MutexLock lock(&mu);
     return took.size() == 3;
