@@ -334,6 +334,15 @@ struct FileArchiver::Outcome {
   bool claimed_elsewhere = false;  // another sidecar holds the claim: wait
   std::string reason;  // metrics label
   std::string error;   // for archive_error
+
+  // Marks this outcome failed and returns a copy of it to return.
+  Outcome Failed(const std::string& why, std::string message, bool retry) {
+    ok = false;
+    reason = why;
+    error = std::move(message);
+    retryable = retry;
+    return *this;
+  }
 };
 
 // The state of one download, shared with libcurl's callbacks.
@@ -536,11 +545,7 @@ FileArchiver::Outcome FileArchiver::RunAttempt(const std::string& id, const std:
                                                absl::Time deadline) {
   Outcome out;
   auto fail = [&out](const std::string& reason, std::string error, bool retryable) {
-    out.ok = false;
-    out.reason = reason;
-    out.error = std::move(error);
-    out.retryable = retryable;
-    return out;
+    return out.Failed(reason, std::move(error), retryable);
   };
   if (!ValidateTaskId(id).ok()) return fail("invalid", "the task id is not a valid id", false);
   if (url.empty()) return fail("invalid", "the task has no video_url", false);
@@ -614,11 +619,7 @@ FileArchiver::Outcome FileArchiver::Download(const std::string& id, const std::s
                                              absl::Time deadline) {
   Outcome out;
   auto fail = [&out](const std::string& reason, std::string error, bool retryable) {
-    out.ok = false;
-    out.reason = reason;
-    out.error = std::move(error);
-    out.retryable = retryable;
-    return out;
+    return out.Failed(reason, std::move(error), retryable);
   };
   // The temporary file, in the final directory so that rename() is atomic.
   std::string tmp;

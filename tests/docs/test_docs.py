@@ -12,11 +12,10 @@ Each check also has a test that feeds it a broken input, so that a check that
 cannot fail is noticed.
 """
 
+import fnmatch
 import pathlib
 import re
 import subprocess
-
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README_MAX_LINES = 250
@@ -31,7 +30,6 @@ def tracked(pattern):
     if out:
         return [ROOT / p for p in out]
     # Not a git checkout (an exported tree): walk it instead.
-    import fnmatch
     return [p for p in ROOT.rglob("*") if fnmatch.fnmatch(str(p.relative_to(ROOT)), pattern)
             and "node_modules" not in p.parts and not any(part.startswith("bazel-") for part in p.parts)]
 
@@ -70,14 +68,7 @@ def exported_metrics():
 
 def strip_code(markdown):
     """The text outside fenced code blocks and inline code spans."""
-    out, fenced = [], False
-    for line in markdown.split("\n"):
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-            out.append("")
-            continue
-        out.append("" if fenced else re.sub(r"`[^`]*`", "", line))
-    return "\n".join(out)
+    return re.sub(r"`[^`\n]*`", "", strip_fences(markdown))
 
 
 def slug(heading):
@@ -89,7 +80,7 @@ def slug(heading):
 
 def anchors(markdown):
     seen, out = {}, set()
-    for line in strip_code_keep_inline(markdown).split("\n"):
+    for line in strip_fences(markdown).split("\n"):
         m = re.match(r"^(#{1,6})\s+(.*?)\s*#*\s*$", line)
         if not m:
             continue
@@ -100,7 +91,8 @@ def anchors(markdown):
     return out
 
 
-def strip_code_keep_inline(markdown):
+def strip_fences(markdown):
+    """The text outside fenced code blocks (one line kept per line)."""
     out, fenced = [], False
     for line in markdown.split("\n"):
         if line.lstrip().startswith("```"):
@@ -195,7 +187,7 @@ def test_flag_check_catches_an_undocumented_flag():
     assert undocumented_flags({"archive"}, "`--archive_dir`") == ["archive"]
 
 
-def test_link_check_catches_missing_files_and_anchors(tmp_path):
+def test_link_check_catches_missing_files_and_anchors():
     md = ROOT / "docs" / "probe.md"  # never written: only its parent is used
     text = ("[ok](sidecar.md#flags) [file](nowhere.md) [anchor](sidecar.md#no-such-part)\n"
             "[web](https://example.com/x) `[code](not-a-link.md)`\n```\n[fenced](gone.md)\n```\n")
