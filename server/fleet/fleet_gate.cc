@@ -462,8 +462,10 @@ void FleetPollGate::Decide(std::shared_ptr<Join> join) {
         f->second.state = a.shared;
         if (next_round_ == absl::InfinitePast()) {
           next_round_ = clock_->Monotonic() + options_.poll_interval;
-          kicked_ = true;
         }
+        // The renew thread may sleep with nothing to plan (no leases, no
+        // follows): wake it, so the follow rounds run.
+        kicked_ = true;
       } else {
         follows_.erase(f);
       }
@@ -591,6 +593,7 @@ void FleetPollGate::SetListener(Listener listener) {
 
 void FleetPollGate::Reread() {
   absl::MutexLock lock(&leases_mu_);
+  if (follows_.empty()) return;  // nothing followed, nothing missed
   next_round_ = clock_->Monotonic();
   kicked_ = true;
 }
