@@ -221,6 +221,7 @@ absl::StatusOr<std::unique_ptr<S3Archiver>> S3Archiver::Create(
     MetricsRegistry* metrics, std::shared_ptr<s3::CredentialsProvider> credentials) {
   if (absl::Status s = ValidateS3ArchiverOptions(options); !s.ok()) return s;
   if (clock == nullptr) return absl::InvalidArgumentError("archiver: no clock");
+  bool missing = false;
   if (credentials == nullptr) {
     s3::CredentialsOptions co;
     co.env = options.env;
@@ -234,8 +235,12 @@ absl::StatusOr<std::unique_ptr<S3Archiver>> S3Archiver::Create(
     if (chain.ok()) {
       credentials = std::move(*chain);
     } else if (absl::IsNotFound(chain.status())) {
+      // Not fatal: the watchers still get COMPLETED, with archive_error.
+      LogEvent(LogLevel::kError, "archive_credentials_missing",
+               {{"archive_url", options.url}, {"error", std::string(chain.status().message())}});
       credentials = std::make_shared<NoCredentials>(absl::FailedPreconditionError(
           std::string(chain.status().message())));
+      missing = true;
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("archive S3 credentials: ", chain.status().message()));
@@ -271,6 +276,7 @@ absl::StatusOr<std::unique_ptr<S3Archiver>> S3Archiver::Create(
   std::unique_ptr<S3Archiver> a(new S3Archiver(std::move(options), std::move(where), clock,
                                                metrics));
   a->credentials_ = std::move(credentials);
+  if (missing) a->credentials_ok_->store(false);
   a->client_ = std::move(*client);
   a->local_ = std::move(*file_archiver);
   a->local_dir_ = a->local_->dir();
