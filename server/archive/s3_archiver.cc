@@ -431,12 +431,13 @@ void S3Archiver::Begin(const std::string& id) {
            "credentials");
     return;
   }
-  if (creds.ok()) SetCredentialsOk(true);
+  // (Whether they work is known once S3 answers: a HEAD or an upload.)
   // 2. An object already there (a restart, another pod).
   const std::string ext = VideoExtensionFromUrl(task.video_url());
   if (!ext.empty() && ValidateTaskId(id).ok()) {
     const std::string key = KeyFor(absl::StrCat(id, ".", ext));
     absl::StatusOr<std::optional<s3::ObjectInfo>> there = client_->Head(key);
+    if (there.ok()) SetCredentialsOk(true);
     if (there.ok() && there->has_value() && IsHexSha256((*there)->sha256) &&
         (*there)->size >= 0) {
       VideoArchive a;
