@@ -29,6 +29,9 @@ using videotask::v1::VideoTask;
 namespace {
 
 constexpr char kFlags[] = "--archive_url";
+// How long the HEAD before a download may take (retries included): the
+// upload looks again anyway.
+constexpr absl::Duration kReuseCheckTime = absl::Seconds(30);
 
 // Never asked: only for checking settings.
 class NoCredentials : public s3::CredentialsProvider {
@@ -247,9 +250,6 @@ absl::StatusOr<std::unique_ptr<S3Archiver>> S3Archiver::Create(
     }
   }
   S3Location where = *ParseS3Url(options.url);
-  s3::S3Client::Options co = ClientOptions(options, where);
-  auto client = s3::S3Client::Create(std::move(co), credentials, clock);
-  if (!client.ok()) return Named(client.status());
 
   std::string staging;
   const bool keep_local = !local.dir.empty();
@@ -275,9 +275,17 @@ absl::StatusOr<std::unique_ptr<S3Archiver>> S3Archiver::Create(
   }
   std::unique_ptr<S3Archiver> a(new S3Archiver(std::move(options), std::move(where), clock,
                                                metrics));
+  s3::S3Client::Options co = ClientOptions(a->options_, a->where_);
+  // Waits between retries end early when the archiver stops.
+  co.sleep = [p = a.get()](absl::Duration d) { p->Wait(d); };
+  auto client = s3::S3Client::Create(std::move(co), credentials, clock);
+  if (!client.ok()) {
+    if (!staging.empty()) ::rmdir(staging.c_str());
+    return Named(client.status());
+  }
+  a->client_ = std::move(*client);
   a->credentials_ = std::move(credentials);
   if (missing) a->credentials_ok_->store(false);
-  a->client_ = std::move(*client);
   a->local_ = std::move(*file_archiver);
   a->local_dir_ = a->local_->dir();
   a->keep_local_ = keep_local;
@@ -414,11 +422,13 @@ void S3Archiver::WorkerLoop() {
 
 void S3Archiver::Begin(const std::string& id) {
   VideoTask task;
+  absl::Time deadline;
   {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return;
     task = it->second->task;
+    deadline = it->second->deadline;
   }
   // 1. Credentials: missing or refused ends it now (a transient failure to
   // reach STS or the agent is retried by the upload).
@@ -436,7 +446,9 @@ void S3Archiver::Begin(const std::string& id) {
   const std::string ext = VideoExtensionFromUrl(task.video_url());
   if (!ext.empty() && ValidateTaskId(id).ok()) {
     const std::string key = KeyFor(absl::StrCat(id, ".", ext));
-    absl::StatusOr<std::optional<s3::ObjectInfo>> there = client_->Head(key);
+    absl::StatusOr<std::optional<s3::ObjectInfo>> there =
+        client_->Head(key, std::min(deadline, clock_->Monotonic() + kReuseCheckTime),
+                      [this] { return stopping_.load(); });
     if (there.ok()) SetCredentialsOk(true);
     if (there.ok() && there->has_value() && IsHexSha256((*there)->sha256) &&
         (*there)->size >= 0) {

@@ -22,6 +22,7 @@
 #include "server/base/clock.h"
 #include "server/base/metrics.h"
 #include "tests/sim/sim_upstream.h"
+#include "tests/testing/listeners.h"
 #include "tests/testing/s3_standin.h"
 #include "tests/testing/sha256.h"
 
@@ -343,6 +344,33 @@ TEST_F(S3ArchiverTest, ShutdownDuringADownloadAnswersArchivingStopped) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   a.reset();
+  absl::MutexLock lock(&mu);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(absl::StrContains(got->archive_error(), "archiving stopped")) << got->archive_error();
+}
+
+// A store that accepts connections and never answers: destroying the
+// archiver (SIGTERM) cuts the request in flight instead of waiting for its
+// timeout, and the watcher's answer is "archiving stopped".
+TEST_F(S3ArchiverTest, ShutdownCutsARequestThatNeverGetsAnAnswer) {
+  testing::SilentListener silent;
+  VideoScript v;
+  v.size_bytes = 1000;
+  sim_->SetVideo("hung", v);
+  S3ArchiverOptions o = Options();
+  o.endpoint = absl::StrCat("http://", silent.target());
+  auto a = Make(std::move(o));
+  ASSERT_NE(a, nullptr);
+  absl::Mutex mu;
+  std::optional<VideoTask> got;
+  a->Archive(Completed("hung", sim_->VideoUrl("hung")), [&](VideoTask t) {
+    absl::MutexLock lock(&mu);
+    got = std::move(t);
+  });
+  absl::SleepFor(absl::Milliseconds(500));  // the HEAD is waiting for its answer
+  const absl::Time start = absl::Now();
+  a.reset();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
   absl::MutexLock lock(&mu);
   ASSERT_TRUE(got.has_value());
   EXPECT_TRUE(absl::StrContains(got->archive_error(), "archiving stopped")) << got->archive_error();
