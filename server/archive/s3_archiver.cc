@@ -534,6 +534,21 @@ void S3Archiver::Upload(const std::string& id) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
       const std::string why = strerror(errno);
+      // The FileArchiver may answer from a shared directory's record of a
+      // copy the worker has removed since: the object may be there already.
+      absl::StatusOr<std::optional<s3::ObjectInfo>> there =
+          client_->Head(spec.key, deadline, spec.cancelled);
+      if (there.ok() && there->has_value() && (*there)->sha256 == spec.sha256 &&
+          (*there)->size == spec.size) {
+        SetCredentialsOk(true);
+        VideoArchive a = local;
+        a.set_uri(client_->Uri(spec.key));
+        ToTimestamp(clock_->Now(), a.mutable_archive_time());
+        reuses_.fetch_add(1);
+        if (reused_ != nullptr) reused_->Increment();
+        Finish(id, &a, "", "");
+        return;
+      }
       RemoveStaged(path, id);
       Finish(id, nullptr,
              absl::StrCat("the downloaded copy ", file_name, " cannot be read: ", why), "s3");
