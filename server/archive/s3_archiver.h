@@ -29,7 +29,8 @@
 // At most `max_concurrent` HEADs or uploads run at once; Archive() never
 // blocks. No secret is ever in a log line or an error.
 //
-// Destroying the archiver cancels uploads (between requests), destroys the
+// Destroying the archiver cancels HEADs and uploads (a request in flight
+// too; a multipart upload is aborted, briefly), destroys the
 // FileArchiver (aborting downloads) and runs every pending `done` with
 // archive_error "archiving stopped", on the destroying thread.
 #ifndef VIDEOTASK_SERVER_ARCHIVE_S3_ARCHIVER_H_

@@ -31,6 +31,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/videotask/v1/video_task.grpc.pb.h"
 #include "tests/sim/sim_upstream.h"
+#include "tests/testing/listeners.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/s3_standin.h"
 #include "tests/testing/sha256.h"
@@ -406,6 +407,38 @@ TEST_F(ArchiveS3E2eTest, TwoSidecarsOfAFleetUploadOnce) {
   EXPECT_EQ(CountOps(standin_->Requests(), "PutObject"), 1);
   EXPECT_EQ(CountOps(standin_->Requests(), "CreateMultipartUpload"), 0);
   EXPECT_EQ(sim_->VideoRequestCount("shared"), 1);
+}
+
+// A store that accepts the connection and never answers: SIGTERM still
+// ends the sidecar within its grace (the request in flight is cut), and the
+// waiting Get ends.
+TEST_F(ArchiveS3E2eTest, SigtermWhileTheStoreNeverAnswersExitsWithinTheGrace) {
+  testing::SilentListener silent;
+  Script("hung", 1000);
+  std::vector<std::string> args = Args({"--shutdown_grace=2s"});
+  for (std::string& a : args) {
+    if (absl::StartsWith(a, "--archive_s3_endpoint=")) {
+      a = "--archive_s3_endpoint=http://" + silent.target();
+    }
+  }
+  Sidecar s = Start(args);
+  std::thread get([&s] {
+    VideoTask ignored;
+    s.Get("hung", &ignored);  // ends when the sidecar stops
+  });
+  // The task is polled (COMPLETED at once) and its HEAD is waiting.
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (sim_->RequestCount("hung") == 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  const absl::Time start = absl::Now();
+  s.process->Signal(SIGTERM);
+  EXPECT_EQ(s.process->Wait(absl::Seconds(10)), 0) << s.process->Stderr();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  get.join();
+  EXPECT_EQ(sim_->VideoRequestCount("hung"), 0);  // it never got past the HEAD
+  EXPECT_EQ(StagedFiles(), 0);
 }
 
 TEST_F(ArchiveS3E2eTest, BadBucketFlagsStopStartUpWithExitCodeTwo) {
