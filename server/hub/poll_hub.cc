@@ -99,6 +99,7 @@ PollHub::PollHub(PollHubOptions options, UpstreamClient* client, Clock* clock,
       metrics_(metrics),
       gate_(gate != nullptr ? gate : &local_gate_) {
   gate_->SetListener([this](VideoTask state) { OnShared(std::move(state)); });
+  gate_->SetTakeover([this](const std::string& id) { OnTakeover(id); });
   std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
   rng_ = absl::BitGen(seq);
   if (metrics_ != nullptr) {
@@ -357,6 +358,7 @@ void PollHub::Drain() {
       draining_ = true;
       LogEvent(LogLevel::kInfo, "drain_started",
                {{"active_watches", absl::StrCat(active_watches_)}});
+      gate_->Drain();  // others take over this sidecar's leases at once
     }
     const absl::Status status = absl::UnavailableError("the sidecar is draining; retry elsewhere");
     std::vector<std::string> ids;
@@ -560,6 +562,17 @@ void PollHub::ApplyAdmission(const std::string& id, PollGate::Admission admissio
   MaybeRelease(id);
 }
 
+void PollHub::OnTakeover(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  Task* task = FindTask(id);
+  // A followed task waiting for its next ask: ask now (the gate admits it).
+  if (task == nullptr || draining_ || !task->following || task->inflight || task->archiving ||
+      task->watchers.empty() || task->poll_set == nullptr) {
+    return;
+  }
+  SchedulePoll(*task, clock_->Monotonic());
+}
+
 void PollHub::OnShared(VideoTask state) { Enqueue(Completion::Kind::kShared, std::move(state)); }
 
 void PollHub::Enqueue(Completion::Kind kind, VideoTask state) {
@@ -727,6 +740,7 @@ void PollHub::ApplyState(Task& task, VideoTask state, absl::Time now) {
     // polling; watchers keep their heartbeats meanwhile.
     if (!task.archiving) {
       task.archiving = true;
+      gate_->Archiving(task.id);
       to_archive_.push_back(std::move(state));
     }
     SchedulePoll(task, absl::InfiniteFuture());
@@ -775,6 +789,7 @@ void PollHub::Publish(Task& task, WatchVideoTaskResponse::EventType type,
 }
 
 void PollHub::EndTask(Task& task, const absl::Status& status) {
+  if (!task.watchers.empty()) gate_->Released(task.id);
   for (auto& [wid, watcher] : task.watchers) {
     outbox_.push_back({watcher.sink, nullptr, status});
     watch_index_.erase(wid);

@@ -267,6 +267,8 @@ class PollHub {
       ABSL_LOCKS_EXCLUDED(mu_);
   // The gate's answer for a started poll (any thread).
   void OnAdmission(const std::string& id, PollGate::Admission admission) ABSL_LOCKS_EXCLUDED(mu_);
+  // The gate handed this sidecar the lease of a task it follows (any thread).
+  void OnTakeover(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   void ApplyAdmission(const std::string& id, PollGate::Admission admission)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A state another sidecar observed (any thread).
