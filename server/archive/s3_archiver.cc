@@ -275,22 +275,20 @@ absl::StatusOr<std::unique_ptr<S3Archiver>> S3Archiver::Create(
   }
   std::unique_ptr<S3Archiver> a(new S3Archiver(std::move(options), std::move(where), clock,
                                                metrics));
-  s3::S3Client::Options co = ClientOptions(a->options_, a->where_);
-  // Waits between retries end early when the archiver stops.
-  co.sleep = [p = a.get()](absl::Duration d) { p->Wait(d); };
-  auto client = s3::S3Client::Create(std::move(co), credentials, clock);
-  if (!client.ok()) {
-    if (!staging.empty()) ::rmdir(staging.c_str());
-    return Named(client.status());
-  }
-  a->client_ = std::move(*client);
-  a->credentials_ = std::move(credentials);
-  if (missing) a->credentials_ok_->store(false);
+  // From here on the archiver's destructor cleans up (the staging dir too).
   a->local_ = std::move(*file_archiver);
   a->local_dir_ = a->local_->dir();
   a->keep_local_ = keep_local;
   a->staging_dir_ = a->local_->dir();
   if (keep_local) a->staging_dir_.clear();
+  s3::S3Client::Options co = ClientOptions(a->options_, a->where_);
+  // Waits between retries end early when the archiver stops.
+  co.sleep = [p = a.get()](absl::Duration d) { p->Wait(d); };
+  auto client = s3::S3Client::Create(std::move(co), credentials, clock);
+  if (!client.ok()) return Named(client.status());
+  a->client_ = std::move(*client);
+  a->credentials_ = std::move(credentials);
+  if (missing) a->credentials_ok_->store(false);
   for (int i = 0; i < a->options_.max_concurrent; ++i) {
     a->workers_.emplace_back([p = a.get()] { p->WorkerLoop(); });
   }
