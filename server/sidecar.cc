@@ -69,6 +69,19 @@ absl::StatusOr<std::pair<std::string, int>> SplitHostPort(absl::string_view flag
 
 std::string Secs(absl::Duration d) { return absl::FormatDuration(d); }
 
+S3ArchiverOptions S3OptionsFrom(const SidecarConfig& c) {
+  S3ArchiverOptions o;
+  o.url = c.archive_url;
+  o.endpoint = c.archive_s3_endpoint;
+  o.region = c.archive_s3_region;
+  o.path_style = c.archive_s3_path_style;
+  o.access_key_id_file = c.archive_s3_access_key_id_file;
+  o.secret_access_key_file = c.archive_s3_secret_access_key_file;
+  o.session_token_file = c.archive_s3_session_token_file;
+  o.timeout = c.archive_timeout;
+  return o;
+}
+
 // How long Shutdown() lets clients close their connections after the last
 // stream has ended.
 constexpr absl::Duration kCloseConnections = absl::Milliseconds(200);
@@ -132,14 +145,23 @@ absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
   if (c.service.slow_watcher_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--slow_watcher_timeout must be positive");
   }
-  if (!c.archive_dir.empty()) {
+  if (!c.archive_dir.empty() || !c.archive_url.empty()) {
     FileArchiverOptions archive;
-    archive.dir = c.archive_dir;
+    // With --archive_url alone the downloads go to a staging directory.
+    archive.dir = c.archive_dir.empty() ? "staging" : c.archive_dir;
     archive.max_bytes = c.archive_max_bytes;
     archive.timeout = c.archive_timeout;
     archive.allow_loopback = c.archive_allow_loopback;
     archive.min_bytes_per_second = c.archive_min_bytes_per_second;
     if (absl::Status s = ValidateFileArchiverOptions(archive); !s.ok()) return s;
+  }
+  if (!c.archive_url.empty()) {
+    if (absl::Status s = ValidateS3ArchiverOptions(S3OptionsFrom(c)); !s.ok()) return s;
+  } else if (!c.archive_s3_endpoint.empty() || !c.archive_s3_region.empty() ||
+             c.archive_s3_path_style || !c.archive_s3_access_key_id_file.empty() ||
+             !c.archive_s3_secret_access_key_file.empty() ||
+             !c.archive_s3_session_token_file.empty()) {
+    return absl::InvalidArgumentError("--archive_s3_* flags need --archive_url=s3://BUCKET/PREFIX");
   }
   if (absl::Status s = ValidatePollHubOptions(c.hub); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
@@ -197,21 +219,41 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   if (absl::Status s = sc->StartMetrics(); !s.ok()) return s;
 
 
-  if (!config.archive_dir.empty()) {
+  S3Archiver* s3_archiver = nullptr;
+  if (!config.archive_dir.empty() || !config.archive_url.empty()) {
     FileArchiverOptions archive;
     archive.dir = config.archive_dir;
     archive.max_bytes = config.archive_max_bytes;
     archive.timeout = config.archive_timeout;
     archive.allow_loopback = config.archive_allow_loopback;
     archive.min_bytes_per_second = config.archive_min_bytes_per_second;
-    auto archiver = FileArchiver::Create(archive, config.clock, &sc->metrics_);
-    if (!archiver.ok()) return archiver.status();
-    sc->archiver_ = std::move(*archiver);
-    LogEvent(LogLevel::kInfo, "archive_enabled",
-             {{"archive_dir", sc->archiver_->dir()},
-              {"archive_max_bytes", absl::StrCat(config.archive_max_bytes)},
-              {"archive_timeout", absl::FormatDuration(config.archive_timeout)},
-              {"archive_allow_loopback", config.archive_allow_loopback ? "true" : "false"}});
+    LogFields fields = {{"archive_max_bytes", absl::StrCat(config.archive_max_bytes)},
+                        {"archive_timeout", absl::FormatDuration(config.archive_timeout)},
+                        {"archive_allow_loopback",
+                         config.archive_allow_loopback ? "true" : "false"}};
+    if (config.archive_url.empty()) {
+      auto archiver = FileArchiver::Create(archive, config.clock, &sc->metrics_);
+      if (!archiver.ok()) return archiver.status();
+      fields.emplace_back("archive_dir", (*archiver)->dir());
+      sc->archiver_ = std::move(*archiver);
+    } else {
+      S3ArchiverOptions s3 = S3OptionsFrom(config);
+      s3.env = s3::ProcessEnvironment();
+      auto archiver = S3Archiver::Create(std::move(s3), archive, config.clock, &sc->metrics_);
+      if (!archiver.ok()) return archiver.status();
+      s3_archiver = archiver->get();
+      fields.emplace_back("archive_url", s3_archiver->Describe());
+      fields.emplace_back("archive_s3_endpoint", config.archive_s3_endpoint.empty()
+                                                     ? "aws"
+                                                     : config.archive_s3_endpoint);
+      fields.emplace_back("archive_s3_region",
+                          ResolveS3Region(config.archive_s3_region, s3::ProcessEnvironment()));
+      fields.emplace_back("archive_credentials", s3_archiver->CredentialsSource());
+      fields.emplace_back(s3_archiver->keeps_local_copy() ? "archive_dir" : "archive_staging_dir",
+                          s3_archiver->local_dir());
+      sc->archiver_ = std::move(*archiver);
+    }
+    LogEvent(LogLevel::kInfo, "archive_enabled", fields);
   }
   if (!config.redis_url.empty()) {
     fleet::FleetGateOptions fo;
@@ -334,6 +376,10 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   grpc::HealthCheckServiceInterface* health = sc->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
+  if (s3_archiver != nullptr) {
+    s3_archiver->SetCredentialsListener(
+        [health](bool ok) { health->SetServingStatus(kArchiveHealthName, ok); });
+  }
 
   LogEvent(LogLevel::kInfo, "sidecar_started",
            {{"listen", config.listen},

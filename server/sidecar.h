@@ -30,6 +30,7 @@
 #include "grpcpp/grpcpp.h"
 #include "server/base/clock.h"
 #include "server/archive/file_archiver.h"
+#include "server/archive/s3_archiver.h"
 #include "server/fleet/fleet_gate.h"
 #include "server/fleet/redis_url.h"
 #include "server/base/loopback.h"  // IsLoopbackHost
@@ -50,6 +51,10 @@ namespace videotask {
 
 inline constexpr char kDefaultUpstreamUrl[] = "https://zcbservice.aizfw.cn/kyyReactApiServer/v1";
 inline constexpr char kServiceName[] = "videotask.v1.VideoTaskService";
+// The gRPC health service name that reports the archive's bucket
+// credentials (--archive_url): NOT_SERVING after one was missing or refused.
+// Probes check "" or kServiceName, which it never changes.
+inline constexpr char kArchiveHealthName[] = "videotask.v1.VideoTaskService.archive";
 
 struct SidecarConfig {
   std::string listen = "127.0.0.1:50051";  // host:port, or unix:PATH
@@ -80,6 +85,16 @@ struct SidecarConfig {
   absl::Duration archive_timeout = absl::Minutes(30);
   bool archive_allow_loopback = false;
   int64_t archive_min_bytes_per_second = 32 << 10;
+  // Archiving to a bucket (empty archive_url: off); see s3_archiver.h. With
+  // archive_dir too, the directory keeps a local copy and the bucket's
+  // object is the archive reported.
+  std::string archive_url;
+  std::string archive_s3_endpoint;
+  std::string archive_s3_region;  // empty: AWS_REGION, else us-east-1
+  bool archive_s3_path_style = false;
+  std::string archive_s3_access_key_id_file;
+  std::string archive_s3_secret_access_key_file;
+  std::string archive_s3_session_token_file;
   // CreateVideoTask (see server/create/creator.h): how long request_ids are
   // remembered, the spend guard (0: off), and whether creates are allowed
   // when `listen` is neither loopback nor a unix socket.
@@ -135,7 +150,7 @@ class Sidecar {
   std::unique_ptr<UpstreamClient> client_;
   std::unique_ptr<fleet::RedisPasswordFile> redis_password_;
   std::unique_ptr<fleet::FleetPollGate> gate_;  // fleet mode only
-  std::unique_ptr<FileArchiver> archiver_;      // null: archiving off
+  std::unique_ptr<Archiver> archiver_;          // null: archiving off
   std::unique_ptr<PollHub> hub_;
   std::unique_ptr<CurlVendorCreateClient> vendor_create_;
   std::unique_ptr<MemoryCreateKeyStore> create_keys_;
