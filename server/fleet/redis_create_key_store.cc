@@ -133,7 +133,7 @@ RedisCreateKeyStore::RedisCreateKeyStore(RedisClient* client, const FleetKeys& k
   client_->Subscribe(
       channel_, [wake](const std::string&, const std::string&) { wake->Bump(); },
       [wake](const std::string&) { wake->Bump(); });
-  if (options_.renew) renewer_ = std::thread([this] { RenewLoop(); });
+  loop_ = std::thread([this] { Loop(); });
 }
 
 RedisCreateKeyStore::~RedisCreateKeyStore() {
@@ -141,7 +141,7 @@ RedisCreateKeyStore::~RedisCreateKeyStore() {
     absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  if (renewer_.joinable()) renewer_.join();
+  if (loop_.joinable()) loop_.join();
 }
 
 std::string RedisCreateKeyStore::RecordKey(const std::string& request_id) const {
@@ -272,10 +272,9 @@ absl::StatusOr<std::optional<CreateRecord>> RedisCreateKeyStore::Claim(
       Run(claim_, {h.record_key, h.lease_key},
           {h.pending, h.token, Ms(options_.ttl), Ms(options_.lease)});
   if (!r.ok()) {
-    // The script may have run: undo a claim that is ours, in the background.
-    settle_.Run(*client_, {h.record_key, h.lease_key},
-                {h.pending, h.token, "", Ms(options_.ttl), channel_},
-                [](absl::StatusOr<RedisReply>) {});
+    // The script may have run: undo the claim if it is ours (nothing was
+    // sent for it), in the background.
+    RetryLater(std::move(h), "");
     return r.status();
   }
   if (r->type == RedisReply::Type::kArray && r->elements.size() == 2 &&
@@ -300,9 +299,12 @@ absl::Status RedisCreateKeyStore::Record(const std::string& key, CreateRecord ou
     held_.erase(it);  // no more renewals, whatever happens next
   }
   outcome.fingerprint = h.fingerprint;
-  absl::StatusOr<RedisReply> r =
-      Run(settle_, {h.record_key, h.lease_key},
-          {h.pending, h.token, Encode(h.record_key, outcome, h.token), Ms(options_.ttl), channel_});
+  std::string record = Encode(h.record_key, outcome, h.token);
+  absl::StatusOr<RedisReply> r;
+  if (!Settle(h, record, &r)) {
+    RetryLater(std::move(h), std::move(record));
+    return r.status();
+  }
   if (!r.ok()) return r.status();
   if (r->type != RedisReply::Type::kInteger || r->integer != 1) {
     return absl::FailedPreconditionError("the claim's record changed or expired in Redis");
@@ -319,8 +321,11 @@ absl::Status RedisCreateKeyStore::Release(const std::string& key) {
     h = std::move(it->second);
     held_.erase(it);
   }
-  absl::StatusOr<RedisReply> r = Run(settle_, {h.record_key, h.lease_key},
-                                     {h.pending, h.token, "", Ms(options_.ttl), channel_});
+  absl::StatusOr<RedisReply> r;
+  if (!Settle(h, "", &r)) {
+    RetryLater(std::move(h), "");
+    return r.status();
+  }
   if (!r.ok()) return r.status();
   if (r->type != RedisReply::Type::kInteger || r->integer != 1) {
     return absl::FailedPreconditionError("the claim's record changed or expired in Redis");
@@ -356,21 +361,57 @@ absl::StatusOr<std::optional<CreateRecord>> RedisCreateKeyStore::AwaitSettled(
   }
 }
 
-void RedisCreateKeyStore::RenewLoop() {
+bool RedisCreateKeyStore::Settle(const Held& h, const std::string& outcome,
+                                 absl::StatusOr<RedisReply>* reply) {
+  *reply = Run(settle_, {h.record_key, h.lease_key},
+               {h.pending, h.token, outcome, Ms(options_.ttl), channel_});
+  // An integer: the script ran (settled, or not this claim's any more).
+  return reply->ok() && (*reply)->type == RedisReply::Type::kInteger;
+}
+
+void RedisCreateKeyStore::RetryLater(Held h, std::string outcome) {
+  absl::MutexLock lock(&mu_);
+  if (retries_.size() >= options_.max_retries) retries_.erase(retries_.begin());
+  retries_.push_back(Retry{std::move(h), std::move(outcome), clock_->Monotonic() + options_.ttl});
+}
+
+void RedisCreateKeyStore::Loop() {
   while (true) {
     std::vector<std::string> keys;
     std::vector<std::string> args = {Ms(options_.lease), Ms(options_.ttl)};
+    std::vector<Retry> retries;
     {
       absl::MutexLock lock(&mu_);
       if (mu_.AwaitWithTimeout(absl::Condition(&stop_), options_.lease / 4)) return;
-      for (const auto& [id, h] : held_) {
-        keys.push_back(h.record_key);
-        keys.push_back(h.lease_key);
-        args.push_back(h.token);
+      if (options_.renew) {
+        for (const auto& [id, h] : held_) {
+          keys.push_back(h.record_key);
+          keys.push_back(h.lease_key);
+          args.push_back(h.token);
+        }
+      }
+      retries.swap(retries_);
+    }
+    if (!keys.empty()) {
+      renew_.Run(*client_, std::move(keys), std::move(args), [](absl::StatusOr<RedisReply>) {});
+    }
+    if (retries.empty()) continue;
+    const absl::Time now = clock_->Monotonic();
+    std::vector<Retry> again;
+    bool reachable = true;
+    for (Retry& r : retries) {
+      if (now >= r.give_up) continue;
+      absl::StatusOr<RedisReply> reply;
+      // Once Redis fails, the rest wait for the next turn.
+      if (!reachable || !(reachable = Settle(r.held, r.outcome, &reply))) {
+        again.push_back(std::move(r));
       }
     }
-    if (keys.empty()) continue;
-    renew_.Run(*client_, std::move(keys), std::move(args), [](absl::StatusOr<RedisReply>) {});
+    absl::MutexLock lock(&mu_);
+    for (Retry& r : again) {
+      if (retries_.size() >= options_.max_retries) break;
+      retries_.push_back(std::move(r));
+    }
   }
 }
 

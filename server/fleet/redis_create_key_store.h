@@ -29,11 +29,13 @@
 //     request_id; its record expires `ttl` after the claimer's last renewal.
 //     The claimer's own Record() still succeeds later if it was alive.
 //   - Redis down, slow or answering nonsense: every call is UNAVAILABLE
-//     (never a fallback to memory, which could create twice). A Claim whose
-//     answer was lost is released in the background when it did take the
-//     key; if that fails too, the claim's lease lapses and the key reads as
-//     unknown (conservative: no duplicate). A Record or Release that fails
-//     likewise leaves the key unknown once the lease lapses.
+//     (never a fallback to memory, which could create twice). What could
+//     not be written is retried in the background (every lease/4, for at
+//     most `ttl`, only while the record is still this claim's, at most
+//     `max_retries` at once): a Claim whose answer was lost is undone (it
+//     may have taken the key, and nothing was sent for it), a failed Record
+//     or Release is written. Until then the claim's lease lapses and the
+//     key reads as unknown (conservative: never a duplicate).
 //   - No caller waits on Redis beyond the client's command timeout per
 //     round trip; AwaitSettled waits at most until its deadline.
 // Thread-safe. The client and clock must outlive the store; the store must
@@ -47,6 +49,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -71,6 +74,9 @@ class RedisCreateKeyStore : public CreateKeyStore {
     bool renew = true;  // tests: false plays a claimer that died
     // Waiters re-read a pending record at least this often.
     absl::Duration poll_interval = absl::Milliseconds(200);
+    // Writes retried in the background at most (see above); beyond it the
+    // oldest is dropped (its key stays unknown).
+    size_t max_retries = 10000;
   };
 
   // `metrics` may be null (counts rejected records in
@@ -111,6 +117,12 @@ class RedisCreateKeyStore : public CreateKeyStore {
     std::string fingerprint;
   };
   struct Wake;  // shared with the subscription callback
+  // A settle (Record, Release, or undoing a lost Claim) to retry.
+  struct Retry {
+    Held held;
+    std::string outcome;  // the record to write; empty: delete
+    absl::Time give_up;   // on the clock's Monotonic() scale
+  };
 
   absl::StatusOr<RedisReply> Run(const RedisScript& script, std::vector<std::string> keys,
                                  std::vector<std::string> args);
@@ -118,7 +130,11 @@ class RedisCreateKeyStore : public CreateKeyStore {
   absl::StatusOr<std::optional<CreateRecord>> Interpret(const std::string& record_key,
                                                         const RedisReply& pair);
   absl::Status Unavailable(const absl::Status& why) const;
-  void RenewLoop();
+  // The settle script for `h`: true once Redis answered (settled, or the
+  // record is no longer that claim's); false when it could not be reached.
+  bool Settle(const Held& h, const std::string& outcome, absl::StatusOr<RedisReply>* reply);
+  void RetryLater(Held h, std::string outcome);
+  void Loop();  // renewals and retries
 
   RedisClient* const client_;
   const FleetKeys keys_;
@@ -134,8 +150,9 @@ class RedisCreateKeyStore : public CreateKeyStore {
 
   absl::Mutex mu_;
   std::map<std::string, Held> held_ ABSL_GUARDED_BY(mu_);  // by request_id
+  std::vector<Retry> retries_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread renewer_;
+  std::thread loop_;
 };
 
 }  // namespace videotask::fleet

@@ -254,6 +254,28 @@ TEST_F(RedisCreateKeyStoreTest, RedisDownIsUnavailableNeverAbsent) {
   EXPECT_FALSE(m.store->Claim("new", "fp")->has_value());
 }
 
+TEST_F(RedisCreateKeyStoreTest, WritesThatFailAreRetriedInTheBackground) {
+  Member m = Join({.lease = absl::Milliseconds(400)});
+  ASSERT_FALSE(m.store->Claim("k", "fp")->has_value());
+  ASSERT_FALSE(m.store->Claim("k2", "fp")->has_value());
+  // Redis refuses writes (NOREPLICAS) for a while.
+  Redis({"CONFIG", "SET", "min-replicas-to-write", "1"});
+  EXPECT_EQ(m.store->Record("k", Created("video_r")).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(m.store->Release("k2").code(), absl::StatusCode::kUnavailable);
+  Redis({"CONFIG", "SET", "min-replicas-to-write", "0"});
+  const absl::Time end = absl::Now() + absl::Seconds(20);
+  bool settled = false;
+  while (!settled && absl::Now() < end) {
+    auto k = m.store->Lookup("k");
+    auto k2 = m.store->Lookup("k2");
+    settled = k.ok() && k->has_value() && (*k)->state == State::kCreated && k2.ok() &&
+              !k2->has_value();
+    if (!settled) absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(settled) << "the failed Record and Release were not retried";
+  EXPECT_EQ(m.store->Lookup("k").value()->task.id(), "video_r");
+}
+
 TEST_F(RedisCreateKeyStoreTest, PausedRedisIsUnavailableWithinTheCommandTimeout) {
   Member m = Join();
   server_->Pause();
