@@ -91,12 +91,6 @@ constexpr absl::Duration kFailedStartGrace = absl::Seconds(1);
 }  // namespace
 
 absl::Status CreateRefusal(const SidecarConfig& c) {
-  if (!c.redis_url.empty()) {
-    return absl::UnavailableError(
-        "CreateVideoTask is not yet supported in fleet mode (--redis_url): request_ids live in "
-        "one sidecar's memory, so sidecars of a fleet could create the same video twice; "
-        "nothing was sent");
-  }
   if (c.allow_remote_create || absl::StartsWith(c.listen, "unix:")) return absl::OkStatus();
   auto hp = SplitHostPort("listen", c.listen);
   if (hp.ok() && IsLoopbackAddress(hp->first)) return absl::OkStatus();
@@ -317,19 +311,35 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
                           "Watched tasks another sidecar of the fleet polls for this one.",
                           [h] { return static_cast<double>(h->GetStats().following); });
   }
-  // Creates: the vendor call with the upstream client's settings, the keys
-  // in memory, the spend guard, and the hub's budget shared with polls.
+  // Creates: the vendor call with the upstream client's settings, the keys,
+  // the spend guard, and the hub's budget shared with polls. In fleet mode
+  // keys and spend guard live in the fleet's Redis (never in memory: Redis
+  // down means UNAVAILABLE, not a possible second create) and creates take
+  // the fleet's budget too.
   CurlUpstreamClient::Options create_opts = copts;
   create_opts.timeout = config.create_timeout;
   sc->vendor_create_ =
       std::make_unique<CurlVendorCreateClient>(create_opts, key_source, config.clock);
-  sc->create_keys_ = std::make_unique<MemoryCreateKeyStore>(
-      MemoryCreateKeyStore::Options{config.create_dedup_ttl, config.create_max_keys},
-      config.clock);
-  sc->spend_guard_ = std::make_unique<SpendGuard>(config.max_creates_per_hour, config.clock);
+  Clock* clock = config.clock;
+  UpstreamBudget* create_budget = h;
+  if (sc->gate_ != nullptr) {
+    fleet::RedisCreateKeyStore::Options ko;
+    ko.ttl = config.create_dedup_ttl;
+    sc->create_keys_ = std::make_unique<fleet::RedisCreateKeyStore>(
+        sc->gate_->client(), sc->gate_->keys(), ko, clock, &sc->metrics_);
+    sc->spend_guard_ = std::make_unique<fleet::RedisSpendGuard>(
+        sc->gate_->client(), sc->gate_->keys(),
+        fleet::RedisSpendGuard::Options{config.max_creates_per_hour, nullptr}, clock);
+    sc->create_budget_ = std::make_unique<fleet::FleetCreateBudget>(h, sc->gate_.get());
+    create_budget = sc->create_budget_.get();
+  } else {
+    sc->create_keys_ = std::make_unique<MemoryCreateKeyStore>(
+        MemoryCreateKeyStore::Options{config.create_dedup_ttl, config.create_max_keys}, clock);
+    sc->spend_guard_ = std::make_unique<MemorySpendGuard>(config.max_creates_per_hour, clock);
+  }
   sc->creator_ = std::make_unique<Creator>(CreatorOptions(), sc->vendor_create_.get(),
-                                           sc->create_keys_.get(), h, sc->spend_guard_.get(),
-                                           config.clock, &sc->metrics_);
+                                           sc->create_keys_.get(), create_budget,
+                                           sc->spend_guard_.get(), clock, &sc->metrics_);
   VideoTaskServiceOptions service_options = config.service;
   service_options.create_refusal = CreateRefusal(config);
   if (!service_options.create_refusal.ok()) {
@@ -397,6 +407,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
             {"max_watches", absl::StrCat(config.hub.max_watches)},
             {"terminal_cache_ttl", Secs(config.hub.terminal_cache_ttl)},
             {"create", service_options.create_refusal.ok() ? "allowed" : "refused"},
+            {"create_keys", sc->gate_ != nullptr ? "redis" : "memory"},
             {"create_dedup_ttl", Secs(config.create_dedup_ttl)},
             {"max_creates_per_hour", absl::StrCat(config.max_creates_per_hour)}});
   sc->stopped_ = false;
@@ -500,6 +511,12 @@ void Sidecar::TearDown(absl::Duration grace) {
   if (hub_ != nullptr) hub_->Shutdown();
   client_.reset();    // completes requests in flight; their results find the hub
   archiver_.reset();  // aborts downloads; their callbacks still find the hub
+  // No create runs any more (the gRPC server has stopped); the fleet's key
+  // store, spend guard and budget use the gate's Redis client: before it.
+  creator_.reset();
+  create_budget_.reset();
+  spend_guard_.reset();
+  create_keys_.reset();
   gate_.reset();      // completes pending admissions while the hub exists
   StopMetrics();
 }

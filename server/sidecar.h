@@ -13,7 +13,8 @@
 // everything within `grace`. Teardown, also of a Start() that failed
 // halfway, always goes: gRPC server stopped, hub Shutdown() (after which the
 // hub calls neither the fleet gate nor the archiver), upstream client,
-// archiver and fleet gate destroyed in that order (their late completions
+// archiver, creator (with its key store, spend guard and budget) and fleet
+// gate destroyed in that order (their late completions
 // still find the hub), metrics endpoint stopped, then server, service and
 // hub destroyed.
 #ifndef VIDEOTASK_SERVER_SIDECAR_H_
@@ -42,6 +43,9 @@
 #include "server/create/curl_vendor_create.h"
 #include "server/create/memory_create_key_store.h"
 #include "server/create/spend_guard.h"
+#include "server/fleet/fleet_create_budget.h"
+#include "server/fleet/redis_create_key_store.h"
+#include "server/fleet/redis_spend_guard.h"
 
 namespace httplib {
 class Server;
@@ -108,10 +112,9 @@ struct SidecarConfig {
 };
 
 // Why CreateVideoTask is refused with this configuration (OK: allowed):
-// UNAVAILABLE in fleet mode (not yet supported: the key store is one
-// sidecar's memory, so two sidecars could create twice), PERMISSION_DENIED
-// when --listen is neither loopback nor a unix socket without
-// --allow_remote_create.
+// PERMISSION_DENIED when --listen is neither loopback nor a unix socket
+// without --allow_remote_create. (Fleet mode keeps request_ids in Redis:
+// RedisCreateKeyStore.)
 absl::Status CreateRefusal(const SidecarConfig& config);
 
 // OK, or INVALID_ARGUMENT naming the bad setting. Also rejects a plain
@@ -132,7 +135,7 @@ class Sidecar {
   void Shutdown(absl::Duration grace);
 
   PollHub* hub() { return hub_.get(); }
-  MemoryCreateKeyStore* create_keys() { return create_keys_.get(); }
+  CreateKeyStore* create_keys() { return create_keys_.get(); }
   VideoTaskServiceImpl* service() { return service_.get(); }
   MetricsRegistry* metrics() { return &metrics_; }
 
@@ -153,8 +156,10 @@ class Sidecar {
   std::unique_ptr<Archiver> archiver_;          // null: archiving off
   std::unique_ptr<PollHub> hub_;
   std::unique_ptr<CurlVendorCreateClient> vendor_create_;
-  std::unique_ptr<MemoryCreateKeyStore> create_keys_;
+  // Memory, or the fleet's Redis (fleet mode; then also create_budget_).
+  std::unique_ptr<CreateKeyStore> create_keys_;
   std::unique_ptr<SpendGuard> spend_guard_;
+  std::unique_ptr<UpstreamBudget> create_budget_;
   std::unique_ptr<Creator> creator_;
   std::unique_ptr<VideoTaskServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;

@@ -10,9 +10,10 @@
 // recorded; a pending claim stays until it is recorded or released.
 //
 // Implementations: MemoryCreateKeyStore (one sidecar, bounded, forgotten on
-// restart). A fleet implementation (Redis, keys claimed with SET NX and
-// signed like the other fleet entries) belongs beside the other fleet code;
-// a store that cannot be reached answers UNAVAILABLE, never "absent".
+// restart) and, in fleet mode, fleet::RedisCreateKeyStore
+// (server/fleet/redis_create_key_store.h: claimed by a Lua script, signed
+// like the other fleet entries). A store that cannot be reached answers
+// UNAVAILABLE, never "absent".
 #ifndef VIDEOTASK_SERVER_CREATE_CREATE_KEY_STORE_H_
 #define VIDEOTASK_SERVER_CREATE_CREATE_KEY_STORE_H_
 

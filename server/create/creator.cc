@@ -110,7 +110,15 @@ absl::StatusOr<VideoTask> Creator::Create(const videotask::v1::CreateVideoTaskRe
     observe();
     return result;
   }
-  std::optional<SpendGuard::Ticket> ticket = spend_->Take();
+  absl::StatusOr<std::optional<SpendGuard::Ticket>> taken = spend_->Take();
+  if (!taken.ok()) {
+    (void)keys_->Release(p->request_id);
+    Count("unavailable");
+    observe();
+    return absl::UnavailableError(
+        absl::StrCat(taken.status().message(), "; nothing was sent: retry with the same request_id"));
+  }
+  std::optional<SpendGuard::Ticket>& ticket = *taken;
   if (!ticket.has_value()) {
     (void)keys_->Release(p->request_id);
     Count("budget");
@@ -143,7 +151,7 @@ absl::StatusOr<VideoTask> Creator::Repeat(const PreparedCreate& p, const CreateR
       "use a new request_id to accept a possible duplicate"));
 }
 
-absl::Status Creator::NothingCreated(const PreparedCreate& p, SpendGuard::Ticket ticket,
+absl::Status Creator::NothingCreated(const PreparedCreate& p, const SpendGuard::Ticket& ticket,
                                      const char* outcome, absl::Status status) {
   (void)keys_->Release(p.request_id);
   spend_->GiveBack(ticket);
@@ -152,7 +160,7 @@ absl::Status Creator::NothingCreated(const PreparedCreate& p, SpendGuard::Ticket
 }
 
 absl::StatusOr<VideoTask> Creator::Send(const PreparedCreate& p, absl::Time deadline,
-                                        SpendGuard::Ticket ticket) {
+                                        const SpendGuard::Ticket& ticket) {
   absl::Duration backoff = options_.retry_initial;
   std::string last = "no request was made";
   while (true) {

@@ -9,7 +9,8 @@
 //     caller's deadline: DEADLINE_EXCEEDED, retry to learn it).
 //   - A key with an outcome: that outcome again, no request ("deduplicated"):
 //     the task, or ABORTED for an unknown outcome.
-//   - A claimed key: the spend guard (RESOURCE_EXHAUSTED, nothing sent), then
+//   - A claimed key: the spend guard (RESOURCE_EXHAUSTED, nothing sent; a
+//     guard that cannot count, UNAVAILABLE), then
 //     one request at a time within the shared UpstreamBudget (rate window,
 //     in-flight cap, 429 pause). kNotSent answers (no connection, 429, 503)
 //     are retried, with backoff or the 429's pause, while the deadline allows;
@@ -67,12 +68,12 @@ class Creator {
 
  private:
   absl::StatusOr<videotask::v1::VideoTask> Send(const PreparedCreate& p, absl::Time deadline,
-                                                SpendGuard::Ticket ticket);
+                                                const SpendGuard::Ticket& ticket);
   // What a key's outcome means for a repeat of the request.
   absl::StatusOr<videotask::v1::VideoTask> Repeat(const PreparedCreate& p,
                                                   const CreateRecord& held);
   // Releases the claim and the spend place: nothing was created.
-  absl::Status NothingCreated(const PreparedCreate& p, SpendGuard::Ticket ticket,
+  absl::Status NothingCreated(const PreparedCreate& p, const SpendGuard::Ticket& ticket,
                               const char* outcome, absl::Status status);
   // Waits `d` unless shut down first; false when shut down.
   bool Wait(absl::Duration d);

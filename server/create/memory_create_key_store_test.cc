@@ -125,21 +125,22 @@ TEST_F(MemoryCreateKeyStoreTest, APastDeadlineAnswersAtOnce) {
 
 TEST(SpendGuardTest, SlidingHourAndGiveBack) {
   SimulatedClock clock;
-  SpendGuard guard(2, &clock);
-  auto a = guard.Take();
+  MemorySpendGuard guard(2, &clock);
+  auto take = [&] { return *guard.Take(); };
+  auto a = take();
   clock.Advance(absl::Minutes(30));
-  auto b = guard.Take();
+  auto b = take();
   ASSERT_TRUE(a && b);
-  EXPECT_FALSE(guard.Take().has_value());
+  EXPECT_FALSE(take().has_value());
   guard.GiveBack(*b);  // b created nothing
-  auto c = guard.Take();
+  auto c = take();
   ASSERT_TRUE(c.has_value());
-  EXPECT_FALSE(guard.Take().has_value());
+  EXPECT_FALSE(take().has_value());
   clock.Advance(absl::Minutes(30));  // a is an hour old
-  EXPECT_TRUE(guard.Take().has_value());
-  EXPECT_FALSE(guard.Take().has_value());
-  SpendGuard off(0, &clock);
-  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(off.Take().has_value());
+  EXPECT_TRUE(take().has_value());
+  EXPECT_FALSE(take().has_value());
+  MemorySpendGuard off(0, &clock);
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(off.Take()->has_value());
 }
 
 }  // namespace

@@ -518,6 +518,29 @@ void FleetPollGate::Observed(const VideoTask& task) {
   if (IsTerminal(task.status())) Learned(task);
 }
 
+void FleetPollGate::AcquireForCreate(RedisRateBudget::AcquireDone done) {
+  RefreshApiKey();
+  if (options_.fleet_qps > 0) {
+    // The script honours the pause too.
+    budget_->Acquire([this, done = std::move(done)](absl::StatusOr<absl::Duration> wait) mutable {
+      if (wait.ok() && *wait > absl::ZeroDuration()) tokens_denied_->Increment();
+      done(std::move(wait));
+    });
+    return;
+  }
+  client_->Command({"PTTL", keys_.PauseKey()},
+                   [done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
+                     if (!r.ok()) {
+                       done(r.status());
+                     } else if (r->type != RedisReply::Type::kInteger) {
+                       done(absl::InternalError("redis: unexpected PTTL reply"));
+                     } else {
+                       done(r->integer > 0 ? absl::Milliseconds(r->integer)
+                                           : absl::ZeroDuration());
+                     }
+                   });
+}
+
 void FleetPollGate::RateLimited(absl::Duration pause) {
   if (!client_->up() || pause <= absl::ZeroDuration()) return;
   budget_->Pause(pause);

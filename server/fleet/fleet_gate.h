@@ -122,6 +122,15 @@ class FleetPollGate : public PollGate {
   bool up() const { return client_->up(); }
   const std::string& fingerprint() const { return keys_.fingerprint(); }
   RedisClient* client() { return client_.get(); }
+  // The fleet's namespace and signing keys (shared: a re-read API key the
+  // gate follows signs for every user of the copy too).
+  const FleetKeys& keys() const { return keys_; }
+
+  // The fleet's part of the budget for one request the hub does not make (a
+  // create): the 429 pause, then a token when the fleet has a budget. `done`
+  // gets zero (go), a positive wait, or the client's error (the caller then
+  // keeps to its local caps, as polls do); on the client's thread.
+  void AcquireForCreate(RedisRateBudget::AcquireDone done);
 
  private:
   struct Join;

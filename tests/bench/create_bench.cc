@@ -1,8 +1,11 @@
 // create_bench: CreateVideoTask through the sidecar with deduplication, one
-// sidecar (single mode), measured on this machine.
+// sidecar (single mode) or a fleet of --fleet sidecars sharing a real
+// redis-server (fleet mode: keys claimed in Redis), measured on this machine.
 //
-// Starts the simulated vendor and the real sidecar in this process (the
-// clients too, so the figures include their CPU), then:
+// Starts the simulated vendor and the real sidecar(s) in this process (the
+// clients too, so the figures include their CPU; with --fleet, a
+// redis-server on a free loopback port, and the calls go round-robin over
+// the sidecars, so a herd's callers of one key meet in Redis), then:
 //   1. new:    --keys distinct request_ids from --concurrency threads: every
 //              call one vendor create (POST on loopback) through the shared
 //              rate budget (--max_upstream_qps, set high here to measure the
@@ -33,6 +36,7 @@
 #include "proto/videotask/v1/video_task.grpc.pb.h"
 #include "server/sidecar.h"
 #include "tests/sim/sim_upstream.h"
+#include "tests/testing/redis_server.h"
 
 ABSL_FLAG(int, keys, 1000, "Distinct request_ids created in the first phase.");
 ABSL_FLAG(int, repeats, 10, "Repeats of each key in the second phase.");
@@ -40,6 +44,8 @@ ABSL_FLAG(int, concurrency, 32, "Client threads.");
 ABSL_FLAG(int, herd, 16, "Concurrent callers per key in the third phase.");
 ABSL_FLAG(int, herd_keys, 50, "Keys in the third phase.");
 ABSL_FLAG(int, max_upstream_qps, 2000, "The sidecar's --max_upstream_qps.");
+ABSL_FLAG(int, fleet, 0,
+          "0: one sidecar (single mode); N: N sidecars in fleet mode on one redis-server.");
 
 namespace {
 
@@ -88,20 +94,48 @@ int main(int argc, char** argv) {
     std::cerr << "create_bench: " << sim.status() << "\n";
     return 1;
   }
-  videotask::SidecarConfig config;
-  config.listen = "127.0.0.1:0";
-  config.metrics_listen = "";
-  config.upstream_url = (*sim)->base_url();
-  config.api_key_env = "VIDEOTASK_BENCH_KEY";
-  config.hub.max_upstream_qps = absl::GetFlag(FLAGS_max_upstream_qps);
-  config.hub.max_inflight = 64;
-  auto sidecar = videotask::Sidecar::Start(config);
-  if (!sidecar.ok()) {
-    std::cerr << "create_bench: " << sidecar.status() << "\n";
-    return 1;
+  const int fleet = absl::GetFlag(FLAGS_fleet);
+  std::unique_ptr<videotask::testing::RedisServer> redis;
+  if (fleet > 0) {
+    auto r = videotask::testing::RedisServer::Start();
+    if (!r.ok()) {
+      std::cerr << "create_bench: " << r.status() << "\n";
+      return 1;
+    }
+    redis = std::move(*r);
   }
-  auto channel = grpc::CreateChannel((*sidecar)->target(), grpc::InsecureChannelCredentials());
-  auto stub = videotask::v1::VideoTaskService::NewStub(channel);
+  std::vector<std::unique_ptr<videotask::Sidecar>> sidecars;
+  std::vector<std::unique_ptr<videotask::v1::VideoTaskService::Stub>> stubs;
+  for (int n = 0; n < std::max(fleet, 1); ++n) {
+    videotask::SidecarConfig config;
+    config.listen = "127.0.0.1:0";
+    config.metrics_listen = "";
+    config.upstream_url = (*sim)->base_url();
+    config.api_key_env = "VIDEOTASK_BENCH_KEY";
+    config.hub.max_upstream_qps = absl::GetFlag(FLAGS_max_upstream_qps);
+    config.hub.max_inflight = 64;
+    if (redis != nullptr) config.redis_url = redis->Url();
+    auto sidecar = videotask::Sidecar::Start(config);
+    if (!sidecar.ok()) {
+      std::cerr << "create_bench: " << sidecar.status() << "\n";
+      return 1;
+    }
+    auto channel =
+        grpc::CreateChannel((*sidecar)->target(), grpc::InsecureChannelCredentials());
+    stubs.push_back(videotask::v1::VideoTaskService::NewStub(channel));
+    sidecars.push_back(std::move(*sidecar));
+  }
+  if (redis != nullptr) {
+    // Every sidecar's Redis connection is up before the clock starts.
+    const absl::Time end = absl::Now() + absl::Seconds(10);
+    for (auto& s : sidecars) {
+      while (s->metrics()->Render().find("videotask_redis_up 1") == std::string::npos &&
+             absl::Now() < end) {
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+  }
+  std::atomic<uint64_t> turn{0};
   google::protobuf::Struct body;
   (void)google::protobuf::util::JsonStringToMessage(
       R"({"model":"videos","prompt":"a benchmark","duration":10,"ratio":"16:9"})", &body);
@@ -117,6 +151,7 @@ int main(int argc, char** argv) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
     VideoTask task;
+    auto& stub = stubs[turn++ % stubs.size()];
     if (!stub->CreateVideoTask(&ctx, req, &task).ok()) return false;
     absl::MutexLock lock(&mu);
     auto [it, inserted] = ids.emplace(key, task.id());
@@ -132,7 +167,7 @@ int main(int argc, char** argv) {
   const Phase herded = Run(herd * herd_keys, std::max(concurrency, herd),
                            [&](int i) { return create(absl::StrCat("h", i / herd)); });
   const int after_herd = (*sim)->CreatedCount();
-  (*sidecar)->Shutdown(absl::Seconds(1));
+  for (auto& s : sidecars) s->Shutdown(absl::Seconds(1));
 
   auto row = [](const char* name, const Phase& p, int vendor) {
     std::cout << absl::StrFormat("%-8s %8d %8d %10.0f %10d\n", name, p.calls, p.errors,
@@ -143,6 +178,7 @@ int main(int argc, char** argv) {
   row("new", fresh, after_fresh);
   row("repeat", repeat, after_repeat - after_fresh);
   row("herd", herded, after_herd - after_repeat);
+  std::cout << "mode=" << (fleet > 0 ? absl::StrCat("fleet of ", fleet) : "single") << "\n";
   std::cout << "new_per_second=" << static_cast<int64_t>(fresh.per_second())
             << "\nrepeat_per_second=" << static_cast<int64_t>(repeat.per_second())
             << "\nherd_per_second=" << static_cast<int64_t>(herded.per_second())

@@ -1,8 +1,12 @@
 // End-to-end tests of CreateVideoTask: the real Sidecar in process (gRPC
 // server, Creator, libcurl vendor client, poll hub) against the simulated
-// vendor over loopback, driven by a real gRPC client.
+// vendor over loopback, driven by a real gRPC client; and, in fleet mode
+// (CreateFleetTest), real videotask_sidecar processes sharing a real
+// redis-server started by the test on a free loopback port.
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -19,6 +23,9 @@
 #include "proto/videotask/v1/video_task.grpc.pb.h"
 #include "server/sidecar.h"
 #include "tests/sim/sim_upstream.h"
+#include "tests/testing/redis_server.h"
+#include "tests/testing/sidecar_fleet.h"
+#include "tests/testing/subprocess.h"
 
 namespace videotask {
 namespace {
@@ -320,7 +327,7 @@ TEST_F(CreateTest, ListeningBeyondLoopbackRefusesCreatesUnlessAllowed) {
   EXPECT_TRUE(Create("k-remote", "videos", kBody).status.ok());
 }
 
-TEST(CreateRefusalTest, ByListenAddressAndFleetMode) {
+TEST(CreateRefusalTest, ByListenAddressNotFleetMode) {
   SidecarConfig c;
   for (const char* ok : {"127.0.0.1:1", "localhost:1", "[::1]:1", "127.8.9.10:1", "unix:/x.sock"}) {
     c.listen = ok;
@@ -332,10 +339,198 @@ TEST(CreateRefusalTest, ByListenAddressAndFleetMode) {
   }
   c.allow_remote_create = true;
   EXPECT_TRUE(CreateRefusal(c).ok());
+  // Fleet mode creates too (request_ids in Redis: CreateFleetTest).
   c.listen = "127.0.0.1:1";
   c.redis_url = "redis://127.0.0.1:6379";
-  EXPECT_EQ(CreateRefusal(c).code(), absl::StatusCode::kUnavailable);
-  EXPECT_TRUE(absl::StrContains(CreateRefusal(c).message(), "fleet mode"));
+  EXPECT_TRUE(CreateRefusal(c).ok());
+}
+
+// Fleet mode: real sidecar processes, one redis-server, the simulated vendor.
+class CreateFleetTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto redis = testing::RedisServer::Start();
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = std::move(*redis);
+    SimUpstream::Options o;
+    o.api_key = kKey;
+    o.threads = 32;
+    auto sim = SimUpstream::Start(o);
+    ASSERT_TRUE(sim.ok()) << sim.status();
+    sim_ = std::move(*sim);
+    key_file_ = absl::StrCat(std::getenv("TEST_TMPDIR"), "/api-key");
+    std::ofstream(key_file_) << kKey << "\n";
+  }
+
+  testing::SidecarProcess* StartMember(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"--listen=127.0.0.1:0",
+                                     "--metrics_listen=127.0.0.1:0",
+                                     absl::StrCat("--upstream_url=", sim_->base_url()),
+                                     absl::StrCat("--api_key_file=", key_file_),
+                                     absl::StrCat("--redis_url=", redis_->Url()),
+                                     "--poll_interval=500ms",
+                                     "--max_upstream_qps=100",
+                                     "--upstream_timeout=5s",
+                                     "--shutdown_grace=1s"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto m = testing::SidecarProcess::Start(testing::Runfile("server/videotask_sidecar"), args);
+    EXPECT_TRUE(m.ok()) << m.status();
+    if (!m.ok()) return nullptr;
+    testing::SidecarProcess* p = m->get();
+    EXPECT_TRUE(Eventually([p] { return p->Metric("videotask_redis_up") == 1; }));
+    members_.push_back(std::move(*m));
+    return p;
+  }
+
+  template <typename Pred>
+  static bool Eventually(Pred pred, absl::Duration limit = absl::Seconds(15)) {
+    const absl::Time end = absl::Now() + limit;
+    while (absl::Now() < end) {
+      if (pred()) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return pred();
+  }
+
+  static Created Create(testing::SidecarProcess* m, const std::string& key,
+                        const std::string& body = kBody,
+                        absl::Duration deadline = absl::Seconds(10)) {
+    auto stub = v1::VideoTaskService::NewStub(m->channel());
+    v1::CreateVideoTaskRequest req;
+    req.set_request_id(key);
+    req.set_family("videos");
+    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(body, req.mutable_body()).ok());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(deadline));
+    Created out;
+    out.status = stub->CreateVideoTask(&ctx, req, &out.task);
+    return out;
+  }
+
+  std::unique_ptr<testing::RedisServer> redis_;
+  std::unique_ptr<SimUpstream> sim_;
+  std::string key_file_;
+  std::vector<std::unique_ptr<testing::SidecarProcess>> members_;
+};
+
+TEST_F(CreateFleetTest, ThreeSidecarsOneRequestIdCreateOnceAlsoAfterARestart) {
+  std::vector<testing::SidecarProcess*> ms;
+  for (int i = 0; i < 3; ++i) ms.push_back(StartMember());
+  for (auto* m : ms) ASSERT_NE(m, nullptr);
+  Fault slow;
+  slow.kind = FaultKind::kSlow;
+  slow.delay = absl::Milliseconds(500);  // every caller arrives while it is under way
+  sim_->InjectCreateFault("", slow);
+  std::vector<Created> results(12);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 12; ++i) {
+    threads.emplace_back([&, i] { results[i] = Create(ms[i % 3], "wf-7/run-1/generate"); });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(sim_->Creates().size(), 1u) << "the fleet created more than once";
+  const std::string id = sim_->Creates()[0].id;
+  for (const Created& r : results) {
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.task.id(), id);
+  }
+  // A restarted sidecar (and a new one) still knows the key: Redis has it.
+  members_[0]->Kill();
+  testing::SidecarProcess* restarted = StartMember();
+  ASSERT_NE(restarted, nullptr);
+  for (auto* m : {restarted, ms[1], ms[2]}) {
+    Created again = Create(m, "wf-7/run-1/generate");
+    ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+    EXPECT_EQ(again.task.id(), id);
+  }
+  EXPECT_EQ(Create(ms[2], "wf-7/run-1/generate", R"({"model":"videos","prompt":"a dog"})")
+                .status.error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_EQ(sim_->Creates().size(), 1u);
+  double created = 0, deduplicated = 0;
+  for (auto* m : {restarted, ms[1], ms[2]}) {
+    const std::string metrics = m->Metrics();
+    created += absl::StrContains(metrics, "videotask_creates_total{outcome=\"created\"} 1\n");
+    deduplicated += !absl::StrContains(metrics, "videotask_creates_total{outcome=\"deduplicated\"} 0\n");
+  }
+  EXPECT_LE(created, 1);
+  EXPECT_EQ(deduplicated, 3) << "every sidecar answered a repeat from Redis";
+}
+
+TEST_F(CreateFleetTest, RedisDownIsUnavailableAndNothingIsSent) {
+  testing::SidecarProcess* m = StartMember();
+  ASSERT_NE(m, nullptr);
+  ASSERT_TRUE(Create(m, "before").status.ok());
+  redis_->Kill();
+  ASSERT_TRUE(Eventually([m] { return m->Metric("videotask_redis_up") == 0; }));
+  Created down = Create(m, "while-down");
+  EXPECT_EQ(down.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(absl::StrContains(down.status.error_message(), "Redis"))
+      << down.status.error_message();
+  EXPECT_TRUE(absl::StrContains(down.status.error_message(), "nothing was sent"));
+  EXPECT_EQ(Create(m, "before").status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << "a known key must not be answered (or created) from memory either";
+  EXPECT_FALSE(absl::StrContains(down.status.error_message(), kKey));
+  EXPECT_EQ(sim_->Creates().size(), 1u) << "a create was sent without Redis";
+  // Redis back: creates work again.
+  ASSERT_TRUE(redis_->Restart().ok());
+  ASSERT_TRUE(Eventually([m] { return m->Metric("videotask_redis_up") == 1; }));
+  EXPECT_TRUE(Create(m, "while-down").status.ok());
+  EXPECT_EQ(sim_->Creates().size(), 2u);
+}
+
+TEST_F(CreateFleetTest, TheSpendGuardIsTheFleets) {
+  testing::SidecarProcess* a = StartMember({"--max_creates_per_hour=2"});
+  testing::SidecarProcess* b = StartMember({"--max_creates_per_hour=2"});
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  ASSERT_TRUE(Create(a, "k1").status.ok());
+  ASSERT_TRUE(Create(b, "k2").status.ok());
+  for (auto* m : {a, b}) {
+    Created over = Create(m, "k3");
+    EXPECT_EQ(over.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_TRUE(absl::StrContains(over.status.error_message(), "--max_creates_per_hour"));
+  }
+  EXPECT_TRUE(Create(b, "k1").status.ok()) << "a repeat is free, from any sidecar";
+  EXPECT_EQ(sim_->Creates().size(), 2u);
+}
+
+TEST_F(CreateFleetTest, CreatesTakeTheFleetBudget) {
+  testing::SidecarProcess* a = StartMember({"--fleet_max_upstream_qps=1"});
+  testing::SidecarProcess* b = StartMember({"--fleet_max_upstream_qps=1"});
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  const absl::Time start = absl::Now();
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] { ok += Create(i % 2 ? a : b, absl::StrCat("budget-", i)).status.ok(); });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 4);
+  // One token per 1.25 s (1 s plus the arrival margin): the fourth after 3.75 s.
+  EXPECT_GE(absl::Now() - start, absl::Seconds(3));
+  EXPECT_GE(a->Metric("videotask_fleet_tokens_denied_total") +
+                b->Metric("videotask_fleet_tokens_denied_total"),
+            1);
+}
+
+TEST_F(CreateFleetTest, AClaimerKilledMidCreateIsAnUnknownOutcomeNeverASecondCreate) {
+  testing::SidecarProcess* a = StartMember();
+  testing::SidecarProcess* b = StartMember();
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  Fault slow;
+  slow.kind = FaultKind::kSlow;
+  slow.delay = absl::Seconds(3);
+  sim_->InjectCreateFault("", slow);
+  std::thread first([&] { (void)Create(a, "k-orphan"); });
+  ASSERT_TRUE(Eventually([&] { return sim_->TotalRequests() >= 1; }));  // at the vendor
+  members_[0]->Kill();
+  first.join();
+  // b waits for the claim; its lease lapses (10 s): unknown, not re-created.
+  Created r = Create(b, "k-orphan", kBody, absl::Seconds(30));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::ABORTED) << r.status.error_message();
+  EXPECT_TRUE(absl::StrContains(r.status.error_message(), "may have created"))
+      << r.status.error_message();
+  EXPECT_EQ(sim_->Creates().size(), 1u) << "the vendor did create it, once";
+  EXPECT_EQ(sim_->TotalRequests(), 1);
 }
 
 }  // namespace
