@@ -295,7 +295,10 @@ TEST_F(SidecarTest, RateLimitWithRetryAfterSilencesAllTraffic) {
 
 TEST_F(SidecarTest, BadResponsesEndInCompletedOnceUpstreamRecovers) {
   SidecarConfig c = DefaultConfig();
-  c.upstream_timeout = absl::Milliseconds(500);
+  // Long enough for the simulated vendor to start sending 4 MiB on a loaded
+  // machine (at 500 ms the oversized case timed out at load average 9), short
+  // enough for the hanging case's two timeouts.
+  c.upstream_timeout = absl::Seconds(2);
   StartAll(c);
   std::vector<std::pair<std::string, Fault>> cases;
   Fault f;
