@@ -299,6 +299,34 @@ absl::StatusOr<VideoTask> VideoTaskClient::Get(const std::string& id, absl::Dura
   return task;
 }
 
+absl::StatusOr<VideoTask> VideoTaskClient::Create(const std::string& request_id,
+                                                  const std::string& family,
+                                                  const google::protobuf::Struct& body,
+                                                  absl::Duration timeout) {
+  if (timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("Create: timeout must be positive");
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  if (!WaitForReady(deadline, nullptr)) {
+    return Unreachable(timeout, DescribeNotReady(channel_->GetState(/*try_to_connect=*/false)));
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(ToChrono(deadline));
+  v1::CreateVideoTaskRequest req;
+  req.set_request_id(request_id);
+  req.set_family(family);
+  *req.mutable_body() = body;
+  VideoTask task;
+  grpc::Status st = stub_->CreateVideoTask(&ctx, req, &task);
+  if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && absl::Now() >= deadline) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "the sidecar at ", target_, " did not answer the create within ", Round(timeout),
+        "; repeat it with the same request_id to learn its outcome"));
+  }
+  if (!st.ok()) return FromGrpcStatus(st);
+  return task;
+}
+
 absl::Status VideoTaskClient::Health(absl::Duration timeout) {
   if (timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("Health: timeout must be positive");

@@ -29,6 +29,12 @@
 //
 // Get() and Health() also wait for the channel, up to their timeout, and
 // give the same UNAVAILABLE "unreachable" error when it never connects.
+//
+// Create() asks the sidecar to create a task at the vendor, exactly once per
+// `request_id` (see CreateVideoTask in video_task.proto): one call, within
+// `timeout`, no retries of its own. Repeating it with the same request_id,
+// family and body is always safe (the same task comes back, or ABORTED again
+// when the outcome is unknown); a new request_id accepts a new video.
 #ifndef VIDEOTASK_PLUGIN_CLIENT_H_
 #define VIDEOTASK_PLUGIN_CLIENT_H_
 
@@ -92,6 +98,10 @@ class VideoTaskClient {
   absl::StatusOr<videotask::v1::VideoTask> Await(const std::string& id,
                                                  const AwaitOptions& options);
   absl::StatusOr<videotask::v1::VideoTask> Get(const std::string& id, absl::Duration timeout);
+  absl::StatusOr<videotask::v1::VideoTask> Create(const std::string& request_id,
+                                                  const std::string& family,
+                                                  const google::protobuf::Struct& body,
+                                                  absl::Duration timeout);
   // OK when the sidecar's health service reports SERVING.
   absl::Status Health(absl::Duration timeout);
 

@@ -5,15 +5,26 @@
 //   videotask watch ID    one JSON object per event on stdout (JSON Lines)
 //   videotask get ID      the task as JSON
 //   videotask health      exit 0 when the sidecar is SERVING
+//   videotask create --family=F --body=JSON|@FILE [--request_id=K] [--wait]
+//                         creates a task exactly once per request_id and
+//                         prints it as JSON (with --wait: the event lines, as
+//                         watch does); without --request_id a random one is
+//                         made and printed to stderr, to repeat the call
+//                         safely with it
 //
-// Exit codes: 0 completed (or healthy), 1 video failed, 2 usage or invalid
-// id, 3 not found, 4 timed out with the sidecar reachable, 5 sidecar
-// unreachable or unavailable after retries, 6 upstream rejected
-// credentials, 7 other error.
+// Exit codes: 0 completed (or healthy, or created), 1 video failed, 2 usage
+// or invalid id or request, 3 not found, 4 timed out with the sidecar
+// reachable, 5 sidecar unreachable or unavailable after retries (for create:
+// nothing was created), 6 upstream rejected credentials, 7 other error;
+// create only: 8 refused (by the vendor, with its message), 9 outcome
+// unknown (the vendor may have created it; the request_id will not send it
+// again), 10 spend guard (--max_creates_per_hour), 11 request_id already
+// used with another family or body, 12 creates not allowed on this sidecar.
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -23,6 +34,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -31,6 +43,7 @@
 #include "plugin/client.h"
 #include "server/base/command_line.h"
 #include "server/base/task_id.h"
+#include "server/create/create_request.h"
 
 ABSL_FLAG(std::string, target, "",
           "Sidecar address (host:port or unix:PATH). Default: $VIDEOTASK_TARGET, else "
@@ -43,6 +56,13 @@ ABSL_FLAG(absl::Duration, give_up_after, absl::Seconds(60),
           "watch: exit 5 after an outage this long (no stream that brought a new status or "
           "lasted 10 s), counted from the start when the sidecar never answered.");
 ABSL_FLAG(bool, quiet, false, "No human-readable lines on stderr.");
+ABSL_FLAG(std::string, family, "", "create: the vendor's model family (e.g. videos, kyyvideo2).");
+ABSL_FLAG(std::string, body, "",
+          "create: the family's request body, a JSON object, inline or @FILE (@- for stdin).");
+ABSL_FLAG(std::string, request_id, "",
+          "create: the idempotency key (1-128 printable ASCII). Default: a random one, "
+          "printed to stderr.");
+ABSL_FLAG(bool, wait, false, "create: then watch the task to its end, as watch does.");
 
 namespace {
 
@@ -58,6 +78,11 @@ enum ExitCode {
   kUnavailable = 5,
   kRejected = 6,
   kOther = 7,
+  kRefused = 8,
+  kOutcomeUnknown = 9,
+  kSpendGuard = 10,
+  kKeyConflict = 11,
+  kCreateNotAllowed = 12,
 };
 
 int ExitFor(const absl::Status& status) {
@@ -78,6 +103,25 @@ int ExitFor(const absl::Status& status) {
   }
 }
 
+// A create's status: the sidecar has checked the request, so an
+// INVALID_ARGUMENT from it is a refusal.
+int CreateExitFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+      return kRefused;
+    case absl::StatusCode::kAborted:
+      return kOutcomeUnknown;
+    case absl::StatusCode::kResourceExhausted:
+      return kSpendGuard;
+    case absl::StatusCode::kAlreadyExists:
+      return kKeyConflict;
+    case absl::StatusCode::kPermissionDenied:
+      return kCreateNotAllowed;
+    default:
+      return ExitFor(status);
+  }
+}
+
 std::string Json(const google::protobuf::Message& m) {
   std::string out;
   google::protobuf::util::JsonPrintOptions opts;
@@ -94,17 +138,45 @@ std::string Short(videotask::v1::VideoTaskStatus s) {
   return name;
 }
 
-int Fail(const absl::Status& status, bool quiet) {
+int Fail(const absl::Status& status, bool quiet, int code = -1) {
   if (!quiet || status.code() == absl::StatusCode::kInvalidArgument) {
     std::cerr << "videotask: " << absl::StatusCodeToString(status.code()) << ": "
               << status.message() << "\n";
   }
-  return ExitFor(status);
+  return code >= 0 ? code : ExitFor(status);
+}
+
+// --body: inline JSON, @FILE or @- (stdin).
+absl::StatusOr<std::string> ReadBody(const std::string& flag) {
+  if (flag.empty() || flag[0] != '@') return flag;
+  const std::string path = flag.substr(1);
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (path != "-") {
+    file.open(path, std::ios::binary);
+    if (!file) return absl::InvalidArgumentError(absl::StrCat("--body: cannot read ", path));
+    in = &file;
+  }
+  std::string text;
+  char buf[4096];
+  while (in->read(buf, sizeof buf) || in->gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in->gcount()));
+    if (text.size() > (1 << 20)) return absl::InvalidArgumentError("--body: larger than 1 MiB");
+  }
+  return text;
+}
+
+// A fresh idempotency key: "cli-" and 128 random bits in hex.
+std::string RandomRequestId() {
+  absl::BitGen gen;
+  return absl::StrCat("cli-", absl::Hex(absl::Uniform<uint64_t>(gen), absl::kZeroPad16),
+                      absl::Hex(absl::Uniform<uint64_t>(gen), absl::kZeroPad16));
 }
 
 int Usage() {
   std::cerr << "usage: videotask [--target=ADDR] [--timeout=DUR] [--give_up_after=DUR] "
-               "[--quiet] watch ID | get ID | health\n";
+               "[--quiet] watch ID | get ID | health | create --family=F --body=JSON|@FILE "
+               "[--request_id=K] [--wait]\n";
   return kUsage;
 }
 
@@ -112,16 +184,20 @@ int Usage() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "videotask watch ID | get ID | health\n"
-      "Exit codes: 0 completed, 1 video failed, 2 usage or invalid id, 3 not found, "
-      "4 timed out (sidecar reachable), 5 sidecar unreachable or unavailable, 6 upstream "
-      "rejected credentials, 7 other.");
+      "videotask watch ID | get ID | health | create --family=F --body=JSON|@FILE "
+      "[--request_id=K] [--wait]\n"
+      "Exit codes: 0 completed (or created), 1 video failed, 2 usage or invalid id or "
+      "request, 3 not found, 4 timed out (sidecar reachable), 5 sidecar unreachable or "
+      "unavailable (create: nothing created), 6 upstream rejected credentials, 7 other; "
+      "create: 8 refused, 9 outcome unknown (may have been created), 10 spend guard, "
+      "11 request_id used with another body, 12 creates not allowed here.");
   for (int i = 1; i < argc; ++i) {
     const absl::string_view arg = argv[i];
     if (arg == "--") break;
     if (arg == "-h" || arg == "--help" || arg == "-help" || arg == "--helpshort") {
       std::cout << absl::ProgramUsageMessage() << "\n\nFlags:\n";
-      for (const char* name : {"target", "timeout", "give_up_after", "quiet"}) {
+      for (const char* name : {"target", "timeout", "give_up_after", "quiet", "family", "body",
+                               "request_id", "wait"}) {
         const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
         std::cout << "  --" << name << " (default: \"" << flag->DefaultValue() << "\")\n      "
                   << flag->Help() << "\n";
@@ -163,12 +239,46 @@ int main(int argc, char** argv) {
     if (!quiet) std::cerr << "videotask: sidecar at " << target << " is SERVING\n";
     return kCompleted;
   }
-  if (args.size() != 3 || (command != "watch" && command != "get")) return Usage();
-  const std::string id = args[2];
-  // Checked here too, so that a bad id is exit 2 even with the sidecar down.
-  if (absl::Status s = videotask::ValidateTaskId(id); !s.ok()) {
-    std::cerr << "videotask: " << s.message() << "\n";
-    return kUsage;
+  std::string id;
+  if (command == "create") {
+    if (args.size() != 2) return Usage();
+    absl::StatusOr<std::string> text = ReadBody(absl::GetFlag(FLAGS_body));
+    if (!text.ok()) return Fail(text.status(), quiet);
+    videotask::v1::CreateVideoTaskRequest req;
+    req.set_family(absl::GetFlag(FLAGS_family));
+    req.set_request_id(absl::GetFlag(FLAGS_request_id));
+    const bool made_up = req.request_id().empty();
+    if (made_up) req.set_request_id(RandomRequestId());
+    if (!google::protobuf::util::JsonStringToMessage(*text, req.mutable_body()).ok()) {
+      std::cerr << "videotask: --body must be a JSON object\n";
+      return kUsage;
+    }
+    // Checked here too, so that a bad request is exit 2 even with the sidecar down.
+    if (absl::StatusOr<videotask::PreparedCreate> p = videotask::PrepareCreate(req); !p.ok()) {
+      std::cerr << "videotask: " << p.status().message() << "\n";
+      return kUsage;
+    }
+    if (made_up) {
+      std::cerr << "videotask: request_id " << req.request_id()
+                << " (repeat with --request_id=" << req.request_id() << " to retry safely)\n";
+    }
+    absl::StatusOr<VideoTask> task =
+        client->Create(req.request_id(), req.family(), req.body(), short_timeout);
+    if (!task.ok()) return Fail(task.status(), quiet, CreateExitFor(task.status()));
+    if (!absl::GetFlag(FLAGS_wait)) {
+      std::cout << Json(*task) << std::endl;
+      return kCompleted;
+    }
+    if (!quiet) std::cerr << "videotask: created " << task->id() << "\n";
+    id = task->id();
+  } else {
+    if (args.size() != 3 || (command != "watch" && command != "get")) return Usage();
+    id = args[2];
+    // Checked here too, so that a bad id is exit 2 even with the sidecar down.
+    if (absl::Status s = videotask::ValidateTaskId(id); !s.ok()) {
+      std::cerr << "videotask: " << s.message() << "\n";
+      return kUsage;
+    }
   }
 
   if (command == "get") {

@@ -69,6 +69,19 @@ absl::StatusOr<std::pair<std::string, int>> SplitHostPort(absl::string_view flag
 
 std::string Secs(absl::Duration d) { return absl::FormatDuration(d); }
 
+S3ArchiverOptions S3OptionsFrom(const SidecarConfig& c) {
+  S3ArchiverOptions o;
+  o.url = c.archive_url;
+  o.endpoint = c.archive_s3_endpoint;
+  o.region = c.archive_s3_region;
+  o.path_style = c.archive_s3_path_style;
+  o.access_key_id_file = c.archive_s3_access_key_id_file;
+  o.secret_access_key_file = c.archive_s3_secret_access_key_file;
+  o.session_token_file = c.archive_s3_session_token_file;
+  o.timeout = c.archive_timeout;
+  return o;
+}
+
 // How long Shutdown() lets clients close their connections after the last
 // stream has ended.
 constexpr absl::Duration kCloseConnections = absl::Milliseconds(200);
@@ -77,8 +90,27 @@ constexpr absl::Duration kFailedStartGrace = absl::Seconds(1);
 
 }  // namespace
 
+absl::Status CreateRefusal(const SidecarConfig& c) {
+  if (c.allow_remote_create || absl::StartsWith(c.listen, "unix:")) return absl::OkStatus();
+  auto hp = SplitHostPort("listen", c.listen);
+  if (hp.ok() && IsLoopbackAddress(hp->first)) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      "CreateVideoTask spends money and this sidecar listens on ", c.listen,
+      ", beyond loopback, where anyone who reaches the port could create videos; start it with "
+      "--allow_remote_create to allow that (waiting is unaffected)"));
+}
+
 absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
   if (c.listen.empty()) return absl::InvalidArgumentError("--listen must not be empty");
+  if (c.create_dedup_ttl < absl::Minutes(1)) {
+    return absl::InvalidArgumentError("--create_dedup_ttl must be at least 1m");
+  }
+  if (c.max_creates_per_hour < 0) {
+    return absl::InvalidArgumentError("--max_creates_per_hour must not be negative (0: off)");
+  }
+  if (c.create_timeout < absl::Seconds(1) || c.create_max_keys < 1) {
+    return absl::InvalidArgumentError("create_timeout must be at least 1s and create_max_keys positive");
+  }
   if (absl::StartsWith(c.listen, "unix:")) {
     if (c.listen.size() <= 5) return absl::InvalidArgumentError("--listen unix: needs a path");
   } else if (auto hp = SplitHostPort("listen", c.listen); !hp.ok()) {
@@ -107,14 +139,23 @@ absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
   if (c.service.slow_watcher_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--slow_watcher_timeout must be positive");
   }
-  if (!c.archive_dir.empty()) {
+  if (!c.archive_dir.empty() || !c.archive_url.empty()) {
     FileArchiverOptions archive;
-    archive.dir = c.archive_dir;
+    // With --archive_url alone the downloads go to a staging directory.
+    archive.dir = c.archive_dir.empty() ? "staging" : c.archive_dir;
     archive.max_bytes = c.archive_max_bytes;
     archive.timeout = c.archive_timeout;
     archive.allow_loopback = c.archive_allow_loopback;
     archive.min_bytes_per_second = c.archive_min_bytes_per_second;
     if (absl::Status s = ValidateFileArchiverOptions(archive); !s.ok()) return s;
+  }
+  if (!c.archive_url.empty()) {
+    if (absl::Status s = ValidateS3ArchiverOptions(S3OptionsFrom(c)); !s.ok()) return s;
+  } else if (!c.archive_s3_endpoint.empty() || !c.archive_s3_region.empty() ||
+             c.archive_s3_path_style || !c.archive_s3_access_key_id_file.empty() ||
+             !c.archive_s3_secret_access_key_file.empty() ||
+             !c.archive_s3_session_token_file.empty()) {
+    return absl::InvalidArgumentError("--archive_s3_* flags need --archive_url=s3://BUCKET/PREFIX");
   }
   if (absl::Status s = ValidatePollHubOptions(c.hub); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
@@ -188,21 +229,41 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   if (absl::Status s = sc->StartMetrics(); !s.ok()) return s;
 
 
-  if (!config.archive_dir.empty()) {
+  S3Archiver* s3_archiver = nullptr;
+  if (!config.archive_dir.empty() || !config.archive_url.empty()) {
     FileArchiverOptions archive;
     archive.dir = config.archive_dir;
     archive.max_bytes = config.archive_max_bytes;
     archive.timeout = config.archive_timeout;
     archive.allow_loopback = config.archive_allow_loopback;
     archive.min_bytes_per_second = config.archive_min_bytes_per_second;
-    auto archiver = FileArchiver::Create(archive, config.clock, &sc->metrics_);
-    if (!archiver.ok()) return archiver.status();
-    sc->archiver_ = std::move(*archiver);
-    LogEvent(LogLevel::kInfo, "archive_enabled",
-             {{"archive_dir", sc->archiver_->dir()},
-              {"archive_max_bytes", absl::StrCat(config.archive_max_bytes)},
-              {"archive_timeout", absl::FormatDuration(config.archive_timeout)},
-              {"archive_allow_loopback", config.archive_allow_loopback ? "true" : "false"}});
+    LogFields fields = {{"archive_max_bytes", absl::StrCat(config.archive_max_bytes)},
+                        {"archive_timeout", absl::FormatDuration(config.archive_timeout)},
+                        {"archive_allow_loopback",
+                         config.archive_allow_loopback ? "true" : "false"}};
+    if (config.archive_url.empty()) {
+      auto archiver = FileArchiver::Create(archive, config.clock, &sc->metrics_);
+      if (!archiver.ok()) return archiver.status();
+      fields.emplace_back("archive_dir", (*archiver)->dir());
+      sc->archiver_ = std::move(*archiver);
+    } else {
+      S3ArchiverOptions s3 = S3OptionsFrom(config);
+      s3.env = s3::ProcessEnvironment();
+      auto archiver = S3Archiver::Create(std::move(s3), archive, config.clock, &sc->metrics_);
+      if (!archiver.ok()) return archiver.status();
+      s3_archiver = archiver->get();
+      fields.emplace_back("archive_url", s3_archiver->Describe());
+      fields.emplace_back("archive_s3_endpoint", config.archive_s3_endpoint.empty()
+                                                     ? "aws"
+                                                     : config.archive_s3_endpoint);
+      fields.emplace_back("archive_s3_region",
+                          ResolveS3Region(config.archive_s3_region, s3::ProcessEnvironment()));
+      fields.emplace_back("archive_credentials", s3_archiver->CredentialsSource());
+      fields.emplace_back(s3_archiver->keeps_local_copy() ? "archive_dir" : "archive_staging_dir",
+                          s3_archiver->local_dir());
+      sc->archiver_ = std::move(*archiver);
+    }
+    LogEvent(LogLevel::kInfo, "archive_enabled", fields);
   }
   if (!config.redis_url.empty()) {
     fleet::FleetGateOptions fo;
@@ -278,8 +339,43 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
                           "Watched tasks another sidecar of the fleet polls for this one.",
                           [h] { return static_cast<double>(h->GetStats().following); });
   }
+  // Creates: the vendor call with the upstream client's settings, the keys,
+  // the spend guard, and the hub's budget shared with polls. In fleet mode
+  // keys and spend guard live in the fleet's Redis (never in memory: Redis
+  // down means UNAVAILABLE, not a possible second create) and creates take
+  // the fleet's budget too.
+  CurlUpstreamClient::Options create_opts = copts;
+  create_opts.timeout = config.create_timeout;
+  sc->vendor_create_ =
+      std::make_unique<CurlVendorCreateClient>(create_opts, key_source, config.clock);
+  Clock* clock = config.clock;
+  UpstreamBudget* create_budget = h;
+  if (sc->gate_ != nullptr) {
+    fleet::RedisCreateKeyStore::Options ko;
+    ko.ttl = config.create_dedup_ttl;
+    sc->create_keys_ = std::make_unique<fleet::RedisCreateKeyStore>(
+        sc->gate_->client(), sc->gate_->keys(), ko, clock, &sc->metrics_);
+    sc->spend_guard_ = std::make_unique<fleet::RedisSpendGuard>(
+        sc->gate_->client(), sc->gate_->keys(),
+        fleet::RedisSpendGuard::Options{config.max_creates_per_hour, nullptr}, clock);
+    sc->create_budget_ = std::make_unique<fleet::FleetCreateBudget>(h, sc->gate_.get());
+    create_budget = sc->create_budget_.get();
+  } else {
+    sc->create_keys_ = std::make_unique<MemoryCreateKeyStore>(
+        MemoryCreateKeyStore::Options{config.create_dedup_ttl, config.create_max_keys}, clock);
+    sc->spend_guard_ = std::make_unique<MemorySpendGuard>(config.max_creates_per_hour, clock);
+  }
+  sc->creator_ = std::make_unique<Creator>(CreatorOptions(), sc->vendor_create_.get(),
+                                           sc->create_keys_.get(), create_budget,
+                                           sc->spend_guard_.get(), clock, &sc->metrics_);
+  VideoTaskServiceOptions service_options = config.service;
+  service_options.create_refusal = CreateRefusal(config);
+  if (!service_options.create_refusal.ok()) {
+    LogEvent(LogLevel::kInfo, "create_disabled",
+             {{"reason", std::string(service_options.create_refusal.message())}});
+  }
   sc->service_ = std::make_unique<VideoTaskServiceImpl>(h, config.clock, &sc->metrics_,
-                                                        config.service);
+                                                        service_options, sc->creator_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -318,6 +414,10 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
   grpc::HealthCheckServiceInterface* health = sc->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
+  if (s3_archiver != nullptr) {
+    s3_archiver->SetCredentialsListener(
+        [health](bool ok) { health->SetServingStatus(kArchiveHealthName, ok); });
+  }
 
   LogEvent(LogLevel::kInfo, "sidecar_started",
            {{"listen", config.listen},
@@ -333,7 +433,11 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Start(SidecarConfig config) {
             {"max_upstream_qps", absl::StrCat(config.hub.max_upstream_qps)},
             {"max_inflight", absl::StrCat(config.hub.max_inflight)},
             {"max_watches", absl::StrCat(config.hub.max_watches)},
-            {"terminal_cache_ttl", Secs(config.hub.terminal_cache_ttl)}});
+            {"terminal_cache_ttl", Secs(config.hub.terminal_cache_ttl)},
+            {"create", service_options.create_refusal.ok() ? "allowed" : "refused"},
+            {"create_keys", sc->gate_ != nullptr ? "redis" : "memory"},
+            {"create_dedup_ttl", Secs(config.create_dedup_ttl)},
+            {"max_creates_per_hour", absl::StrCat(config.max_creates_per_hour)}});
   sc->stopped_ = false;
   if (config.allow_insecure_upstream) {
     auto url = ParseUrl(config.upstream_url);
@@ -353,6 +457,7 @@ void Sidecar::Drain() {
   }
   // Stuck streams are cut after a second instead of holding up shutdown.
   if (service_ != nullptr) service_->Drain();
+  if (creator_ != nullptr) creator_->Shutdown();  // ends creates' waits
   if (hub_ != nullptr) hub_->Drain();
 }
 
@@ -434,6 +539,12 @@ void Sidecar::TearDown(absl::Duration grace) {
   if (hub_ != nullptr) hub_->Shutdown();
   client_.reset();    // completes requests in flight; their results find the hub
   archiver_.reset();  // aborts downloads; their callbacks still find the hub
+  // No create runs any more (the gRPC server has stopped); the fleet's key
+  // store, spend guard and budget use the gate's Redis client: before it.
+  creator_.reset();
+  create_budget_.reset();
+  spend_guard_.reset();
+  create_keys_.reset();
   gate_.reset();      // completes pending admissions while the hub exists
   StopMetrics();
 }
@@ -443,7 +554,11 @@ Sidecar::~Sidecar() {
   TearDown(absl::ZeroDuration());  // what a Start that failed halfway left
   // Destroy the server and service before the hub they point to.
   server_.reset();
-  service_.reset();
+  service_.reset();  // waits for running creates
+  creator_.reset();
+  spend_guard_.reset();
+  create_keys_.reset();
+  vendor_create_.reset();
   hub_.reset();
 }
 

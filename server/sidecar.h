@@ -13,7 +13,8 @@
 // everything within `grace`. Teardown, also of a Start() that failed
 // halfway, always goes: gRPC server stopped, hub Shutdown() (after which the
 // hub calls neither the fleet gate nor the archiver), upstream client,
-// archiver and fleet gate destroyed in that order (their late completions
+// archiver, creator (with its key store, spend guard and budget) and fleet
+// gate destroyed in that order (their late completions
 // still find the hub), metrics endpoint stopped, then server, service and
 // hub destroyed.
 #ifndef VIDEOTASK_SERVER_SIDECAR_H_
@@ -30,6 +31,7 @@
 #include "grpcpp/grpcpp.h"
 #include "server/base/clock.h"
 #include "server/archive/file_archiver.h"
+#include "server/archive/s3_archiver.h"
 #include "server/fleet/fleet_gate.h"
 #include "server/fleet/redis_tls.h"
 #include "server/fleet/redis_url.h"
@@ -38,6 +40,13 @@
 #include "server/hub/poll_hub.h"
 #include "server/upstream/upstream_client.h"
 #include "server/api/video_task_service.h"
+#include "server/create/creator.h"
+#include "server/create/curl_vendor_create.h"
+#include "server/create/memory_create_key_store.h"
+#include "server/create/spend_guard.h"
+#include "server/fleet/fleet_create_budget.h"
+#include "server/fleet/redis_create_key_store.h"
+#include "server/fleet/redis_spend_guard.h"
 
 namespace httplib {
 class Server;
@@ -47,6 +56,10 @@ namespace videotask {
 
 inline constexpr char kDefaultUpstreamUrl[] = "https://zcbservice.aizfw.cn/kyyReactApiServer/v1";
 inline constexpr char kServiceName[] = "videotask.v1.VideoTaskService";
+// The gRPC health service name that reports the archive's bucket
+// credentials (--archive_url): NOT_SERVING after one was missing or refused.
+// Probes check "" or kServiceName, which it never changes.
+inline constexpr char kArchiveHealthName[] = "videotask.v1.VideoTaskService.archive";
 
 struct SidecarConfig {
   std::string listen = "127.0.0.1:50051";  // host:port, or unix:PATH
@@ -83,7 +96,33 @@ struct SidecarConfig {
   absl::Duration archive_timeout = absl::Minutes(30);
   bool archive_allow_loopback = false;
   int64_t archive_min_bytes_per_second = 32 << 10;
+  // Archiving to a bucket (empty archive_url: off); see s3_archiver.h. With
+  // archive_dir too, the directory keeps a local copy and the bucket's
+  // object is the archive reported.
+  std::string archive_url;
+  std::string archive_s3_endpoint;
+  std::string archive_s3_region;  // empty: AWS_REGION, else us-east-1
+  bool archive_s3_path_style = false;
+  std::string archive_s3_access_key_id_file;
+  std::string archive_s3_secret_access_key_file;
+  std::string archive_s3_session_token_file;
+  // CreateVideoTask (see server/create/creator.h): how long request_ids are
+  // remembered, the spend guard (0: off), and whether creates are allowed
+  // when `listen` is neither loopback nor a unix socket.
+  absl::Duration create_dedup_ttl = absl::Hours(24);
+  int64_t max_creates_per_hour = 0;
+  bool allow_remote_create = false;
+  // Each vendor create request's whole duration (a timeout after sending is
+  // an unknown outcome, so this is longer than upstream_timeout).
+  absl::Duration create_timeout = absl::Seconds(30);
+  int64_t create_max_keys = 100000;
 };
+
+// Why CreateVideoTask is refused with this configuration (OK: allowed):
+// PERMISSION_DENIED when --listen is neither loopback nor a unix socket
+// without --allow_remote_create. (Fleet mode keeps request_ids in Redis:
+// RedisCreateKeyStore.)
+absl::Status CreateRefusal(const SidecarConfig& config);
 
 // OK, or INVALID_ARGUMENT naming the bad setting. Also rejects a plain
 // http:// upstream on a non-loopback host unless allow_insecure_upstream.
@@ -103,6 +142,7 @@ class Sidecar {
   void Shutdown(absl::Duration grace);
 
   PollHub* hub() { return hub_.get(); }
+  CreateKeyStore* create_keys() { return create_keys_.get(); }
   VideoTaskServiceImpl* service() { return service_.get(); }
   MetricsRegistry* metrics() { return &metrics_; }
 
@@ -120,8 +160,14 @@ class Sidecar {
   std::unique_ptr<UpstreamClient> client_;
   std::unique_ptr<fleet::RedisPasswordFile> redis_password_;
   std::unique_ptr<fleet::FleetPollGate> gate_;  // fleet mode only
-  std::unique_ptr<FileArchiver> archiver_;      // null: archiving off
+  std::unique_ptr<Archiver> archiver_;          // null: archiving off
   std::unique_ptr<PollHub> hub_;
+  std::unique_ptr<CurlVendorCreateClient> vendor_create_;
+  // Memory, or the fleet's Redis (fleet mode; then also create_budget_).
+  std::unique_ptr<CreateKeyStore> create_keys_;
+  std::unique_ptr<SpendGuard> spend_guard_;
+  std::unique_ptr<UpstreamBudget> create_budget_;
+  std::unique_ptr<Creator> creator_;
   std::unique_ptr<VideoTaskServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<httplib::Server> metrics_server_;

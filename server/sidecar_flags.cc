@@ -100,6 +100,29 @@ ABSL_FLAG(bool, archive_allow_loopback, false,
 ABSL_FLAG(int64_t, archive_min_bytes_per_second, 32 << 10,
           "A video download slower than this on average over 60 s fails and is retried (a "
           "slow host does not hold an archive slot forever); 0: no floor.");
+ABSL_FLAG(std::string, archive_url, "",
+          "Archive completed videos to a bucket: s3://BUCKET/PREFIX (the object PREFIX/ID.EXT; "
+          "AWS S3 or any S3-compatible store). task.archive.uri is then s3://BUCKET/KEY. With "
+          "--archive_dir too, that directory also keeps a local copy; without it the download "
+          "is staged in $TMPDIR and removed once uploaded. Empty: off.");
+ABSL_FLAG(std::string, archive_s3_endpoint, "",
+          "The bucket's endpoint, scheme://host[:port] (GCS: https://storage.googleapis.com, "
+          "R2: https://ACCOUNT.r2.cloudflarestorage.com). Empty: AWS S3 in "
+          "--archive_s3_region. https, or plain http only to loopback.");
+ABSL_FLAG(std::string, archive_s3_region, "",
+          "The bucket's region for SigV4 (and the AWS endpoint). Empty: AWS_REGION, else "
+          "us-east-1 (GCS: auto or us-east-1; R2: auto).");
+ABSL_FLAG(bool, archive_s3_path_style, false,
+          "Path-style requests (endpoint/BUCKET/KEY) instead of virtual-hosted "
+          "(BUCKET.endpoint/KEY): MinIO, Ceph RGW, most on-premises stores.");
+ABSL_FLAG(std::string, archive_s3_access_key_id_file, "",
+          "File with the access key id (a mounted Secret), re-read at each use; with "
+          "--archive_s3_secret_access_key_file. Empty: the AWS chain (AWS_ACCESS_KEY_ID, IRSA, "
+          "EKS Pod Identity).");
+ABSL_FLAG(std::string, archive_s3_secret_access_key_file, "",
+          "File with the secret access key (a mounted Secret), re-read at each use.");
+ABSL_FLAG(std::string, archive_s3_session_token_file, "",
+          "Optional file with a session token for the key files' temporary credentials.");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics listen address (host:port); empty disables it.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
@@ -108,6 +131,15 @@ ABSL_FLAG(std::string, log_format, "text", "Log line format on stderr: text or j
 ABSL_FLAG(bool, allow_insecure_upstream, false,
           "Allow a plain http:// upstream on a non-loopback host (sends the key in clear "
           "text; logged loudly).");
+ABSL_FLAG(absl::Duration, create_dedup_ttl, absl::Hours(24),
+          "How long CreateVideoTask remembers a request_id and its outcome (in memory: a "
+          "restart forgets them).");
+ABSL_FLAG(int64_t, max_creates_per_hour, 0,
+          "Spend guard: at most this many new vendor creates in any sliding hour; beyond it "
+          "CreateVideoTask is RESOURCE_EXHAUSTED (0: off).");
+ABSL_FLAG(bool, allow_remote_create, false,
+          "Allow CreateVideoTask when --listen is neither a loopback address nor a unix "
+          "socket (anyone who reaches the port can then spend money).");
 
 namespace videotask {
 namespace {
@@ -122,6 +154,10 @@ constexpr const char* kEnvFlags[] = {
     "allow_insecure_upstream", "archive_dir", "archive_max_bytes", "archive_timeout",
     "archive_allow_loopback", "archive_min_bytes_per_second",
     "fleet_name",       "api_key_previous_file", "fleet_arrival_margin",
+    "archive_url",      "archive_s3_endpoint", "archive_s3_region", "archive_s3_path_style",
+    "archive_s3_access_key_id_file", "archive_s3_secret_access_key_file",
+    "archive_s3_session_token_file",
+    "create_dedup_ttl", "max_creates_per_hour", "allow_remote_create",
     "redis_ca_file",    "redis_cert_file",    "redis_key_file",      "redis_tls_server_name"};
 
 }  // namespace
@@ -163,6 +199,14 @@ SidecarConfig SidecarConfigFromFlags() {
   config.archive_timeout = absl::GetFlag(FLAGS_archive_timeout);
   config.archive_allow_loopback = absl::GetFlag(FLAGS_archive_allow_loopback);
   config.archive_min_bytes_per_second = absl::GetFlag(FLAGS_archive_min_bytes_per_second);
+  config.archive_url = absl::GetFlag(FLAGS_archive_url);
+  config.archive_s3_endpoint = absl::GetFlag(FLAGS_archive_s3_endpoint);
+  config.archive_s3_region = absl::GetFlag(FLAGS_archive_s3_region);
+  config.archive_s3_path_style = absl::GetFlag(FLAGS_archive_s3_path_style);
+  config.archive_s3_access_key_id_file = absl::GetFlag(FLAGS_archive_s3_access_key_id_file);
+  config.archive_s3_secret_access_key_file =
+      absl::GetFlag(FLAGS_archive_s3_secret_access_key_file);
+  config.archive_s3_session_token_file = absl::GetFlag(FLAGS_archive_s3_session_token_file);
   config.redis_url = absl::GetFlag(FLAGS_redis_url);
   config.redis_password_file = absl::GetFlag(FLAGS_redis_password_file);
   config.redis_ca_file = absl::GetFlag(FLAGS_redis_ca_file);
@@ -170,6 +214,9 @@ SidecarConfig SidecarConfigFromFlags() {
   config.redis_key_file = absl::GetFlag(FLAGS_redis_key_file);
   config.redis_tls_server_name = absl::GetFlag(FLAGS_redis_tls_server_name);
   config.fleet_max_upstream_qps = absl::GetFlag(FLAGS_fleet_max_upstream_qps);
+  config.create_dedup_ttl = absl::GetFlag(FLAGS_create_dedup_ttl);
+  config.max_creates_per_hour = absl::GetFlag(FLAGS_max_creates_per_hour);
+  config.allow_remote_create = absl::GetFlag(FLAGS_allow_remote_create);
   config.fleet_name = absl::GetFlag(FLAGS_fleet_name);
   config.fleet_arrival_margin = absl::GetFlag(FLAGS_fleet_arrival_margin);
   config.api_key_previous_file = absl::GetFlag(FLAGS_api_key_previous_file);

@@ -1,7 +1,9 @@
 // The README's run command: the real sidecar (gRPC server, poll hub, libcurl
 // upstream client) against the built-in simulated upstream on loopback, and a
-// client that watches one demo task to completion, printing every event as
-// it arrives. Everything runs in this process; nothing leaves the machine.
+// client that creates a video with CreateVideoTask (twice with one
+// request_id: one vendor create), then watches it to completion, printing
+// every event as it arrives. With --task=ID it watches that id instead.
+// Everything runs in this process; nothing leaves the machine.
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -18,9 +20,9 @@
 #include "server/sidecar.h"
 #include "tests/sim/sim_upstream.h"
 
-ABSL_FLAG(std::string, task, "demo-completes",
-          "Task id to watch: demo-completes, demo-fails, or any other id (served with a "
-          "default lifecycle).");
+ABSL_FLAG(std::string, task, "",
+          "Task id to watch instead of creating one: demo-completes, demo-fails, or any other "
+          "id (served with a default lifecycle). Empty: create one, then watch it.");
 ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(1),
           "The sidecar's poll interval (the vendor asks for 30s; the demo is quicker).");
 ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Milliseconds(1500),
@@ -65,14 +67,35 @@ int main(int argc, char** argv) {
     std::cerr << "demo: cannot start the sidecar: " << sidecar.status() << "\n";
     return 1;
   }
-  const std::string task = absl::GetFlag(FLAGS_task);
+  std::string task = absl::GetFlag(FLAGS_task);
   std::cout << "demo: sidecar on " << (*sidecar)->target() << ", simulated upstream on "
             << (*sim)->base_url() << ", metrics on http://127.0.0.1:" << (*sidecar)->metrics_port()
-            << "/metrics\n"
-            << "demo: WatchVideoTask(" << task << "), one line per event:" << std::endl;
+            << "/metrics" << std::endl;
 
   const absl::Time start = absl::Now();
   auto client = videotask::VideoTaskClient::Create((*sidecar)->target());
+  if (task.empty()) {
+    const std::string body_json =
+        R"({"model":"videos","prompt":"a paper boat on a rainy street","duration":10,)"
+        R"("ratio":"16:9","resolution":"720p"})";
+    google::protobuf::Struct body;
+    (void)google::protobuf::util::JsonStringToMessage(body_json, &body);
+    for (int attempt = 1; attempt <= 2; ++attempt) {
+      absl::StatusOr<videotask::v1::VideoTask> created =
+          client->Create("demo-request-1", "videos", body, absl::Seconds(30));
+      if (!created.ok()) {
+        std::cout << "demo: CreateVideoTask failed: " << created.status() << "\n";
+        return 1;
+      }
+      std::string json;
+      (void)google::protobuf::util::MessageToJsonString(*created, &json);
+      std::cout << "demo: CreateVideoTask(request_id=demo-request-1, family=videos) #" << attempt
+                << " -> " << json << " (vendor creates so far: " << (*sim)->CreatedCount()
+                << ")" << std::endl;
+      task = created->id();
+    }
+  }
+  std::cout << "demo: WatchVideoTask(" << task << "), one line per event:" << std::endl;
   videotask::AwaitOptions options;
   options.timeout = absl::Minutes(2);
   options.on_event = [start](const videotask::v1::WatchVideoTaskResponse& e) {

@@ -246,8 +246,8 @@ class VideoTaskServiceImpl::WatchReactor : public grpc::ServerWriteReactor<grpc:
 };
 
 VideoTaskServiceImpl::VideoTaskServiceImpl(PollHub* hub, Clock* clock, MetricsRegistry* metrics,
-                                           VideoTaskServiceOptions options)
-    : hub_(hub), clock_(clock), options_(options) {
+                                           VideoTaskServiceOptions options, Creator* creator)
+    : hub_(hub), clock_(clock), options_(options), creator_(creator) {
   if (metrics == nullptr) {
     own_metrics_ = std::make_unique<MetricsRegistry>();
     metrics = own_metrics_.get();
@@ -274,6 +274,10 @@ VideoTaskServiceImpl::~VideoTaskServiceImpl() {
     stopping_ = true;
   }
   sweeper_.join();
+  absl::MutexLock lock(&creates_->mu);
+  creates_->mu.Await(absl::Condition(
+      +[](CreateThreads* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) { return c->running == 0; },
+      creates_.get()));
 }
 
 void VideoTaskServiceImpl::Register(WatchReactor* stream) {
@@ -394,6 +398,68 @@ grpc::ServerUnaryReactor* VideoTaskServiceImpl::GetVideoTask(grpc::CallbackServe
                                                                 grpc::ByteBuffer* response) {
   (void)context;
   return new GetReactor(this, request, response);
+}
+
+// One CreateVideoTask call: the Creator runs on a thread of its own, since
+// it blocks on the vendor; the reactor is finished from there.
+class VideoTaskServiceImpl::CreateReactor : public grpc::ServerUnaryReactor {
+ public:
+  CreateReactor(VideoTaskServiceImpl* service, grpc::CallbackServerContext* context,
+                const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+    if (!service->options_.create_refusal.ok()) {
+      Finish(ToGrpcStatus(service->options_.create_refusal));
+      return;
+    }
+    if (service->creator_ == nullptr) {
+      Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this sidecar does not create tasks"));
+      return;
+    }
+    auto req = std::make_shared<videotask::v1::CreateVideoTaskRequest>();
+    if (!ParseRequest(*request, req.get())) {
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed CreateVideoTaskRequest"));
+      return;
+    }
+    // The caller's deadline on the monotonic clock.
+    absl::Time deadline = absl::InfiniteFuture();
+    const auto wall_deadline = context->deadline();
+    if (wall_deadline != std::chrono::system_clock::time_point::max()) {
+      deadline = service->clock_->Monotonic() +
+                 (absl::FromChrono(wall_deadline) - absl::FromChrono(std::chrono::system_clock::now()));
+    }
+    std::shared_ptr<CreateThreads> threads = service->creates_;
+    {
+      absl::MutexLock lock(&threads->mu);
+      if (threads->running >= service->options_.max_concurrent_creates) {
+        Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "too many CreateVideoTask calls at once; nothing was sent"));
+        return;
+      }
+      ++threads->running;
+    }
+    Creator* creator = service->creator_;
+    std::thread([this, creator, req, deadline, response, threads] {
+      absl::StatusOr<videotask::v1::VideoTask> task = creator->Create(*req, deadline);
+      if (task.ok()) {
+        const std::string bytes = task->SerializeAsString();
+        grpc::Slice slice(bytes);
+        *response = grpc::ByteBuffer(&slice, 1);
+        Finish(grpc::Status::OK);
+      } else {
+        Finish(ToGrpcStatus(task.status()));
+      }
+      // `this` may be gone now; only the shared counter is touched.
+      absl::MutexLock lock(&threads->mu);
+      --threads->running;
+    }).detach();
+  }
+
+  void OnDone() override { delete this; }
+};
+
+grpc::ServerUnaryReactor* VideoTaskServiceImpl::CreateVideoTask(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return new CreateReactor(this, context, request, response);
 }
 
 }  // namespace videotask

@@ -23,6 +23,14 @@
 // sees them. Cancellation and deadlines unsubscribe at once; a GetVideoTask
 // whose call is cancelled or past its deadline leaves the hub's queue.
 // Ages are measured on the clock's Monotonic() reading.
+//
+// CreateVideoTask hands the parsed request to the Creator (server/create)
+// on a thread of its own (the Creator blocks while it waits for the
+// vendor), with the caller's deadline, and maps its status; at most
+// `max_concurrent_creates` run at once (RESOURCE_EXHAUSTED beyond). When
+// `create_refusal` is not OK (or there is no Creator) every create answers
+// it, before anything else is looked at. The destructor waits for running
+// creates, which the Creator bounds (Creator::Shutdown ends its waits).
 #ifndef VIDEOTASK_SERVER_API_VIDEO_TASK_SERVICE_H_
 #define VIDEOTASK_SERVER_API_VIDEO_TASK_SERVICE_H_
 
@@ -39,6 +47,7 @@
 #include "proto/videotask/v1/video_task.grpc.pb.h"
 #include "server/base/clock.h"
 #include "server/base/metrics.h"
+#include "server/create/creator.h"
 #include "server/hub/poll_hub.h"
 
 namespace videotask {
@@ -48,16 +57,23 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 struct VideoTaskServiceOptions {
   absl::Duration slow_watcher_timeout = absl::Seconds(60);
+  // OK: CreateVideoTask goes to the Creator. Else every create answers this
+  // (PERMISSION_DENIED for a sidecar listening beyond loopback without
+  // --allow_remote_create, UNAVAILABLE in fleet mode).
+  absl::Status create_refusal = absl::OkStatus();
+  int max_concurrent_creates = 256;
 };
 
 class VideoTaskServiceImpl final
-    : public videotask::v1::VideoTaskService::WithRawCallbackMethod_WatchVideoTask<
-          videotask::v1::VideoTaskService::WithRawCallbackMethod_GetVideoTask<
-              videotask::v1::VideoTaskService::Service>> {
+    : public videotask::v1::VideoTaskService::WithRawCallbackMethod_CreateVideoTask<
+          videotask::v1::VideoTaskService::WithRawCallbackMethod_WatchVideoTask<
+              videotask::v1::VideoTaskService::WithRawCallbackMethod_GetVideoTask<
+                  videotask::v1::VideoTaskService::Service>>> {
  public:
-  // `hub`, `clock` and `metrics` (may be null) must outlive the service.
+  // `hub`, `clock`, `metrics` (may be null) and `creator` (may be null: no
+  // creates) must outlive the service.
   VideoTaskServiceImpl(PollHub* hub, Clock* clock, MetricsRegistry* metrics,
-                       VideoTaskServiceOptions options = {});
+                       VideoTaskServiceOptions options = {}, Creator* creator = nullptr);
 
   ~VideoTaskServiceImpl() override;  // after every stream is done
 
@@ -70,6 +86,10 @@ class VideoTaskServiceImpl final
                                          const grpc::ByteBuffer* request,
                                          grpc::ByteBuffer* response) override;
 
+  grpc::ServerUnaryReactor* CreateVideoTask(grpc::CallbackServerContext* context,
+                                            const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override;
+
   // Open WatchVideoTask streams (reactors not yet done).
   int64_t open_streams() const { return open_streams_.load(); }
 
@@ -81,8 +101,15 @@ class VideoTaskServiceImpl final
  private:
   class WatchReactor;
   class GetReactor;
+  class CreateReactor;
   friend class WatchReactor;
   friend class GetReactor;
+  friend class CreateReactor;
+  // Running creates; shared with their threads, which may outlive a member.
+  struct CreateThreads {
+    absl::Mutex mu;
+    int running ABSL_GUARDED_BY(mu) = 0;
+  };
 
   void Register(WatchReactor* stream);
   void Unregister(WatchReactor* stream);
@@ -93,6 +120,8 @@ class VideoTaskServiceImpl final
   PollHub* const hub_;
   Clock* const clock_;
   const VideoTaskServiceOptions options_;
+  Creator* const creator_;
+  const std::shared_ptr<CreateThreads> creates_ = std::make_shared<CreateThreads>();
   std::unique_ptr<MetricsRegistry> own_metrics_;  // when none was given
   Counter* events_sent_[4] = {};
   Counter* slow_watchers_ = nullptr;

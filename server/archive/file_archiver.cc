@@ -296,6 +296,8 @@ std::string NonPublicAddressKind(const struct sockaddr* sa) {
   return "";
 }
 
+std::string VideoExtensionFromUrl(const std::string& url) { return ExtFromUrl(url); }
+
 absl::Status ValidateFileArchiverOptions(const FileArchiverOptions& o) {
   if (o.dir.empty()) return absl::InvalidArgumentError("--archive_dir must not be empty");
   if (o.max_bytes <= 0) return absl::InvalidArgumentError("--archive_max_bytes must be positive");

@@ -128,6 +128,11 @@ struct FileArchiverOptions {
 // judged by the IPv4 address they carry.
 std::string NonPublicAddressKind(const struct sockaddr* addr);
 
+// The extension the archive's file name takes from `url`'s path (1-8
+// alphanumerics, lowercased), or "" when its last segment has none (the
+// Content-Type decides then).
+std::string VideoExtensionFromUrl(const std::string& url);
+
 // OK, or INVALID_ARGUMENT naming the bad option (as the sidecar's flag).
 absl::Status ValidateFileArchiverOptions(const FileArchiverOptions& options);
 

@@ -3,9 +3,11 @@
 #include <memory>
 #include <string>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "server/base/clock.h"
 #include "server/fleet/redis_url.h"
 #include "tests/testing/redis_server.h"
 
@@ -32,16 +34,22 @@ class FleetGateTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = *std::move(s);
   }
-  std::unique_ptr<FleetPollGate> Gate(double qps = 0, const std::string& key = kKey) {
+  std::unique_ptr<FleetPollGate> Gate(double qps = 0, const std::string& key = kKey,
+                                      Clock* clock = nullptr) {
     FleetGateOptions o;
     o.redis.url = *RedisUrl::Parse(server_->Url());
     o.api_key = key;
     o.upstream_host = "vendor.example";
     o.fleet_qps = qps;
     o.poll_interval = absl::Seconds(2);
+    o.clock = clock;
+    o.renew_thread = clock == nullptr;  // a simulated clock: the test renews
     auto g = FleetPollGate::Create(std::move(o));
     EXPECT_TRUE(g.ok()) << g.status();
     EXPECT_TRUE((*g)->client()->WaitUntilUp(absl::Seconds(5)));
+    // As the hub does: published states and released leases are heard.
+    (*g)->SetListener([](VideoTask) {});
+    (*g)->SetTakeover([](const std::string&) {});
     return std::move(*g);
   }
   static PollGate::Admission Admit(PollGate& gate, const std::string& id, bool watched) {
@@ -160,6 +168,172 @@ TEST_F(FleetGateTest, PauseBudgetAndForgedEntries) {
                   .ok());
   PollGate::Admission f = Admit(*a, "forged", false);
   EXPECT_FALSE(f.shared.has_value());
+}
+
+// The holder renews its lease on its own timer (half the lease, 1.5 s of
+// the 3 s here), not only when it polls: a holder backing off or archiving
+// keeps the task. A lease someone else took is dropped at the renewal.
+TEST_F(FleetGateTest, HeldLeasesAreRenewedOnTheirOwnTimer) {
+  SimulatedClock clock;
+  auto a = Gate(0, kKey, &clock);
+  auto b = Gate();
+  const std::string lease = "vt:{" + a->fingerprint() + "}:lease:t";
+  ASSERT_EQ(Admit(*a, "t", true).kind, Kind::kPoll);
+  ASSERT_EQ(Admit(*a, "u", true).kind, Kind::kPoll);
+  auto pttl = [&](const std::string& key) { return std::stoi(*server_->Command({"PTTL", key})); };
+  // Time passes in Redis (the lease is about to lapse), none on the gate's
+  // clock yet: nothing is due.
+  ASSERT_TRUE(server_->Command({"PEXPIRE", lease, "200"}).ok());
+  a->RenewDue();
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_LE(pttl(lease), 200);
+  clock.Advance(absl::Milliseconds(1500));
+  a->RenewDue();
+  ASSERT_TRUE(Eventually([&] { return pttl(lease) > 2500; })) << "not renewed";
+  // Taken over while we were not looking (a Redis restart, an operator):
+  // the next renewal finds out and the lease is no longer counted as held.
+  ASSERT_TRUE(server_->Command({"SET", lease, "someone-else"}).ok());
+  clock.Advance(absl::Milliseconds(1500));
+  // (Again while the last round's answers may still be on their way.)
+  ASSERT_TRUE(Eventually([&] {
+    a->RenewDue();
+    return a->leases_held() == 1;
+  }));
+  EXPECT_EQ(*server_->Command({"GET", lease}), "someone-else");
+  EXPECT_EQ(Admit(*a, "t", true).kind, Kind::kFollow);
+  EXPECT_EQ(Admit(*b, "u", true).kind, Kind::kFollow) << "u is still a's";
+}
+
+// While the holder archives the task's video its lease stays, even when its
+// watchers leave, until the archived state is stored; then it is let go.
+TEST_F(FleetGateTest, ArchivingKeepsTheLeaseUntilTheArchivedStateIsStored) {
+  auto a = Gate();
+  auto b = Gate();
+  ASSERT_EQ(Admit(*a, "v", true).kind, Kind::kPoll);
+  a->Observed(Task("v", videotask::v1::VIDEO_TASK_STATUS_PROCESSING));
+  a->Archiving("v");
+  a->Released("v");  // its last watcher left meanwhile
+  EXPECT_EQ(a->leases_held(), 1u);
+  PollGate::Admission x = Admit(*b, "v", true);
+  EXPECT_EQ(x.kind, Kind::kFollow) << "another sidecar would poll and download again";
+  VideoTask archived = Task("v", videotask::v1::VIDEO_TASK_STATUS_COMPLETED);
+  archived.mutable_archive()->set_uri("file:///archive/v.mp4");
+  a->Observed(archived);
+  EXPECT_EQ(a->leases_held(), 0u);
+  ASSERT_TRUE(Eventually([&] {
+    x = Admit(*b, "v", true);
+    return x.shared.has_value() && x.shared->status() == videotask::v1::VIDEO_TASK_STATUS_COMPLETED;
+  }));
+  EXPECT_EQ(x.kind, Kind::kFollow);
+  EXPECT_EQ(x.shared->archive().uri(), "file:///archive/v.mp4");
+  ASSERT_TRUE(Eventually([&] {
+    return *server_->Command({"EXISTS", "vt:{" + a->fingerprint() + "}:lease:v"}) == "0";
+  }));
+}
+
+// Draining lets go of every lease at once (archives in progress too): a
+// follower takes over at its next ask instead of after the lease lapses.
+TEST_F(FleetGateTest, DrainReleasesEveryLease) {
+  auto a = Gate();
+  auto b = Gate();
+  ASSERT_EQ(Admit(*a, "d1", true).kind, Kind::kPoll);
+  ASSERT_EQ(Admit(*a, "d2", true).kind, Kind::kPoll);
+  a->Archiving("d2");
+  ASSERT_EQ(Admit(*b, "d1", true).kind, Kind::kFollow);
+  a->Drain();
+  EXPECT_EQ(a->leases_held(), 0u);
+  // Released in the order asked, on a's connection: once d2's is gone, both are.
+  const std::string prefix = "vt:{" + a->fingerprint() + "}:lease:";
+  ASSERT_TRUE(Eventually([&] { return *server_->Command({"EXISTS", prefix + "d2"}) == "0"; }));
+  // b follows d1: the published release makes it take the lease at once.
+  EXPECT_TRUE(Eventually([&] { return Admit(*b, "d1", true).kind == Kind::kPoll; }));
+  EXPECT_EQ(Admit(*b, "d2", true).kind, Kind::kPoll);
+  Admit(*a, "d3", true);
+  EXPECT_EQ(a->leases_held(), 0u) << "a drained gate takes no new lease";
+  EXPECT_EQ(*server_->Command({"EXISTS", prefix + "d3"}), "0");
+}
+
+// An older signed QUEUED written back over a stored COMPLETED (by anyone
+// with write access to Redis): a Get on another sidecar still answers
+// COMPLETED, from the fleet, without a request.
+TEST_F(FleetGateTest, ReplayedOlderStateDoesNotUndoCompleted) {
+  auto a = Gate();
+  auto b = Gate();
+  const std::string key = "vt:{" + a->fingerprint() + "}:state:r";
+  a->Observed(Task("r", videotask::v1::VIDEO_TASK_STATUS_QUEUED));
+  ASSERT_TRUE(Eventually([&] { return server_->Command({"GET", key}).ok() &&
+                                      !server_->Command({"GET", key})->empty(); }));
+  const std::string queued = *server_->Command({"GET", key});
+  a->Observed(Task("r", videotask::v1::VIDEO_TASK_STATUS_COMPLETED));
+  ASSERT_TRUE(Eventually([&] { return *server_->Command({"GET", key}) != queued; }));
+  ASSERT_TRUE(server_->Command({"SET", key, queued}).ok());
+  PollGate::Admission get = Admit(*b, "r", false);
+  EXPECT_EQ(get.kind, Kind::kFollow);
+  ASSERT_TRUE(get.shared.has_value());
+  EXPECT_EQ(get.shared->status(), videotask::v1::VIDEO_TASK_STATUS_COMPLETED);
+}
+
+// Scale: a follower's admissions cost Redis nothing; once per interval one
+// script reads every task it follows (and takes a lease that is free, e.g.
+// after the holder died, telling the hub to poll now).
+TEST_F(FleetGateTest, FollowersCostOneBatchedReadPerInterval) {
+  SimulatedClock clock;
+  auto a = Gate();
+  auto b = Gate(0, kKey, &clock);  // the test runs b's rounds
+  absl::Mutex mu;
+  std::vector<std::string> took;
+  b->SetTakeover([&](const std::string& id) {
+    absl::MutexLock lock(&mu);
+    took.push_back(id);
+  });
+  constexpr int kTasks = 40;
+  auto id = [](int i) { return "f" + std::to_string(i); };
+  for (int i = 0; i < kTasks; ++i) {
+    ASSERT_EQ(Admit(*a, id(i), true).kind, Kind::kPoll);
+    a->Observed(Task(id(i), videotask::v1::VIDEO_TASK_STATUS_PROCESSING));
+  }
+  for (int i = 0; i < kTasks; ++i) ASSERT_EQ(Admit(*b, id(i), true).kind, Kind::kFollow);
+  EXPECT_EQ(b->tasks_followed(), static_cast<size_t>(kTasks));
+  // One round, its answers in (the next one waits for them).
+  auto one_round = [&] {
+    b->FollowRound();
+    ASSERT_TRUE(Eventually([&] { return !b->follow_round_running(); }));
+  };
+  one_round();  // loads the script
+  ASSERT_TRUE(Eventually([&] {
+    for (int i = 0; i < kTasks; ++i) {
+      if (!Admit(*b, id(i), true).shared.has_value()) return false;
+    }
+    return true;
+  }));
+  const int64_t before = b->client()->stats().commands;
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < kTasks; ++i) {
+      PollGate::Admission x = Admit(*b, id(i), true);
+      EXPECT_EQ(x.kind, Kind::kFollow);
+      ASSERT_TRUE(x.shared.has_value());
+      EXPECT_EQ(x.shared->status(), videotask::v1::VIDEO_TASK_STATUS_PROCESSING);
+    }
+    clock.Advance(absl::Seconds(2));
+    one_round();
+  }
+  ASSERT_TRUE(Eventually([&] { return b->client()->stats().commands - before == 3; }))
+      << b->client()->stats().commands - before << " commands for 3 intervals of " << kTasks
+      << " followed tasks";
+  // The holder dies: its leases lapse (deleted here rather than waited
+  // for). The next round takes them and tells the hub.
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(server_->Command({"DEL", "vt:{" + a->fingerprint() + "}:lease:" + id(i)}).ok());
+  }
+  clock.Advance(absl::Seconds(2));
+  one_round();
+  ASSERT_TRUE(Eventually([&] {
+    absl::MutexLock lock(&mu);
+    return took.size() == 3;
+  }));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Admit(*b, id(i), true).kind, Kind::kPoll);
+  EXPECT_EQ(Admit(*b, id(3), true).kind, Kind::kFollow);
+  EXPECT_EQ(b->tasks_followed(), static_cast<size_t>(kTasks - 3));
 }
 
 // Redis gone: every admission is a local poll, at once.

@@ -89,10 +89,14 @@ std::string FleetKeys::PauseKey() const { return absl::StrCat(prefix_, "pause");
 std::string FleetKeys::StateKey(absl::string_view id) const {
   return absl::StrCat(prefix_, "state:", id);
 }
+std::string FleetKeys::TerminalKey(absl::string_view id) const {
+  return absl::StrCat(prefix_, "done:", id);
+}
 std::string FleetKeys::LeaseKey(absl::string_view id) const {
   return absl::StrCat(prefix_, "lease:", id);
 }
 std::string FleetKeys::ProbeKey() const { return absl::StrCat(prefix_, "probe"); }
 std::string FleetKeys::StatesChannel() const { return absl::StrCat(prefix_, "states"); }
+std::string FleetKeys::LeasesChannel() const { return absl::StrCat(prefix_, "leases"); }
 
 }  // namespace videotask::fleet

@@ -83,9 +83,11 @@ class FleetKeys {
   std::string RateKey() const;                         // GCRA state
   std::string PauseKey() const;                        // shared 429 pause
   std::string StateKey(absl::string_view id) const;    // signed last state
+  std::string TerminalKey(absl::string_view id) const; // signed terminal state
   std::string LeaseKey(absl::string_view id) const;    // poll lease
   std::string StatesChannel() const;                   // PUBLISH of new states
   std::string ProbeKey() const;                        // written at each connect
+  std::string LeasesChannel() const;                   // PUBLISH of released leases
 
   // The current 32-byte HMAC key for SignedState (binary).
   std::string signing_key() const { return signing_->current(); }

@@ -7,6 +7,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 
 namespace videotask::fleet {
 
@@ -33,6 +34,30 @@ void RedisScript::Run(RedisClient& client, std::vector<std::string> keys,
     c->Command({"SCRIPT", "LOAD", std::move(source)}, [](absl::StatusOr<RedisReply>) {});
     c->Command(std::move(argv), std::move(done));
   });
+}
+
+}  // namespace videotask::fleet
+
+namespace videotask::fleet {
+
+absl::StatusOr<RedisReply> RedisScript::RunAndWait(RedisClient& client,
+                                                   std::vector<std::string> keys,
+                                                   std::vector<std::string> args) const {
+  struct Call {
+    absl::Mutex mu;
+    bool done ABSL_GUARDED_BY(mu) = false;
+    absl::StatusOr<RedisReply> reply ABSL_GUARDED_BY(mu);
+  };
+  // Shared: `done` may still be returning when the waiter has gone.
+  auto call = std::make_shared<Call>();
+  Run(client, std::move(keys), std::move(args), [call](absl::StatusOr<RedisReply> r) {
+    absl::MutexLock lock(&call->mu);
+    call->reply = std::move(r);
+    call->done = true;
+  });
+  absl::MutexLock lock(&call->mu);
+  call->mu.Await(absl::Condition(&call->done));
+  return std::move(call->reply);
 }
 
 }  // namespace videotask::fleet

@@ -24,6 +24,11 @@ class RedisScript {
   const std::string& sha1() const { return sha1_; }
   void Run(RedisClient& client, std::vector<std::string> keys, std::vector<std::string> args,
            RedisClient::Done done) const;
+  // Run, waiting for the reply (bounded: the client's command timeout per
+  // round trip). For callers that block anyway (creates); never call it on
+  // the client's thread.
+  absl::StatusOr<RedisReply> RunAndWait(RedisClient& client, std::vector<std::string> keys,
+                                        std::vector<std::string> args) const;
 
  private:
   std::string source_;

@@ -9,6 +9,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "server/base/clock.h"
 #include "server/fleet/fleet_keys.h"
 #include "server/fleet/redis_client.h"
 #include "server/fleet/signed_state.h"
@@ -47,6 +48,8 @@ absl::StatusOr<T> Sync(F&& start) {
   return out;
 }
 
+int64_t c_commands(RedisClient& c) { return c.stats().commands; }
+
 class RedisTaskStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -73,6 +76,17 @@ class RedisTaskStoreTest : public ::testing::Test {
       if (op == "renew") s.RenewLease(id, std::move(done));
       if (op == "release") s.ReleaseLease(id, std::move(done));
     });
+  }
+
+  // The deletion of a rejected entry follows its read (another connection
+  // here): bounded wait.
+  bool Gone(const std::string& key) {
+    const absl::Time end = absl::Now() + absl::Seconds(5);
+    while (*server_->Command({"EXISTS", key}) != "0") {
+      if (absl::Now() > end) return false;
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    return true;
   }
 
   const FleetKeys keys_{"api-key", "api.example.com"};
@@ -140,6 +154,133 @@ TEST_F(RedisTaskStoreTest, ForgedOrMovedEntriesAreRejected) {
   EXPECT_EQ(Get(store, "a").status().code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("a"), ""}).ok());
   EXPECT_EQ(Get(store, "a").status().code(), absl::StatusCode::kDataLoss);
+}
+
+// Anyone who can write to Redis can write back an older signed entry, or
+// change the status digit the Put script trusts (outside the MAC): a stored
+// terminal state still answers, an entry older than its TTL by its signed
+// observe time is rejected, a digit that differs from the signed status is
+// rejected, and both are deleted so the Put script is not pinned by them.
+TEST_F(RedisTaskStoreTest, ReplayedOrRedigitedEntriesAreRejected) {
+  auto c = Connect();
+  SimulatedClock clock;
+  RedisTaskStore::Options o;
+  o.running_ttl = absl::Seconds(90);
+  o.clock = &clock;
+  RedisTaskStore store(c.get(), keys_, o);
+  ASSERT_EQ(*Put(store, Task("r", kQueued)), PutResult::kPublished);
+  const std::string queued = *server_->Command({"GET", keys_.StateKey("r")});
+  ASSERT_EQ(*Put(store, Task("r", kCompleted)), PutResult::kPublished);
+  // Written back at once: the terminal key still answers COMPLETED.
+  ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("r"), queued}).ok());
+  auto got = Get(store, "r");
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
+  EXPECT_EQ((*got)->status(), kCompleted);
+  // ... and only a terminal entry is believed at the terminal key.
+  ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("r"), "3" + queued.substr(1)}).ok());
+  ASSERT_TRUE(server_->Command({"SET", keys_.TerminalKey("r"), queued}).ok());
+  EXPECT_EQ(Get(store, "r").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(Gone(keys_.TerminalKey("r")));
+  EXPECT_TRUE(Gone(keys_.StateKey("r")));
+
+  // An entry older than its TTL by its signed observe time: a replay.
+  ASSERT_EQ(*Put(store, Task("s", kProcessing)), PutResult::kPublished);
+  const std::string processing = *server_->Command({"GET", keys_.StateKey("s")});
+  clock.Advance(absl::Seconds(90) + o.clock_skew - absl::Seconds(1));
+  ASSERT_TRUE(Get(store, "s").ok()) << "still within its TTL";
+  clock.Advance(absl::Seconds(2));
+  EXPECT_EQ(Get(store, "s").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(Gone(keys_.StateKey("s")));
+  ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("s"), processing}).ok());
+  EXPECT_EQ(Get(store, "s").status().code(), absl::StatusCode::kFailedPrecondition);
+
+  // A terminal digit on a running entry would pin it against every later
+  // Put: rejected and deleted, so the next Put is stored.
+  ASSERT_EQ(*Put(store, Task("p", kQueued)), PutResult::kPublished);
+  const std::string p_queued = *server_->Command({"GET", keys_.StateKey("p")});
+  ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("p"), "4" + p_queued.substr(1)}).ok());
+  EXPECT_EQ(Get(store, "p").status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(Gone(keys_.StateKey("p")));
+  EXPECT_EQ(*Put(store, Task("p", kProcessing)), PutResult::kPublished);
+  got = Get(store, "p");
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
+  EXPECT_EQ((*got)->status(), kProcessing);
+}
+
+TEST_F(RedisTaskStoreTest, RenewsManyLeasesInOneCall) {
+  auto ca = Connect();
+  auto cb = Connect();
+  RedisTaskStore::Options o;
+  o.lease_ttl = absl::Seconds(30);
+  RedisTaskStore a(ca.get(), keys_, o);
+  RedisTaskStore b(cb.get(), keys_, o);
+  EXPECT_EQ(*Lease(a, "acquire", "x"), true);
+  EXPECT_EQ(*Lease(b, "acquire", "y"), true);
+  EXPECT_EQ(*Lease(a, "acquire", "z"), true);
+  ASSERT_TRUE(server_->Command({"PEXPIRE", keys_.LeaseKey("x"), "100"}).ok());
+  const int64_t before = c_commands(*ca);
+  auto ours = Sync<std::vector<bool>>(
+      [&](auto done) { a.RenewLeases({"x", "y", "z", "gone"}, std::move(done)); });
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  EXPECT_EQ(*ours, (std::vector<bool>{true, false, true, false}));
+  EXPECT_GT(std::stoi(*server_->Command({"PTTL", keys_.LeaseKey("x")})), 29000);
+  EXPECT_EQ(*server_->Command({"GET", keys_.LeaseKey("y")}), b.owner());
+  // One EVALSHA; the first time NOSCRIPT, then SCRIPT LOAD and EVALSHA.
+  EXPECT_LE(c_commands(*ca) - before, 3);
+}
+
+// A follower's round: one script call for many tasks takes each free lease
+// and reads each state (the terminal one first), verified.
+TEST_F(RedisTaskStoreTest, FollowRoundTakesFreeLeasesAndReadsStates) {
+  auto ca = Connect();
+  auto cb = Connect();
+  RedisTaskStore a(ca.get(), keys_, {});
+  RedisTaskStore b(cb.get(), keys_, {});
+  ASSERT_TRUE(*Lease(a, "acquire", "held"));
+  ASSERT_EQ(*Put(a, Task("held", kProcessing)), PutResult::kPublished);
+  ASSERT_EQ(*Put(a, Task("done", kCompleted)), PutResult::kPublished);
+  ASSERT_TRUE(server_->Command({"SET", keys_.StateKey("bad"), "2vts1-forged"}).ok());
+  const int64_t before = cb->stats().commands;
+  auto round = Sync<std::vector<RedisTaskStore::Followed>>([&](auto done) {
+    b.FollowRound({"held", "free", "done", "bad"}, std::move(done));
+  });
+  ASSERT_TRUE(round.ok()) << round.status();
+  ASSERT_EQ(round->size(), 4u);
+  EXPECT_FALSE((*round)[0].acquired);
+  ASSERT_TRUE((*round)[0].state.has_value());
+  EXPECT_EQ((*round)[0].state->status(), kProcessing);
+  EXPECT_TRUE((*round)[1].acquired);
+  EXPECT_FALSE((*round)[1].state.has_value());
+  EXPECT_EQ(*server_->Command({"GET", keys_.LeaseKey("free")}), b.owner());
+  ASSERT_TRUE((*round)[2].state.has_value());
+  EXPECT_EQ((*round)[2].state->status(), kCompleted);
+  EXPECT_FALSE((*round)[3].state.has_value());
+  EXPECT_EQ((*round)[3].rejected.code(), absl::StatusCode::kDataLoss);
+  // One EVALSHA; the first time NOSCRIPT, then SCRIPT LOAD and EVALSHA.
+  EXPECT_LE(cb->stats().commands - before, 3);
+  EXPECT_EQ(*server_->Command({"GET", keys_.LeaseKey("held")}), a.owner());
+}
+
+// A release is published for followers; someone else's release is not.
+TEST_F(RedisTaskStoreTest, ReleasesArePublished) {
+  auto ca = Connect();
+  auto cb = Connect();
+  RedisTaskStore a(ca.get(), keys_, {});
+  RedisTaskStore b(cb.get(), keys_, {});
+  absl::Mutex mu;
+  std::vector<std::string> released;
+  b.SubscribeReleases([&](const std::string& id) {
+    absl::MutexLock lock(&mu);
+    released.push_back(id);
+  });
+  absl::SleepFor(absl::Milliseconds(200));  // subscribed
+  ASSERT_TRUE(*Lease(a, "acquire", "x"));
+  EXPECT_FALSE(*Lease(b, "release", "x"));
+  EXPECT_TRUE(*Lease(a, "release", "x"));
+  absl::MutexLock lock(&mu);
+  auto one = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !released.empty(); };
+  ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&one), absl::Seconds(5)));
+  EXPECT_EQ(released, std::vector<std::string>{"x"});
 }
 
 TEST_F(RedisTaskStoreTest, OtherSidecarsSeePublishedStatesInOrder) {

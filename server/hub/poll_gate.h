@@ -39,6 +39,7 @@ class PollGate {
   };
   using AdmitDone = absl::AnyInvocable<void(Admission) &&>;
   using Listener = absl::AnyInvocable<void(videotask::v1::VideoTask)>;
+  using Takeover = absl::AnyInvocable<void(const std::string& id)>;
 
   virtual ~PollGate() = default;
 
@@ -50,11 +51,24 @@ class PollGate {
   virtual void Observed(const videotask::v1::VideoTask& task) = 0;
   // A 429: the whole fleet pauses for `pause`.
   virtual void RateLimited(absl::Duration pause) = 0;
-  // This sidecar's last watcher of `id` left: another may poll it now.
+  // This sidecar's last watcher of `id` left (or the task ended for its
+  // watchers): another may poll it now, unless it is being archived here.
   virtual void Released(const std::string& id) = 0;
+  // The COMPLETED state of `id` was handed to this sidecar's archiver: the
+  // fleet should wait for the archived state (Observed) instead of polling
+  // and downloading the video again, whether watchers stay or not.
+  virtual void Archiving(const std::string& id) = 0;
+  // The sidecar drains: let go of everything held for the fleet now (so
+  // others take over at their next ask), archives in progress included.
+  virtual void Drain() = 0;
   // States other sidecars observed are handed to `listener` (any thread, no
   // lock of the gate held). Set once, before the first Admit.
   virtual void SetListener(Listener listener) = 0;
+  // This sidecar now holds the lease of `id`, which it followed (the holder
+  // let go, or died): ask Admit for it now rather than at the next
+  // interval. Same threading as the listener. Set once, before the first
+  // Admit.
+  virtual void SetTakeover(Takeover takeover) = 0;
 };
 
 // One pod: every request is admitted at once, inline; nothing is shared.
@@ -64,7 +78,10 @@ class LocalPollGate : public PollGate {
   void Observed(const videotask::v1::VideoTask&) override {}
   void RateLimited(absl::Duration) override {}
   void Released(const std::string&) override {}
+  void Archiving(const std::string&) override {}
+  void Drain() override {}
   void SetListener(Listener) override {}
+  void SetTakeover(Takeover) override {}
 };
 
 }  // namespace videotask

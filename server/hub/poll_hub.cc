@@ -99,6 +99,7 @@ PollHub::PollHub(PollHubOptions options, UpstreamClient* client, Clock* clock,
       metrics_(metrics),
       gate_(gate != nullptr ? gate : &local_gate_) {
   gate_->SetListener([this](VideoTask state) { OnShared(std::move(state)); });
+  gate_->SetTakeover([this](const std::string& id) { OnTakeover(id); });
   std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
   rng_ = absl::BitGen(seq);
   if (metrics_ != nullptr) {
@@ -357,6 +358,7 @@ void PollHub::Drain() {
       draining_ = true;
       LogEvent(LogLevel::kInfo, "drain_started",
                {{"active_watches", absl::StrCat(active_watches_)}});
+      gate_->Drain();  // others take over this sidecar's leases at once
     }
     const absl::Status status = absl::UnavailableError("the sidecar is draining; retry elsewhere");
     std::vector<std::string> ids;
@@ -560,6 +562,17 @@ void PollHub::ApplyAdmission(const std::string& id, PollGate::Admission admissio
   MaybeRelease(id);
 }
 
+void PollHub::OnTakeover(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  Task* task = FindTask(id);
+  // A followed task waiting for its next ask: ask now (the gate admits it).
+  if (task == nullptr || draining_ || !task->following || task->inflight || task->archiving ||
+      task->watchers.empty() || task->poll_set == nullptr) {
+    return;
+  }
+  SchedulePoll(*task, clock_->Monotonic());
+}
+
 void PollHub::OnShared(VideoTask state) { Enqueue(Completion::Kind::kShared, std::move(state)); }
 
 void PollHub::Enqueue(Completion::Kind kind, VideoTask state) {
@@ -664,16 +677,7 @@ void PollHub::ApplyResult(const std::string& id, UpstreamResult result) {
         break;
       }
       case UpstreamOutcome::kRateLimited: {
-        if (rate_limited_total_ != nullptr) rate_limited_total_->Increment();
-        // An absurd Retry-After (a year, a far-future date) must not stop
-        // every watcher for that long: capped at backoff_max.
-        const absl::Duration pause =
-            result.retry_after.has_value()
-                ? std::clamp(*result.retry_after, absl::ZeroDuration(), options_.backoff_max)
-                : Backoff(kRateLimitBackoffInitial, rate_limit_streak_);
-        ++rate_limit_streak_;
-        paused_until_ = std::max(paused_until_, now + pause);
-        gate_->RateLimited(pause);
+        const absl::Duration pause = PauseForRateLimitLocked(result.retry_after, now);
         LogFields fields = {
             {"task", id},
             {"pause_seconds", Seconds(pause)},
@@ -706,6 +710,57 @@ void PollHub::ApplyResult(const std::string& id, UpstreamResult result) {
   }
 }
 
+absl::Duration PollHub::PauseForRateLimitLocked(std::optional<absl::Duration> retry_after,
+                                                absl::Time now) {
+  if (rate_limited_total_ != nullptr) rate_limited_total_->Increment();
+  // An absurd Retry-After (a year, a far-future date) must not stop
+  // every watcher for that long: capped at backoff_max.
+  const absl::Duration pause =
+      retry_after.has_value()
+          ? std::clamp(*retry_after, absl::ZeroDuration(), options_.backoff_max)
+          : Backoff(kRateLimitBackoffInitial, rate_limit_streak_);
+  ++rate_limit_streak_;
+  paused_until_ = std::max(paused_until_, now + pause);
+  gate_->RateLimited(pause);
+  return pause;
+}
+
+absl::StatusOr<absl::Duration> PollHub::Acquire() {
+  absl::MutexLock lock(&mu_);
+  if (draining_) return absl::UnavailableError("the sidecar is shutting down");
+  const absl::Time now = clock_->Monotonic();
+  const absl::Time paused = std::max(paused_until_, fleet_wait_until_);
+  if (now < paused) return paused - now;
+  while (!window_.empty() && window_.front() + kRateWindow <= now) window_.pop_front();
+  const size_t qps = options_.max_upstream_qps;
+  if (static_cast<size_t>(inflight_) + window_.size() < qps && inflight_ < options_.max_inflight) {
+    ++inflight_;
+    return absl::ZeroDuration();
+  }
+  // The window entry whose expiry frees the first slot; with only requests
+  // in flight, a completion frees one: ask again shortly.
+  if (static_cast<size_t>(inflight_) < qps && inflight_ < options_.max_inflight) {
+    return std::max(absl::Milliseconds(1),
+                    window_[inflight_ + window_.size() - qps] + kRateWindow - now);
+  }
+  return kRateWindow / 10;
+}
+
+void PollHub::Release(bool rate_limited, std::optional<absl::Duration> retry_after) {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_->Monotonic();
+  --inflight_;
+  window_.push_back(now);
+  if (rate_limited) {
+    const absl::Duration pause = PauseForRateLimitLocked(retry_after, now);
+    LogEvent(LogLevel::kWarning, "upstream_rate_limited",
+             {{"request", "create"}, {"pause_seconds", Seconds(pause)}});
+  } else {
+    rate_limit_streak_ = 0;
+  }
+  Kick();
+}
+
 std::shared_ptr<const TaskEvent> PollHub::MakeEvent(const Task& task,
                                                     WatchVideoTaskResponse::EventType type,
                                                     VideoTaskStatus previous) {
@@ -727,6 +782,7 @@ void PollHub::ApplyState(Task& task, VideoTask state, absl::Time now) {
     // polling; watchers keep their heartbeats meanwhile.
     if (!task.archiving) {
       task.archiving = true;
+      gate_->Archiving(task.id);
       to_archive_.push_back(std::move(state));
     }
     SchedulePoll(task, absl::InfiniteFuture());
@@ -775,6 +831,7 @@ void PollHub::Publish(Task& task, WatchVideoTaskResponse::EventType type,
 }
 
 void PollHub::EndTask(Task& task, const absl::Status& status) {
+  if (!task.watchers.empty()) gate_->Released(task.id);
   for (auto& [wid, watcher] : task.watchers) {
     outbox_.push_back({watcher.sink, nullptr, status});
     watch_index_.erase(wid);

@@ -52,6 +52,10 @@
 // published like any transition. Polling stops meanwhile. After Shutdown()
 // nothing new is handed to the archiver.
 //
+// Other upstream requests (creates) take their slots from the same rate
+// window and in-flight cap, and honour and extend the same 429 pause,
+// through the UpstreamBudget interface the hub implements.
+//
 // Time comes only from the injected Clock; every timer (polls, heartbeats,
 // rate window, 429 pause, expiry) runs on its monotonic reading, so wall
 // clock steps change nothing. Create() starts a scheduler thread;
@@ -83,6 +87,7 @@
 #include "server/base/clock.h"
 #include "server/base/metrics.h"
 #include "server/hub/poll_gate.h"
+#include "server/hub/upstream_budget.h"
 #include "server/upstream/upstream_client.h"
 
 namespace videotask {
@@ -126,7 +131,7 @@ struct PollHubOptions {
 // INVALID_ARGUMENT unless every option is in range.
 absl::Status ValidatePollHubOptions(const PollHubOptions& options);
 
-class PollHub {
+class PollHub : public UpstreamBudget {
  public:
   using WatchId = uint64_t;
   using GetId = uint64_t;
@@ -158,7 +163,12 @@ class PollHub {
                                                                 uint64_t seed,
                                                                 PollGate* gate = nullptr,
                                                                 Archiver* archiver = nullptr);
-  ~PollHub();
+  ~PollHub() override;
+
+  // UpstreamBudget: a request the hub does not make (a create) holds a rate
+  // and in-flight slot like a poll; its 429 pauses all traffic like a poll's.
+  absl::StatusOr<absl::Duration> Acquire() override;
+  void Release(bool rate_limited, std::optional<absl::Duration> retry_after) override;
 
   // Starts watching `id` (validated already). The sink's first event is a
   // SNAPSHOT, possibly delivered before Watch returns.
@@ -267,6 +277,8 @@ class PollHub {
       ABSL_LOCKS_EXCLUDED(mu_);
   // The gate's answer for a started poll (any thread).
   void OnAdmission(const std::string& id, PollGate::Admission admission) ABSL_LOCKS_EXCLUDED(mu_);
+  // The gate handed this sidecar the lease of a task it follows (any thread).
+  void OnTakeover(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   void ApplyAdmission(const std::string& id, PollGate::Admission admission)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A state another sidecar observed (any thread).
@@ -293,6 +305,10 @@ class PollHub {
                videotask::v1::VideoTaskStatus previous, bool only_new) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeRelease(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AnswerGets(Task& task, const absl::StatusOr<videotask::v1::VideoTask>& answer)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A 429 (from a poll or a create): pauses all traffic for its Retry-After
+  // (capped at backoff_max) or a backoff, tells the gate; returns the pause.
+  absl::Duration PauseForRateLimitLocked(std::optional<absl::Duration> retry_after, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The delay before retrying a failed poll.
   absl::Duration RetryDelay(const Task& task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -351,6 +351,59 @@ TEST_F(PollHubTest, RateLimitPausesAllTrafficForRetryAfter) {
   EXPECT_EQ(metrics_.GetCounter("videotask_rate_limited_total", "")->value(), 1u);
 }
 
+// UpstreamBudget: a create holds a slot of the same window as polls.
+TEST_F(PollHubTest, BudgetSlotsComeFromThePollWindow) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  o.max_upstream_qps = 2;
+  MakeHub(o);
+  ASSERT_EQ(*hub_->Acquire(), absl::ZeroDuration());  // a create in flight
+  WatchOk("a");
+  WatchOk("b");
+  hub_->RunDue();
+  ASSERT_EQ(upstream_.PendingIds(), std::vector<std::string>{"a"}) << "the create's slot";
+  // Full: the next create waits, then gets the slot the first one frees
+  // one second after it ends.
+  absl::StatusOr<absl::Duration> wait = hub_->Acquire();
+  ASSERT_TRUE(wait.ok());
+  EXPECT_GT(*wait, absl::ZeroDuration());
+  hub_->Release(false, std::nullopt);
+  EXPECT_EQ(*hub_->Acquire(), absl::Seconds(1));
+  Advance(absl::Milliseconds(999));
+  EXPECT_EQ(upstream_.PendingIds().size(), 1u) << "b polled in the create's slot";
+  Advance(absl::Milliseconds(1));
+  EXPECT_EQ(upstream_.PendingIds().size(), 2u) << "b gets the slot the create freed";
+  EXPECT_GT(*hub_->Acquire(), absl::ZeroDuration());
+  upstream_.Reply("a", Ok(kFailed));  // final: "a" is not polled again
+  EXPECT_EQ(*hub_->Acquire(), absl::Seconds(1));
+  Advance(absl::Seconds(1));
+  EXPECT_EQ(*hub_->Acquire(), absl::ZeroDuration());
+  hub_->Release(false, std::nullopt);
+}
+
+// UpstreamBudget: a create's 429 pauses polls, and a poll's 429 pauses creates.
+TEST_F(PollHubTest, BudgetRateLimitPausesPollsAndCreates) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  o.max_upstream_qps = 5;
+  MakeHub(o);
+  ASSERT_EQ(*hub_->Acquire(), absl::ZeroDuration());
+  hub_->Release(true, absl::Seconds(3));
+  EXPECT_EQ(*hub_->Acquire(), absl::Seconds(3));
+  WatchOk("a");
+  hub_->RunDue();
+  EXPECT_EQ(upstream_.Total(), 0) << "poll during a create's 429 pause";
+  Advance(absl::Seconds(3));
+  ASSERT_EQ(upstream_.Total(), 1);
+  UpstreamResult r = Outcome(UpstreamOutcome::kRateLimited, "429");
+  r.retry_after = absl::Seconds(2);
+  upstream_.Reply("a", r);
+  EXPECT_EQ(*hub_->Acquire(), absl::Seconds(2)) << "create during a poll's 429 pause";
+  EXPECT_EQ(metrics_.GetCounter("videotask_rate_limited_total", "")->value(), 2u);
+  hub_->Drain();
+  EXPECT_EQ(hub_->Acquire().status().code(), absl::StatusCode::kUnavailable);
+}
+
 TEST_F(PollHubTest, RateLimitWithoutRetryAfterBacksOffExponentially) {
   PollHubOptions o;
   o.poll_interval = absl::Seconds(1);
@@ -867,7 +920,17 @@ class FakeGate : public PollGate {
     absl::MutexLock lock(&mu_);
     released_.push_back(id);
   }
+  void Archiving(const std::string& id) override {
+    absl::MutexLock lock(&mu_);
+    archiving_.push_back(id);
+  }
+  void Drain() override {
+    absl::MutexLock lock(&mu_);
+    ++drains_;
+  }
   void SetListener(Listener listener) override { listener_ = std::move(listener); }
+  void SetTakeover(Takeover takeover) override { takeover_ = std::move(takeover); }
+  void TakeOver(const std::string& id) { takeover_(id); }
 
   // Answers the oldest admission; returns whether it was for watchers.
   bool Answer(Admission a) {
@@ -899,6 +962,14 @@ class FakeGate : public PollGate {
     absl::MutexLock lock(&mu_);
     return released_;
   }
+  std::vector<std::string> archiving() {
+    absl::MutexLock lock(&mu_);
+    return archiving_;
+  }
+  int drains() {
+    absl::MutexLock lock(&mu_);
+    return drains_;
+  }
 
  private:
   struct Asked {
@@ -911,7 +982,10 @@ class FakeGate : public PollGate {
   std::vector<VideoTask> observed_ ABSL_GUARDED_BY(mu_);
   std::vector<absl::Duration> pauses_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> released_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> archiving_ ABSL_GUARDED_BY(mu_);
+  int drains_ ABSL_GUARDED_BY(mu_) = 0;
   Listener listener_;
+  Takeover takeover_;
 };
 
 VideoTask State(const std::string& id, VideoTaskStatus status) {
@@ -939,6 +1013,8 @@ class PollHubGateTest : public PollHubTest {
     ASSERT_TRUE(hub.ok()) << hub.status();
     hub_ = std::move(*hub);
   }
+  // The hub tells its gate about the drain in its destructor: it goes first.
+  void TearDown() override { hub_.reset(); }
   FakeGate gate_;
 };
 
@@ -1158,6 +1234,62 @@ TEST_F(PollHubGateTest, AfterShutdownLateResultsNeverReachTheGate) {
   EXPECT_EQ(archiver.calls(), 0u) << "a copy was started after Shutdown()";
 }
 
+// The gate hands over the lease of a followed task: the hub asks now, not
+// at the next interval; a task it polls itself is left alone.
+TEST_F(PollHubGateTest, TakeoverAsksTheGateNow) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(10);
+  o.heartbeat_interval = absl::Hours(1);
+  MakeGatedHub(o);
+  WatchOk("t");
+  hub_->RunDue();
+  gate_.Answer(Admit(PollGate::Admission::Kind::kFollow, State("t", kQueued)));
+  ASSERT_EQ(hub_->GetStats().following, 1);
+  Advance(absl::Seconds(1));
+  EXPECT_EQ(gate_.Pending(), 0u);
+  gate_.TakeOver("t");
+  gate_.TakeOver("unknown");
+  hub_->RunDue();
+  ASSERT_EQ(gate_.Pending(), 1u) << "not asked at once";
+  gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  EXPECT_EQ(upstream_.Count("t"), 1);
+  gate_.TakeOver("t");  // polled here now: nothing to do
+  hub_->RunDue();
+  EXPECT_EQ(gate_.Pending(), 0u);
+}
+
+// What the hub tells the gate about leases: an archive in progress (so the
+// fleet waits for it), a task that ended for its watchers (released), and a
+// drain (everything let go at once).
+TEST_F(PollHubGateTest, TellsTheGateAboutArchivesEndsAndDrain) {
+  PollHubOptions o;
+  o.poll_interval = absl::Seconds(1);
+  o.poll_jitter = 0;
+  FakeArchiver archiver;
+  auto hub = PollHub::CreateForTest(o, &upstream_, &clock_, &metrics_, 42, &gate_, &archiver);
+  ASSERT_TRUE(hub.ok());
+  hub_ = std::move(*hub);
+  WatchOk("a");
+  WatchOk("nf");
+  WatchOk("d");
+  hub_->RunDue();
+  for (int i = 0; i < 3; ++i) gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  upstream_.Reply("a", Ok(kCompleted));
+  EXPECT_EQ(gate_.archiving(), std::vector<std::string>{"a"});
+  EXPECT_TRUE(gate_.observed().empty()) << "the fleet waits for the archived state";
+  upstream_.Reply("nf", Outcome(UpstreamOutcome::kNotFound, "404"));
+  Advance(absl::Seconds(1));
+  gate_.Answer(Admit(PollGate::Admission::Kind::kPoll));
+  upstream_.Reply("nf", Outcome(UpstreamOutcome::kNotFound, "404"));
+  EXPECT_EQ(gate_.released(), std::vector<std::string>{"nf"}) << "an ended task keeps no lease";
+  EXPECT_EQ(gate_.drains(), 0);
+  hub_->Drain();
+  EXPECT_EQ(gate_.drains(), 1);
+  hub_->Drain();
+  EXPECT_EQ(gate_.drains(), 1) << "once";
+  archiver.Finish("", "end");
+}
+
 TEST(PollHubThreadTest, SchedulerThreadPollsOnItsOwn) {
   // The real scheduler thread with the real clock and a short interval.
   FakeUpstream upstream;
@@ -1238,7 +1370,10 @@ class HoldingGate : public PollGate {
   void Observed(const VideoTask&) override {}
   void RateLimited(absl::Duration) override {}
   void Released(const std::string&) override {}
+  void Archiving(const std::string&) override {}
+  void Drain() override {}
   void SetListener(Listener listener) override { listener_ = std::move(listener); }
+  void SetTakeover(Takeover) override {}
 
   void Hold() {
     absl::MutexLock lock(&mu_);

@@ -95,6 +95,25 @@ bool IsConnectError(CURLcode rc) {
 
 }  // namespace
 
+bool CurlUpstreamClient::SetTransportOptions(void* easy_ptr, const Options& options) {
+  CURL* easy = static_cast<CURL*>(easy_ptr);
+  bool ok = easy != nullptr;
+  auto set = [&](CURLoption opt, auto value) {
+    if (ok && curl_easy_setopt(easy, opt, value) != CURLE_OK) ok = false;
+  };
+  set(CURLOPT_USERAGENT, options.user_agent.c_str());
+  set(CURLOPT_NOSIGNAL, 1L);
+  set(CURLOPT_CONNECTTIMEOUT_MS, ToMillis(options.connect_timeout));
+  set(CURLOPT_TIMEOUT_MS, ToMillis(options.timeout));
+  set(CURLOPT_PROTOCOLS_STR, "http,https");
+  set(CURLOPT_FOLLOWLOCATION, 0L);
+  set(CURLOPT_SSL_VERIFYPEER, 1L);
+  set(CURLOPT_SSL_VERIFYHOST, 2L);
+  if (!options.ca_file.empty()) set(CURLOPT_CAINFO, options.ca_file.c_str());
+  set(CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(options.max_body_bytes));
+  return ok;
+}
+
 int CurlUpstreamClient::OnPrereq(void* transfer, char* /*conn_primary_ip*/,
                                  char* /*conn_local_ip*/, int /*conn_primary_port*/,
                                  int /*conn_local_port*/) {
@@ -307,17 +326,7 @@ void CurlUpstreamClient::StartTransfer(std::unique_ptr<Request> request) {
   set(CURLOPT_URL, t->url.c_str());
   set(CURLOPT_HTTPGET, 1L);
   set(CURLOPT_HTTPHEADER, t->headers);
-  set(CURLOPT_USERAGENT, options_.user_agent.c_str());
-  set(CURLOPT_NOSIGNAL, 1L);
-  set(CURLOPT_CONNECTTIMEOUT_MS, ToMillis(options_.connect_timeout));
-  set(CURLOPT_TIMEOUT_MS, ToMillis(options_.timeout));
-  set(CURLOPT_PROTOCOLS_STR, "http,https");
-  set(CURLOPT_FOLLOWLOCATION, 0L);
-  set(CURLOPT_SSL_VERIFYPEER, 1L);
-  set(CURLOPT_SSL_VERIFYHOST, 2L);
-  if (!options_.ca_file.empty()) set(CURLOPT_CAINFO, options_.ca_file.c_str());
-  set(CURLOPT_MAXFILESIZE_LARGE,
-      static_cast<curl_off_t>(options_.max_body_bytes));
+  if (ok && !SetTransportOptions(easy, options_)) ok = false;
   set(CURLOPT_ACCEPT_ENCODING, "");  // what libcurl can decode; capped below
   set(CURLOPT_TCP_KEEPALIVE, 1L);
   // Over TLS, wait for ALPN to tell whether an opening connection can

@@ -102,6 +102,12 @@ class CurlUpstreamClient : public UpstreamClient {
   // "{base_url}/result/{id}"; `id` must already be valid.
   std::string ResultUrl(absl::string_view id) const;
 
+  // The transport rules every request to the vendor follows, set on a
+  // libcurl easy handle (CURL*): user agent, CURLOPT_NOSIGNAL, connect and
+  // total timeouts, http and https only, no redirects, TLS peer and host
+  // verification on, `ca_file`, the body cap. False when libcurl refused one.
+  static bool SetTransportOptions(void* easy, const Options& options);
+
   // Parses a Retry-After value: delta seconds, or an HTTP date taken
   // relative to `now` (a past date gives zero). nullopt when invalid.
   static std::optional<absl::Duration> ParseRetryAfter(absl::string_view value,

@@ -200,5 +200,95 @@ TEST_F(CliTest, GetPrintsTheTaskAndHealthChecksTheSidecar) {
   EXPECT_EQ(Cli({"health"}).code, 5) << "NOT_SERVING while draining";
 }
 
+// ---- create -----------------------------------------------------------------
+
+TEST_F(CliTest, CreatePrintsTheTaskAndARandomKeyThatRepeatsSafely) {
+  Run r = Cli({"create", "--family=videos",
+               R"(--body={"model":"videos","prompt":"a cat","duration":10})"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json task = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_TRUE(task.is_object()) << r.out;
+  EXPECT_EQ(task["status"], "VIDEO_TASK_STATUS_QUEUED");
+  const std::string id = task["id"];
+  ASSERT_EQ(sim_->Creates().size(), 1u);
+  EXPECT_EQ(sim_->Creates()[0].id, id);
+  EXPECT_NE(sim_->Creates()[0].body.find(R"("duration":10)"), std::string::npos);
+  // The key printed on stderr repeats it without a second create.
+  const size_t at = r.err.find("--request_id=");
+  ASSERT_NE(at, std::string::npos) << r.err;
+  const std::string key = r.err.substr(at + 13, r.err.find(' ', at) - at - 13);
+  Run again = Cli({"create", "--family=videos", "--request_id=" + key,
+                   R"(--body={"model":"videos","prompt":"a cat","duration":10})"});
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(nlohmann::json::parse(again.out)["id"], id);
+  EXPECT_EQ(sim_->Creates().size(), 1u);
+}
+
+TEST_F(CliTest, CreateWaitPrintsTheEventsAndTheBodyComesFromAFile) {
+  const std::string path = absl::StrCat(std::getenv("TEST_TMPDIR"), "/body.json");
+  FILE* f = fopen(path.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  fputs(R"({"model":"sora-2","prompt":"waves","duration":5})", f);
+  fclose(f);
+  Run r = Cli({"create", "--family=sora", "--body=@" + path, "--request_id=cli-wait-1", "--wait"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  std::vector<std::string> lines = absl::StrSplit(r.out, '\n', absl::SkipEmpty());
+  ASSERT_GE(lines.size(), 2u) << r.out;
+  nlohmann::json last = nlohmann::json::parse(lines.back());
+  EXPECT_EQ(last["task"]["status"], "VIDEO_TASK_STATUS_COMPLETED");
+  EXPECT_EQ(last["task"]["model"], "sora-2");
+}
+
+TEST_F(CliTest, CreateExitCodes) {
+  const std::string body = R"(--body={"prompt":"p"})";
+  // Usage: checked before the sidecar is asked.
+  EXPECT_EQ(Cli({"create", "--family=Bad", body}).code, 2);
+  EXPECT_EQ(Cli({"create", "--family=videos", "--body=[1]"}).code, 2);
+  EXPECT_EQ(Cli({"create", "--family=videos", "--body=@/nonexistent/body.json"}).code, 2);
+  EXPECT_EQ(sim_->Creates().size(), 0u);
+  // 8: refused by the vendor.
+  Run refused = Cli({"create", "--family=videos", R"(--body={"model":"videos"})"});
+  EXPECT_EQ(refused.code, 8) << refused.err;
+  EXPECT_NE(refused.err.find("prompt"), std::string::npos) << refused.err;
+  // 9: outcome unknown, and again for the same key.
+  sim::Fault dropped;
+  dropped.kind = sim::FaultKind::kAcceptedThenDropped;
+  sim_->InjectCreateFault("", dropped);
+  EXPECT_EQ(Cli({"create", "--family=sora", body, "--request_id=cli-unknown"}).code, 9);
+  EXPECT_EQ(Cli({"create", "--family=sora", body, "--request_id=cli-unknown"}).code, 9);
+  // 11: the key with another body.
+  EXPECT_EQ(Cli({"create", "--family=sora", R"(--body={"prompt":"q"})",
+                 "--request_id=cli-unknown"}).code,
+            11);
+  // 5: nothing created (the vendor stays at 503 past --timeout).
+  sim::Fault down;
+  down.kind = sim::FaultKind::kServerError;
+  down.count = -1;
+  sim_->InjectCreateFault("", down);
+  EXPECT_EQ(Cli({"create", "--family=sora", body, "--timeout=1s"}).code, 5);
+  sim_->ClearFaults();
+  EXPECT_EQ(sim_->CreatedCount(), 1);
+}
+
+TEST_F(CliTest, CreateSpendGuardAndRemoteListenExitCodes) {
+  SidecarConfig c;
+  c.listen = "0.0.0.0:0";
+  c.metrics_listen = "";
+  c.upstream_url = sim_->base_url();
+  c.api_key_env = "VIDEOTASK_CLI_TEST_KEY";
+  c.max_creates_per_hour = 1;
+  auto remote = Sidecar::Start(c);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  const std::string body = R"(--body={"prompt":"p"})";
+  EXPECT_EQ(Cli({"create", "--family=sora", body}, (*remote)->target()).code, 12);
+  remote->reset();
+  c.listen = "127.0.0.1:0";
+  auto guarded = Sidecar::Start(c);
+  ASSERT_TRUE(guarded.ok()) << guarded.status();
+  EXPECT_EQ(Cli({"create", "--family=sora", body}, (*guarded)->target()).code, 0);
+  EXPECT_EQ(Cli({"create", "--family=sora", body}, (*guarded)->target()).code, 10);
+  EXPECT_EQ(sim_->Creates().size(), 1u);
+}
+
 }  // namespace
 }  // namespace videotask

@@ -146,11 +146,17 @@ std::unique_ptr<v1::VideoTaskService::Stub> Stub(const Member& m) {
 }
 
 // Three sidecars, one key, one Redis, a fleet budget of 20 requests a
-// second: 600 distinct tasks watched across them never make the upstream
-// see more than 21 requests in a second, and every watcher completes.
+// second: 300 distinct tasks watched across them never make the upstream
+// see more than 20 requests in a second, and every watcher completes. The
+// bound holds while request lags (grant to arrival) differ by at most
+// --fleet_arrival_margin; a test machine under load can starve a sidecar's
+// threads for longer than the default 250 ms (33 in a second were seen at
+// load average 9), so this test gives the budget a margin of 1 s.
 TEST_P(FleetModesTest, FleetBudgetHoldsAcrossSidecars) {
   std::vector<Member*> ms;
-  for (int i = 0; i < 3; ++i) ms.push_back(StartMember({"--fleet_max_upstream_qps=20"}));
+  for (int i = 0; i < 3; ++i) {
+    ms.push_back(StartMember({"--fleet_max_upstream_qps=20", "--fleet_arrival_margin=1s"}));
+  }
   for (Member* m : ms) ASSERT_NE(m, nullptr);
   for (Member* m : ms) ASSERT_TRUE(Eventually([&] { return m->Metric("videotask_redis_up") == 1; }));
   sim::TaskScript now;
@@ -160,7 +166,7 @@ TEST_P(FleetModesTest, FleetBudgetHoldsAcrossSidecars) {
   for (Member* m : ms) stubs.push_back(Stub(*m));
   std::vector<std::unique_ptr<Watcher>> watchers;
   const absl::Time start = absl::Now();
-  for (int i = 0; i < 600; ++i) {
+  for (int i = 0; i < 300; ++i) {
     const std::string id = absl::StrCat("budget-", i);
     sim_->SetTask(id, now);
     watchers.push_back(std::make_unique<Watcher>(stubs[i % 3].get(), id, absl::Seconds(90)));

@@ -14,6 +14,7 @@
 #include <iostream>
 #include <limits>
 #include <map>
+#include <set>
 #include <optional>
 #include <stdexcept>
 #include <thread>
@@ -86,7 +87,10 @@ std::optional<FaultKind> ParseKind(const std::string& s) {
       {"hang", FaultKind::kHang},
       {"status", FaultKind::kStatus},
       {"truncated", FaultKind::kTruncated},
-      {"reset", FaultKind::kReset}};
+      {"reset", FaultKind::kReset},
+      {"accepted_then_dropped", FaultKind::kAcceptedThenDropped},
+      {"refuse", FaultKind::kRefuse},
+      {"no_id", FaultKind::kNoId}};
   auto it = kinds->find(s);
   if (it == kinds->end()) return std::nullopt;
   return it->second;
@@ -235,6 +239,9 @@ struct SimUpstream::Impl {
   absl::Mutex mu;
   std::map<std::string, TaskState> tasks ABSL_GUARDED_BY(mu);
   std::deque<PendingFault> faults ABSL_GUARDED_BY(mu);
+  std::deque<PendingFault> create_faults ABSL_GUARDED_BY(mu);  // id: the family
+  std::vector<ReceivedCreate> creates ABSL_GUARDED_BY(mu);
+  int64_t next_create ABSL_GUARDED_BY(mu) = 1;
   std::map<std::string, int> counts ABSL_GUARDED_BY(mu);
   // (id, status or refusal code) -> answers served.
   std::map<std::pair<std::string, std::string>, int> served ABSL_GUARDED_BY(mu);
@@ -258,13 +265,135 @@ struct SimUpstream::Impl {
   }
 
   std::optional<Fault> TakeFault(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    for (auto it = faults.begin(); it != faults.end(); ++it) {
+    return TakeFrom(faults, id);
+  }
+
+  static std::optional<Fault> TakeFrom(std::deque<PendingFault>& queue, const std::string& id) {
+    for (auto it = queue.begin(); it != queue.end(); ++it) {
       if (!it->id.empty() && it->id != id) continue;
       Fault f = it->fault;
-      if (it->left > 0 && --it->left == 0) faults.erase(it);
+      if (it->left > 0 && --it->left == 0) queue.erase(it);
       return f;
     }
     return std::nullopt;
+  }
+
+  // A new task for a create of `family` with `body`: its id, scripted from
+  // the default script (the body's model, when it names one).
+  std::string NewTask(const std::string& family, const json& body)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const std::string id =
+        absl::StrCat(family == "videos" ? "proj_sim_" : "video_sim_", next_create++);
+    TaskScript script = options.default_script;
+    if (body.contains("model") && body["model"].is_string()) {
+      script.model = body["model"].get<std::string>();
+    }
+    script.created = absl::ToUnixSeconds(absl::Now());
+    tasks[id] = TaskState{std::move(script)};
+    return id;
+  }
+
+  static std::string CreatedBody(const std::string& family, const std::string& id,
+                                 const TaskState& t) {
+    if (family == "videos") {
+      return Dump(json{{"code", "0"}, {"msg", nullptr}, {"data", {{"projectId", id}}}});
+    }
+    return Dump(json{{"id", id},
+                     {"object", "video"},
+                     {"created", t.script.created},
+                     {"model", t.script.model},
+                     {"status", "queued"}});
+  }
+
+  static void Refuse(httplib::Response& res, const std::string& family, int status,
+                     const std::string& message) {
+    if (status == 200) {
+      res.set_content(Dump(json{{"code", "400"}, {"msg", message}, {"data", nullptr}}),
+                      "application/json");
+      return;
+    }
+    JsonError(res, status, message);
+  }
+
+  // POST /kyyReactApiServer/v1/{family}/videos.
+  void HandleCreate(const httplib::Request& req, httplib::Response& res) ABSL_LOCKS_EXCLUDED(mu) {
+    const std::string family = req.matches[1];
+    std::optional<Fault> fault;
+    size_t index = 0;
+    {
+      absl::MutexLock lock(&mu);
+      ++total;
+      times.push_back(absl::Now());
+      index = creates.size();
+      creates.push_back({family, req.body, "", ""});
+      if (req.get_header_value("Authorization") != "Bearer " + options.api_key) {
+        creates[index].answer = "401";
+        JsonError(res, 401, "invalid api key");
+        return;
+      }
+      fault = TakeFrom(create_faults, family);
+    }
+    const json body = json::parse(req.body, nullptr, false);
+    auto answer = [&](const std::string& what) {
+      absl::MutexLock lock(&mu);
+      creates[index].answer = what;
+    };
+    auto create = [&]() {
+      absl::MutexLock lock(&mu);
+      const std::string id = NewTask(family, body);
+      creates[index].id = id;
+      return std::make_pair(id, CreatedBody(family, id, tasks[id]));
+    };
+    if (fault.has_value()) {
+      const Fault& f = *fault;
+      switch (f.kind) {
+        case FaultKind::kRateLimit:
+          if (!f.retry_after_header.empty()) res.set_header("Retry-After", f.retry_after_header);
+          answer("429");
+          return JsonError(res, 429, "too many requests");
+        case FaultKind::kServerError:
+          answer(std::to_string(f.http_status));
+          return JsonError(res, f.http_status, "upstream trouble");
+        case FaultKind::kRefuse: {
+          const int status = f.http_status == 503 ? 400 : f.http_status;
+          answer(std::to_string(status));
+          return Refuse(res, family, status, f.message);
+        }
+        case FaultKind::kAcceptedThenDropped:
+          create();
+          answer("dropped");
+          DropConnection(port, req.remote_port);
+          return;
+        case FaultKind::kReset:
+          answer("dropped");
+          DropConnection(port, req.remote_port);
+          return;
+        case FaultKind::kNoId:
+          create();
+          answer("200");
+          res.set_content(R"({"object":"video","status":"queued"})", "application/json");
+          return;
+        case FaultKind::kHang:
+          Wait(f.delay);
+          answer("504");
+          res.set_header("Connection", "close");
+          return JsonError(res, 504, "hung request released");
+        case FaultKind::kSlow:
+          Wait(f.delay);
+          break;  // then as usual
+        default:
+          answer("500");
+          return JsonError(res, 500, "fault kind not supported for creates");
+      }
+    }
+    if (!body.is_object() || !body.contains("prompt") || !body["prompt"].is_string()) {
+      answer(family == "videos" ? "200" : "400");
+      return Refuse(res, family, family == "videos" ? 200 : 400,
+                    "the body must be a JSON object with a string \"prompt\"");
+    }
+    auto [id, text] = create();
+    answer("200");
+    res.set_content(text, "application/json");
   }
 
   // The task for `id`, created from the default script when unknown ids are
@@ -426,6 +555,11 @@ struct SimUpstream::Impl {
         res.set_header("Connection", "close");
         JsonError(res, 504, "hung request released");
         return;
+      case FaultKind::kAcceptedThenDropped:
+      case FaultKind::kRefuse:
+      case FaultKind::kNoId:
+        JsonError(res, 500, "a create fault kind injected for results");
+        return;
     }
   }
 
@@ -497,6 +631,21 @@ struct SimUpstream::Impl {
                              });
   }
 
+  // The fields /_sim/faults and /_sim/create_faults share ("count",
+  // "http_status", "retry_after", "delay_ms"); throws std::invalid_argument.
+  static void ParseFaultFields(const json& j, Fault& f) {
+    f.count = IntField(j, "count", 1, -1, std::numeric_limits<int>::max());
+    if (f.count == 0) throw std::invalid_argument("\"count\" must be positive or -1");
+    f.http_status = IntField(j, "http_status", f.http_status, 100, 599);
+    f.retry_after_header = StringField(j, "retry_after", "");
+    if (f.retry_after_header.find_first_of("\r\n") != std::string::npos) {
+      throw std::invalid_argument("\"retry_after\" must be one line");
+    }
+    if (j.contains("delay_ms") && !j["delay_ms"].is_null()) {
+      f.delay = absl::Milliseconds(IntField(j, "delay_ms", 0, 0, int64_t{24} * 3600 * 1000));
+    }
+  }
+
   void InstallAdmin() {
     server.Put(R"(/_sim/tasks/([^/]+))", [this](const httplib::Request& req,
                                                  httplib::Response& res) {
@@ -548,6 +697,10 @@ struct SimUpstream::Impl {
         return JsonError(res, 400, "body must be a JSON object with a string \"kind\"");
       }
       std::optional<FaultKind> kind = ParseKind((*j)["kind"].get<std::string>());
+      if (kind == FaultKind::kAcceptedThenDropped || kind == FaultKind::kRefuse ||
+          kind == FaultKind::kNoId) {
+        kind.reset();  // create faults: POST /_sim/create_faults
+      }
       if (!kind) {
         return JsonError(res, 400,
                          "unknown fault kind; one of rate_limit, server_error, malformed_json, "
@@ -559,17 +712,7 @@ struct SimUpstream::Impl {
       std::string id;
       try {
         id = StringField(*j, "id", "");
-        f.count = IntField(*j, "count", 1, -1, std::numeric_limits<int>::max());
-        if (f.count == 0) throw std::invalid_argument("\"count\" must be positive or -1");
-        f.http_status = IntField(*j, "http_status", f.http_status, 100, 599);
-        f.retry_after_header = StringField(*j, "retry_after", "");
-        if (f.retry_after_header.find_first_of("\r\n") != std::string::npos) {
-          throw std::invalid_argument("\"retry_after\" must be one line");
-        }
-        if (j->contains("delay_ms") && !(*j)["delay_ms"].is_null()) {
-          f.delay = absl::Milliseconds(
-              IntField(*j, "delay_ms", 0, 0, int64_t{24} * 3600 * 1000));
-        }
+        ParseFaultFields(*j, f);
         f.body_bytes = IntField(*j, "body_bytes", f.body_bytes, 0, kMaxBodyBytes);
         f.status = StringField(*j, "status", f.status);
       } catch (const std::exception& e) {
@@ -578,8 +721,47 @@ struct SimUpstream::Impl {
       InjectFault(id, f);
       res.status = 204;
     });
+    server.Post("/_sim/create_faults", [this](const httplib::Request& req,
+                                              httplib::Response& res) {
+      std::optional<json> j = ObjectBody(req.body);
+      if (!j || !j->contains("kind") || !(*j)["kind"].is_string()) {
+        return JsonError(res, 400, "body must be a JSON object with a string \"kind\"");
+      }
+      std::optional<FaultKind> kind = ParseKind((*j)["kind"].get<std::string>());
+      static const std::set<FaultKind> kCreateKinds = {
+          FaultKind::kRateLimit, FaultKind::kServerError,        FaultKind::kRefuse,
+          FaultKind::kReset,     FaultKind::kAcceptedThenDropped, FaultKind::kNoId,
+          FaultKind::kSlow,      FaultKind::kHang};
+      if (!kind || kCreateKinds.count(*kind) == 0) {
+        return JsonError(res, 400,
+                         "unknown create fault kind; one of rate_limit, server_error, refuse, "
+                         "accepted_then_dropped, reset, no_id, slow, hang");
+      }
+      Fault f;
+      f.kind = *kind;
+      if (f.kind == FaultKind::kRefuse) f.http_status = 400;
+      std::string family;
+      try {
+        family = StringField(*j, "family", "");
+        ParseFaultFields(*j, f);
+        f.message = StringField(*j, "message", f.message);
+      } catch (const std::exception& e) {
+        return JsonError(res, 400, e.what());
+      }
+      InjectCreateFault(family, f);
+      res.status = 204;
+    });
+    server.Get("/_sim/creates", [this](const httplib::Request&, httplib::Response& res) {
+      absl::MutexLock lock(&mu);
+      json list = json::array();
+      for (const ReceivedCreate& c : creates) {
+        list.push_back({{"family", c.family}, {"body", c.body}, {"id", c.id}, {"answer", c.answer}});
+      }
+      res.set_content(Dump(json{{"total", creates.size()}, {"creates", list}}), "application/json");
+    });
     server.Delete("/_sim/faults", [this](const httplib::Request&, httplib::Response& res) {
       absl::MutexLock lock(&mu);
+      create_faults.clear();
       faults.clear();
       res.status = 204;
     });
@@ -657,14 +839,24 @@ struct SimUpstream::Impl {
   }
 
   void InjectFault(const std::string& id, Fault f) ABSL_LOCKS_EXCLUDED(mu) {
+    Enqueue(faults, id, std::move(f));
+  }
+
+  void Enqueue(std::deque<PendingFault>& queue, const std::string& id, Fault f)
+      ABSL_LOCKS_EXCLUDED(mu) {
     if (f.count == 0 || f.count < -1) return;  // answers no request
     absl::MutexLock lock(&mu);
     const int left = f.count;
-    faults.push_back({id, std::move(f), left});
+    queue.push_back({id, std::move(f), left});
+  }
+
+  void InjectCreateFault(const std::string& family, Fault f) ABSL_LOCKS_EXCLUDED(mu) {
+    Enqueue(create_faults, family, std::move(f));
   }
 
   void ResetCounts() ABSL_LOCKS_EXCLUDED(mu) {
     absl::MutexLock lock(&mu);
+    creates.clear();
     counts.clear();
     served.clear();
     times.clear();
@@ -700,6 +892,10 @@ absl::StatusOr<std::unique_ptr<SimUpstream>> SimUpstream::Start(Options options)
                 [p](const httplib::Request& req, httplib::Response& res) {
                   p->HandleResult(req, res);
                 });
+  p->server.Post(R"(/kyyReactApiServer/v1/([a-z0-9_]+)/videos)",
+                 [p](const httplib::Request& req, httplib::Response& res) {
+                   p->HandleCreate(req, res);
+                 });
   p->server.Get(R"(/videos/([^/]+))", [p](const httplib::Request& req, httplib::Response& res) {
     p->HandleVideo(req, res);
   });
@@ -783,6 +979,20 @@ void SimUpstream::InjectFault(const std::string& id, Fault fault) {
 void SimUpstream::ClearFaults() {
   absl::MutexLock lock(&impl_->mu);
   impl_->faults.clear();
+  impl_->create_faults.clear();
+}
+void SimUpstream::InjectCreateFault(const std::string& family, Fault fault) {
+  impl_->InjectCreateFault(family, std::move(fault));
+}
+std::vector<ReceivedCreate> SimUpstream::Creates() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->creates;
+}
+int SimUpstream::CreatedCount() const {
+  absl::MutexLock lock(&impl_->mu);
+  int n = 0;
+  for (const ReceivedCreate& c : impl_->creates) n += c.id.empty() ? 0 : 1;
+  return n;
 }
 int SimUpstream::RequestCount(const std::string& id) const {
   absl::MutexLock lock(&impl_->mu);

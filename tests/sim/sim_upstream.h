@@ -28,6 +28,29 @@
 //          "videos":{"<id>":n,...}}  (M: video requests with an
 //          Authorization header; reset by /_sim/reset too)
 //
+// The create endpoints, POST /kyyReactApiServer/v1/{family}/videos (Bearer
+// key), create a task from `default_script` (its model from the body's
+// "model") that is then served at /result/{id}. Family `videos` answers
+// {"code":"0","msg":null,"data":{"projectId":"proj_sim_N"}}, any other
+// {"id":"video_sim_N","object":"video","created":...,"model":...,
+// "status":"queued"}. A body that is not a JSON object, or without a string
+// "prompt", is refused: 200 {"code":"400","msg":...} for `videos`, else 400
+// {"error":{"message":...}}. Every create received is recorded with its body
+// exactly as it came. Create faults (by family, "" = any) answer first:
+//   POST   /_sim/create_faults {"family","kind","count","http_status",
+//          "retry_after","delay_ms","message"}; kind: rate_limit (429, nothing
+//          created), server_error (`http_status`, default 503, nothing
+//          created), refuse (`http_status`, default 400; 200 gives the
+//          {"code":"400"} shape), accepted_then_dropped (creates the task,
+//          then drops the connection without an answer), reset (drops it
+//          without creating), no_id (creates it, answers 200 without an
+//          id), slow (waits `delay_ms`, then creates and answers), hang
+//          (waits, then 504, nothing created)                          -> 204
+//   GET    /_sim/creates -> {"total":N,"creates":[{"family","body","id",
+//          "answer"},...]} ("body" as received; "id" empty when nothing
+//          was created; "answer" the HTTP status or "dropped")
+// DELETE /_sim/faults clears create faults too; /_sim/reset forgets creates.
+//
 // It also plays the video host: GET /videos/{id}[.ext] answers the bytes of
 // the task's video (no key needed), generated on the fly from the id
 // (VideoBytes), so a test can check content and SHA-256 without holding the
@@ -83,6 +106,10 @@ enum class FaultKind {
   kTruncated,      // 200 whose body stops halfway: the connection closes
                    // before the promised Content-Length
   kReset,          // the connection is dropped without an answer
+  // Create faults only (InjectCreateFault):
+  kAcceptedThenDropped,  // the task is created, then the connection dropped
+  kRefuse,               // `http_status` (400; 200: the {"code"} shape), `message`
+  kNoId,                 // the task is created; 200 without an id
 };
 
 struct Fault {
@@ -93,6 +120,15 @@ struct Fault {
   absl::Duration delay = absl::Hours(1);
   size_t body_bytes = 2 << 20;
   std::string status = "queued";  // kStatus only
+  std::string message = "the vendor refuses this request";  // kRefuse only
+};
+
+// One create the sim received.
+struct ReceivedCreate {
+  std::string family;
+  std::string body;    // exactly as received
+  std::string id;      // the task created; empty when none was
+  std::string answer;  // the HTTP status sent, or "dropped"
 };
 
 // How the sim's video host answers GET /videos/{id}[.ext].
@@ -160,8 +196,16 @@ class SimUpstream {
   void InjectFault(const std::string& id, Fault fault);
   void ClearFaults();
 
+  // Create faults answer the next `count` creates for `family` ("" = any).
+  // ClearFaults() clears them too.
+  void InjectCreateFault(const std::string& family, Fault fault);
+  // Every create received, in order (ResetCounts() forgets them).
+  std::vector<ReceivedCreate> Creates() const;
+  // Creates that created a task.
+  int CreatedCount() const;
+
   int RequestCount(const std::string& id) const;  // all requests for id
-  int TotalRequests() const;                      // every request
+  int TotalRequests() const;                      // every request, creates too
   std::vector<absl::Time> RequestTimes() const;   // start times, all ids
   // How many answers for `id` carried `what`: a task status ("queued",
   // "processing", "completed", "failed", also from kSlow and kStatus) or the

@@ -968,3 +968,99 @@ TEST_F(SimUpstreamTest, VideoUrlsOnSim) {
 
 }  // namespace
 }  // namespace videotask::sim
+
+// ---- Creates ----------------------------------------------------------------
+
+namespace videotask::sim {
+namespace {
+
+class SimCreateTest : public SimUpstreamTest {
+ protected:
+  Reply Create(const std::string& family, const std::string& body,
+               const std::string& key = kKey) {
+    httplib::Headers h;
+    if (!key.empty()) h.emplace("Authorization", absl::StrCat("Bearer ", key));
+    return ToReply(client_->Post(absl::StrCat("/kyyReactApiServer/v1/", family, "/videos").c_str(),
+                                 h, body, "application/json"));
+  }
+};
+
+TEST_F(SimCreateTest, BothShapesCreateAPollableTaskAndTheBodyIsRecordedAsSent) {
+  const std::string body = R"({"model":"videos","prompt":"a cat","duration":10})";
+  Reply a = Create("videos", body);
+  ASSERT_EQ(a.status, 200);
+  json ja = json::parse(a.body);
+  EXPECT_EQ(ja["code"], "0");
+  const std::string pid = ja["data"]["projectId"];
+  EXPECT_EQ(Get(pid).Status(), "queued");
+  Reply b = Create("kyyvideo2", R"({"model":"kyyvideo2_fast","prompt":"p","duration":5})");
+  ASSERT_EQ(b.status, 200);
+  json jb = json::parse(b.body);
+  EXPECT_EQ(jb["object"], "video");
+  EXPECT_EQ(jb["status"], "queued");
+  EXPECT_EQ(jb["model"], "kyyvideo2_fast");
+  EXPECT_EQ(Get(jb["id"]).Status(), "queued");
+  std::vector<ReceivedCreate> creates = sim_->Creates();
+  ASSERT_EQ(creates.size(), 2u);
+  EXPECT_EQ(creates[0].body, body);
+  EXPECT_EQ(creates[0].id, pid);
+  EXPECT_EQ(creates[1].family, "kyyvideo2");
+  EXPECT_EQ(sim_->CreatedCount(), 2);
+  Reply listed = Admin("GET", "/_sim/creates");
+  EXPECT_EQ(json::parse(listed.body)["creates"][0]["body"], body);
+}
+
+TEST_F(SimCreateTest, RefusalsInBothShapesAndTheKey) {
+  Reply a = Create("videos", R"({"model":"videos"})");
+  EXPECT_EQ(a.status, 200);
+  EXPECT_EQ(json::parse(a.body)["code"], "400");
+  EXPECT_EQ(Create("sora", "[1]").status, 400);
+  EXPECT_EQ(Create("sora", R"({"prompt":"p"})", "wrong").status, 401);
+  EXPECT_EQ(sim_->CreatedCount(), 0);
+  EXPECT_EQ(sim_->Creates().size(), 3u);
+}
+
+TEST_F(SimCreateTest, FaultScripts) {
+  const std::string body = R"({"prompt":"p"})";
+  ASSERT_EQ(Admin("POST", "/_sim/create_faults",
+                  R"({"kind":"rate_limit","retry_after":"2","family":"sora"})").status, 204);
+  ASSERT_EQ(Admin("POST", "/_sim/create_faults", R"({"kind":"server_error"})").status, 204);
+  ASSERT_EQ(Admin("POST", "/_sim/create_faults",
+                  R"({"kind":"server_error","http_status":500})").status, 204);
+  ASSERT_EQ(Admin("POST", "/_sim/create_faults",
+                  R"({"kind":"refuse","message":"no such model"})").status, 204);
+  ASSERT_EQ(Admin("POST", "/_sim/create_faults", R"({"kind":"no_id"})").status, 204);
+  EXPECT_EQ(Create("veo", body).status, 503) << "the sora fault waits for sora";
+  Reply limited = Create("sora", body);
+  EXPECT_EQ(limited.status, 429);
+  EXPECT_EQ(Create("sora", body).status, 500);
+  Reply refused = Create("sora", body);
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_NE(refused.body.find("no such model"), std::string::npos);
+  Reply no_id = Create("sora", body);
+  EXPECT_EQ(no_id.status, 200);
+  EXPECT_EQ(json::parse(no_id.body).count("id"), 0u);
+  EXPECT_EQ(sim_->CreatedCount(), 1) << "only no_id created one";
+  // Dropped after creating: no answer, one task.
+  ASSERT_EQ(Admin("POST", "/_sim/create_faults", R"({"kind":"accepted_then_dropped"})").status,
+            204);
+  Reply dropped = Create("sora", body);
+  EXPECT_EQ(dropped.status, -1) << dropped.body;
+  EXPECT_EQ(sim_->CreatedCount(), 2);
+  EXPECT_EQ(sim_->Creates().back().answer, "dropped");
+  EXPECT_FALSE(sim_->Creates().back().id.empty());
+  // Dropped before creating.
+  ASSERT_EQ(Admin("POST", "/_sim/create_faults", R"({"kind":"reset"})").status, 204);
+  client_ = NewClient();
+  EXPECT_EQ(Create("sora", body).status, -1);
+  EXPECT_EQ(sim_->CreatedCount(), 2);
+  client_ = NewClient();
+  EXPECT_EQ(Create("sora", body).status, 200);
+  EXPECT_EQ(Admin("POST", "/_sim/create_faults", R"({"kind":"truncated"})").status, 400);
+  EXPECT_EQ(Admin("POST", "/_sim/faults", R"({"kind":"no_id"})").status, 400);
+  Admin("POST", "/_sim/reset");
+  EXPECT_TRUE(sim_->Creates().empty());
+}
+
+}  // namespace
+}  // namespace videotask::sim

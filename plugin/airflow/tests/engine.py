@@ -11,6 +11,18 @@ classes. Each follows the major airflow._stub is set to.
   skipped, AirflowRescheduleException -> up_for_reschedule,
   AirflowFailException and AirflowSensorTimeout -> failed without retry, any
   other exception -> up_for_retry while retries are left, else failed.
+  Before execute() and before resume_execution() the runner renders the
+  operator's template_fields (2.10: _execute_task_with_callbacks calls
+  render_templates; 3.x: _prepare calls ti.render_templates), with the
+  stand-in's renderer (airflow_stub/airflow/template/templater.py).
+- context(): the parts of the task's context the tests use: "ti" and
+  "task_instance" (the task instance: dag_id, task_id, run_id, map_index,
+  try_number, as Airflow 2's TaskInstance has them, airflow/models/
+  taskinstance.py, and Airflow 3's RuntimeTaskInstance, task-sdk/src/
+  airflow/sdk/execution_time/task_runner.py, from the execution API's
+  TaskInstance in task-sdk/src/airflow/sdk/api/datamodels/_generated.py),
+  "run_id", "params", "dag" (dag_id, render_template_as_native_obj) and
+  "dag_run". A retry is the same context with try_number + 1.
 - run_in_triggerer(): the triggerer rebuilds the trigger from serialize()
   (stored as JSON), runs it, and TriggerEvent.handle_submit resumes the task
   with next_kwargs["event"] = the first event's payload.
@@ -53,19 +65,60 @@ class Outcome:
 
 
 class FakeTaskInstance:
-    """The task instance a context carries: in reschedule mode the sensor's
-    timeout counts from the first reschedule of this try (3.x:
+    """The task instance a context carries: its identity (Airflow 2's
+    task_instance table has the primary key dag_id, task_id, run_id,
+    map_index, default -1 for a task that is not mapped; try_number counts
+    the tries of that one row), and, in reschedule mode, the first
+    reschedule of this try, from which the sensor's timeout counts (3.x:
     ti.get_first_reschedule_date; 2.x reads the same from TaskReschedule)."""
 
-    def __init__(self, first_reschedule_date=None):
+    def __init__(self, first_reschedule_date=None, dag_id="videos_dag", task_id="generate",
+                 run_id="manual__2026-01-01T00:00:00+00:00", map_index=-1, try_number=1):
         self.first_reschedule_date = first_reschedule_date
+        self.dag_id = dag_id
+        self.task_id = task_id
+        self.run_id = run_id
+        self.map_index = map_index
+        self.try_number = try_number
 
     def get_first_reschedule_date(self, context):
         return self.first_reschedule_date
 
 
-def context(first_reschedule_date=None):
-    return {"ti": FakeTaskInstance(first_reschedule_date)}
+class FakeDag:
+    def __init__(self, dag_id, render_template_as_native_obj=False):
+        self.dag_id = dag_id
+        self.render_template_as_native_obj = render_template_as_native_obj
+
+
+class FakeDagRun:
+    def __init__(self, dag_id, run_id):
+        self.dag_id = dag_id
+        self.run_id = run_id
+
+
+def context(first_reschedule_date=None, params=None, native=False, **identity):
+    """A task's context; `identity` sets the task instance's dag_id, task_id,
+    run_id, map_index, try_number."""
+    ti = FakeTaskInstance(first_reschedule_date, **identity)
+    return {
+        "ti": ti,
+        "task_instance": ti,
+        "run_id": ti.run_id,
+        "params": dict(params or {}),
+        "dag": FakeDag(ti.dag_id, render_template_as_native_obj=native),
+        "dag_run": FakeDagRun(ti.dag_id, ti.run_id),
+    }
+
+
+def retry_of(ctx):
+    """The context of the next try of the same task instance."""
+    ti = ctx["ti"]
+    out = context(ti.first_reschedule_date, params=ctx["params"],
+                  native=ctx["dag"].render_template_as_native_obj, dag_id=ti.dag_id,
+                  task_id=ti.task_id, run_id=ti.run_id, map_index=ti.map_index,
+                  try_number=ti.try_number + 1)
+    return out
 
 
 def run_task(operator, ctx=None, next_method=None, next_kwargs=None, try_number=1):
@@ -73,6 +126,7 @@ def run_task(operator, ctx=None, next_method=None, next_kwargs=None, try_number=
     returns the task's state as the task runner sets it."""
     ctx = context() if ctx is None else ctx
     try:
+        operator.render_template_fields(ctx)
         if next_method:
             result = operator.resume_execution(next_method=next_method, next_kwargs=next_kwargs,
                                                context=ctx)

@@ -71,6 +71,7 @@ def test_airflow_discovers_the_provider(installed):
     assert info["name"] and info["description"]
     assert info["versions"] == [version] == ["0.2.0"]
     assert info["sensors"][0]["python-modules"] == ["videotask_airflow.sensors"]
+    assert info["operators"][0]["python-modules"] == ["videotask_airflow.operators"]
     assert info["triggers"][0]["python-modules"] == ["videotask_airflow.triggers"]
 
 
@@ -93,6 +94,8 @@ def test_installed_wheels_keep_the_old_imports(installed):
         assert await_video_task is videotask.client.await_video_task
         from videotask_airflow.sensors import VideoTaskSensor
         from videotask_airflow.triggers import VideoTaskTrigger
+        from videotask_airflow.operators import VideoGenerateOperator
+        from videotask.client import create_video_task_sync
         print("ok")
     """, [installed, STAND_IN])
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
@@ -118,6 +121,8 @@ def test_airflow_3_paths_are_preferred():
         from videotask_airflow import _airflow
         from videotask_airflow.sensors import VideoTaskSensor
         assert issubclass(VideoTaskSensor, airflow.sdk.BaseSensorOperator)
+        from videotask_airflow.operators import VideoGenerateOperator
+        assert issubclass(VideoGenerateOperator, airflow.sdk.BaseOperator)
         assert _airflow.AirflowSensorTimeout is airflow.sdk.exceptions.AirflowSensorTimeout
         assert _airflow.PokeReturnValue is airflow.sdk.PokeReturnValue
         print("ok")
@@ -133,6 +138,9 @@ def test_airflow_2_paths_without_the_sdk():
         from videotask_airflow import _airflow
         from videotask_airflow.sensors import VideoTaskSensor
         assert VideoTaskSensor.__mro__[2] is airflow.sensors.base.BaseSensorOperator
+        import airflow.models.baseoperator
+        from videotask_airflow.operators import VideoGenerateOperator
+        assert VideoGenerateOperator.__mro__[2] is airflow.models.baseoperator.BaseOperator
         assert _airflow.AirflowFailException is airflow.exceptions.AirflowFailException
         assert _airflow.PokeReturnValue is airflow.sensors.base.PokeReturnValue
         assert not hasattr(_airflow, "TaskDeferred")
@@ -159,6 +167,7 @@ def test_no_deprecation_warning_on_airflow_3_2():
         sys.modules["airflow.exceptions"] = moved
         warnings.simplefilter("error")
         import videotask_airflow.sensors
+        import videotask_airflow.operators
         print("ok")
     """, [SRC, CLIENT_SRC, STAND_IN])
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -284,6 +284,32 @@ class Sim:
     async def counts(self):
         return json.loads(await self.acontrol("GET", "/_sim/counts"))
 
+    def create_fault(self, fault):
+        """A create fault ({"family", "kind", "count", "http_status", "message",
+        "delay_ms", "retry_after"}; see tests/sim/sim_upstream.h)."""
+        return self.control("POST", "/_sim/create_faults", fault)
+
+    def clear_faults(self):
+        """Clears every fault, create faults included."""
+        return self.control("DELETE", "/_sim/faults")
+
+    def creates(self, prompt=None):
+        """The creates the sim received, in order: [{"family", "body" (the
+        JSON as received, a str), "id" ("" when nothing was created),
+        "answer"}]; with `prompt`, those whose body has that "prompt"."""
+        creates = json.loads(self.control("GET", "/_sim/creates"))["creates"]
+        if prompt is None:
+            return creates
+
+        def prompt_of(c):
+            try:
+                body = json.loads(c["body"])
+            except ValueError:
+                return None
+            return body.get("prompt") if isinstance(body, dict) else None
+
+        return [c for c in creates if prompt_of(c) == prompt]
+
     def stop(self):
         return self.proc.stop()
 

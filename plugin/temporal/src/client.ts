@@ -10,7 +10,9 @@
 // NOT_FOUND for an id not seen yet is retried for `notFoundRetryMs`.
 //
 // VideoTaskClient.await is the one wait loop of the package: every activity
-// that waits for a task (awaitVideoTask; later, create-and-wait) runs it.
+// that waits for a task (awaitVideoTask, generateVideo) runs it.
+// VideoTaskClient.create calls CreateVideoTask once (the sidecar keeps the
+// idempotency key); toStruct builds its google.protobuf.Struct body.
 //
 // The API comes from a descriptor embedded at build time
 // (scripts/embed-proto.js), so there is no .proto file to find at run time.
@@ -21,6 +23,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { VIDEO_TASK_DESCRIPTOR_SET_BASE64 } from './generated/video_task_descriptor';
 import type {
   AwaitVideoTaskOptions,
+  JsonValue,
   VideoTask,
   VideoTaskEvent,
   VideoTaskStatus,
@@ -35,6 +38,12 @@ export const DEFAULT_INITIAL_BACKOFF_MS = 200;
 export const DEFAULT_MAX_BACKOFF_MS = 10_000;
 export const DEFAULT_MAX_SILENT_MS = 600_000;
 export const DEFAULT_NOT_FOUND_RETRY_MS = 10_000;
+/**
+ * Deadline of one CreateVideoTask call: above the sidecar's own limit (it
+ * retries a vendor 429 / 503 for at most 2 minutes), so that the sidecar
+ * answers with its status before the deadline cuts the call.
+ */
+export const DEFAULT_CREATE_TIMEOUT_MS = 150_000;
 /** A stream open at least this long was healthy (ends the outage), messages or not. */
 export const HEALTHY_STREAM_MS = 10_000;
 /**
@@ -93,11 +102,38 @@ export function loadVideoTaskPackageDefinition(protoPath?: string): protoLoader.
   }
 }
 
+/** google.protobuf.Value as the loaded API takes it (one of the kinds set). */
+export type ProtoValue =
+  | { nullValue: 'NULL_VALUE' }
+  | { numberValue: number }
+  | { stringValue: string }
+  | { boolValue: boolean }
+  | { structValue: ProtoStruct }
+  | { listValue: { values: ProtoValue[] } };
+
+/** google.protobuf.Struct as the loaded API takes it. */
+export interface ProtoStruct {
+  fields: Record<string, ProtoValue>;
+}
+
+/** videotask.v1.CreateVideoTaskRequest as the loaded API takes it. */
+export interface CreateVideoTaskRequest {
+  requestId: string;
+  family: string;
+  body: ProtoStruct;
+}
+
 interface VideoTaskServiceStub extends grpc.Client {
   WatchVideoTask(
     request: { id: string },
     options?: grpc.CallOptions,
   ): grpc.ClientReadableStream<VideoTaskEvent>;
+  CreateVideoTask(
+    request: CreateVideoTaskRequest,
+    metadata: grpc.Metadata,
+    options: grpc.CallOptions,
+    callback: (err: grpc.ServiceError | null, response?: VideoTask) => void,
+  ): grpc.ClientUnaryCall;
 }
 
 type VideoTaskServiceCtor = new (
@@ -155,6 +191,107 @@ export class VideoTaskSilenceError extends Error {
     super(`no message from the sidecar at ${target} for ${formatSeconds(silentMs)} (maxSilentMs)`);
     this.name = 'VideoTaskSilenceError';
   }
+}
+
+/**
+ * A request body that cannot be sent: not a JSON object, or a value JSON
+ * cannot hold (NaN, Infinity, undefined in an array, a function, a Date, a
+ * cycle). Nothing was sent; the activity reports it as the non-retryable
+ * `VideoTaskCreateRefused`.
+ */
+export class VideoTaskBodyError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'VideoTaskBodyError';
+  }
+}
+
+/** Deeper than this is refused (the sidecar takes at most 64 KiB of JSON anyway). */
+const MAX_BODY_DEPTH = 100;
+/**
+ * A body larger than this as JSON is refused before it is sent. The sidecar
+ * refuses more than 64 KiB itself (INVALID_ARGUMENT); this bound only keeps a
+ * huge body from reaching gRPC's 4 MB message limit, whose RESOURCE_EXHAUSTED
+ * would read like the spend guard.
+ */
+export const MAX_SENT_BODY_BYTES = 1 << 20;
+
+function toValue(v: unknown, where: string, depth: number, seen: Set<object>): ProtoValue {
+  if (v === null) return { nullValue: 'NULL_VALUE' };
+  switch (typeof v) {
+    case 'string':
+      return { stringValue: v };
+    case 'boolean':
+      return { boolValue: v };
+    case 'number':
+      // A double on the wire; the sidecar sends integral ones as integers.
+      if (!Number.isFinite(v)) throw new VideoTaskBodyError(`body${where}: ${v} is not a JSON number`);
+      return { numberValue: v };
+    case 'object':
+      break;
+    default:
+      throw new VideoTaskBodyError(`body${where}: a ${typeof v} is not a JSON value`);
+  }
+  const obj = v as object;
+  if (depth >= MAX_BODY_DEPTH) throw new VideoTaskBodyError(`body${where}: nested deeper than ${MAX_BODY_DEPTH} levels`);
+  if (seen.has(obj)) throw new VideoTaskBodyError(`body${where}: a cycle`);
+  seen.add(obj);
+  try {
+    if (Array.isArray(obj)) {
+      return { listValue: { values: obj.map((item, i) => toValue(item, `${where}[${i}]`, depth + 1, seen)) } };
+    }
+    return { structValue: structOf(obj, where, depth + 1, seen) };
+  } finally {
+    seen.delete(obj);
+  }
+}
+
+function structOf(obj: object, where: string, depth: number, seen: Set<object>): ProtoStruct {
+  const proto = Object.getPrototypeOf(obj);
+  if (proto !== Object.prototype && proto !== null) {
+    throw new VideoTaskBodyError(`body${where}: a ${proto?.constructor?.name ?? 'non-plain'} object is not a JSON object`);
+  }
+  const fields: Record<string, ProtoValue> = {};
+  for (const [key, value] of Object.entries(obj)) {
+    // As JSON.stringify does: a key whose value is undefined is left out.
+    if (value === undefined) continue;
+    // defineProperty: a key "__proto__" (JSON.parse makes it an own key) stays a key.
+    Object.defineProperty(fields, key, {
+      value: toValue(value, `${where}.${key}`, depth, seen),
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+  }
+  return { fields };
+}
+
+/**
+ * The google.protobuf.Struct of a JSON object, for CreateVideoTaskRequest.body:
+ * numbers as `numberValue` (doubles; the sidecar sends integral ones to the
+ * vendor as integers, `10` not `10.0`), null as `nullValue`, arrays as
+ * `listValue`, objects as `structValue`. Keys whose value is undefined are
+ * left out, as JSON.stringify does. Throws a VideoTaskBodyError for anything
+ * that is not a plain JSON object (an array, null, a Date, NaN, a cycle, ...).
+ */
+export function toStruct(body: unknown): ProtoStruct {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new VideoTaskBodyError(
+      `body must be a JSON object, not ${Array.isArray(body) ? 'an array' : body === null ? 'null' : `a ${typeof body}`}`,
+    );
+  }
+  return structOf(body, '', 0, new Set([body]));
+}
+
+export interface CreateOptions {
+  /** Aborting it cancels the call and rejects with `signal.reason` (a sent create is still settled by the sidecar). */
+  signal?: AbortSignal;
+  /** Deadline of the CreateVideoTask call. Default DEFAULT_CREATE_TIMEOUT_MS. */
+  createTimeoutMs?: number;
+  /** How long to wait for the channel to connect before giving up (UNAVAILABLE "unreachable"). Default 60000. */
+  giveUpAfterMs?: number;
+  /** As WatchOptions.onWaitForReady: called while waiting for the channel. */
+  onWaitForReady?: WatchOptions['onWaitForReady'];
 }
 
 export interface VideoTaskClientOptions {
@@ -470,6 +607,60 @@ export class VideoTaskClient {
     } finally {
       clearTimeout(silenceTimer);
     }
+  }
+
+  /**
+   * Calls CreateVideoTask once and returns the task (QUEUED; or for a known
+   * request id the task created for it before). The body is a JSON object,
+   * sent as a google.protobuf.Struct (`toStruct`; a VideoTaskBodyError, and
+   * nothing sent, when it is not JSON). First waits up to `giveUpAfterMs` for
+   * the channel to be connected (a sidecar restarting next to the worker),
+   * then rejects with a VideoTaskRpcError UNAVAILABLE "sidecar at TARGET
+   * unreachable for Ns"; the call's own errors are VideoTaskRpcErrors with
+   * the sidecar's code (INVALID_ARGUMENT, ABORTED, ALREADY_EXISTS,
+   * RESOURCE_EXHAUSTED, PERMISSION_DENIED, UNAVAILABLE, DEADLINE_EXCEEDED,
+   * ...). No retries here: the caller retries with the same request id.
+   */
+  async create(
+    request: { requestId: string; family: string; body: { [key: string]: JsonValue } },
+    options: CreateOptions = {},
+  ): Promise<VideoTask> {
+    const timeout = checkedMs('createTimeoutMs', options.createTimeoutMs, DEFAULT_CREATE_TIMEOUT_MS, 1);
+    const giveUpAfter = checkedMs('giveUpAfterMs', options.giveUpAfterMs, DEFAULT_GIVE_UP_AFTER_MS, 1);
+    const message: CreateVideoTaskRequest = {
+      requestId: request.requestId,
+      family: request.family,
+      body: toStruct(request.body),
+    };
+    const jsonBytes = Buffer.byteLength(JSON.stringify(request.body));
+    if (jsonBytes > MAX_SENT_BODY_BYTES) {
+      throw new VideoTaskBodyError(`body is ${jsonBytes} bytes as JSON; the sidecar takes at most 64 KiB`);
+    }
+    const start = Date.now();
+    if (!(await this.waitForReady(start + giveUpAfter, options.signal, options.onWaitForReady))) {
+      throw new VideoTaskRpcError(
+        grpc.status.UNAVAILABLE,
+        `sidecar at ${this.target} unreachable for ${formatSeconds(Date.now() - start)}`,
+        { lastCode: null },
+      );
+    }
+    const signal = options.signal;
+    return new Promise<VideoTask>((resolve, reject) => {
+      if (signal?.aborted) return reject(abortReason(signal));
+      const onAbort = () => {
+        call.cancel();
+        reject(abortReason(signal!));
+      };
+      // waitForReady: a connection that drops now is waited for (until the deadline), not failed at once.
+      const metadata = new grpc.Metadata({ waitForReady: true });
+      const call = this.stub.CreateVideoTask(message, metadata, { deadline: Date.now() + timeout }, (err, task) => {
+        signal?.removeEventListener('abort', onAbort);
+        if (signal?.aborted) return; // already rejected
+        if (err) reject(new VideoTaskRpcError(err.code, err.details || err.message));
+        else resolve(task!);
+      });
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
   }
 
   /**

@@ -81,7 +81,7 @@ export interface VideoTaskEvent {
  * those statuses again (see the package README).
  */
 export interface VideoTaskHeartbeatDetails {
-  /** The awaited task id. */
+  /** The awaited task id ('' while `generateVideo` is still creating it). */
   id: string;
   /** The last status reported (by a SNAPSHOT or TRANSITION); UNSPECIFIED before the first. */
   lastStatus: VideoTaskStatus;
@@ -89,8 +89,17 @@ export interface VideoTaskHeartbeatDetails {
    * What caused this heartbeat: the event's type; RECONNECTING while the
    * sidecar is away; WAITING when the stream is open but silent (the local
    * heartbeat timer, e.g. while the sidecar waits for its first poll).
+   * `generateVideo` adds CREATING (the timer, while its CreateVideoTask call
+   * is under way) and CREATED (sent once the task exists, with its id).
    */
-  event: VideoTaskEventType | 'RECONNECTING' | 'WAITING';
+  event: VideoTaskEventType | 'RECONNECTING' | 'WAITING' | 'CREATING' | 'CREATED';
+  /**
+   * `generateVideo` only: the request id its task was created with. A retried
+   * attempt whose details carry its own request id and a task `id` waits for
+   * that task without asking the sidecar to create it again. Absent for
+   * `awaitVideoTask`.
+   */
+  requestId?: string;
 }
 
 /** Per-call options of `awaitVideoTask` (serializable, so a workflow may pass them). */
@@ -132,7 +141,44 @@ export interface AwaitVideoTaskOptions {
   notFoundRetryMs?: number;
 }
 
-/** `ApplicationFailure.type` values thrown by `awaitVideoTask`. */
+/** A JSON value as `generateVideo` sends it in a request body (a google.protobuf.Value). */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+/**
+ * The argument of `generateVideo` (serializable: a workflow passes it). The
+ * wait options are those of `awaitVideoTask`.
+ */
+export interface GenerateVideoInput extends AwaitVideoTaskOptions {
+  /**
+   * The vendor's model family, the path segment of its create endpoint
+   * `POST {upstream}/{family}/videos`: 1-32 characters of [a-z0-9_] (e.g.
+   * `videos`, `kyyvideo2`, `sora`).
+   */
+  family: string;
+  /**
+   * The family's own request body, a JSON object (at most 64 KiB as JSON),
+   * sent to the vendor unchanged; integral numbers arrive as integers
+   * (`"duration": 10`, never `10.0`). Numbers must be finite; integers beyond
+   * 2^53 are not exact (JavaScript numbers and Struct numbers are doubles).
+   */
+  body: { [key: string]: JsonValue };
+  /**
+   * The idempotency key: 1-128 printable ASCII characters, one per video.
+   * Default: `WORKFLOW_ID/RUN_ID/ACTIVITY_ID` of the calling activity (the
+   * same for every retry of the activity, new for a new run), or
+   * `sha256:HEX` of the three when that is not 1-128 printable ASCII (see
+   * `defaultRequestId`).
+   */
+  requestId?: string;
+  /**
+   * Deadline of one CreateVideoTask call. The sidecar retries a vendor that
+   * answers 429 or 503 (or cannot be reached) within it, up to its own limit
+   * of 2 minutes. Default 150000.
+   */
+  createTimeoutMs?: number;
+}
+
+/** `ApplicationFailure.type` values thrown by `awaitVideoTask` and `generateVideo`. */
 export const VideoTaskFailureTypes = {
   /** The video failed (status FAILED). Non-retryable; details[0] is the task. */
   FAILED: 'VideoTaskFailed',
@@ -167,6 +213,51 @@ export const VideoTaskFailureTypes = {
   RPC_ERROR: 'VideoTaskRpcError',
   /** The worker's videotask settings are unusable (e.g. a `protoPath` that does not exist). Non-retryable. */
   CONFIGURATION: 'VideoTaskConfigurationError',
+  /**
+   * `generateVideo`: the request was refused and nothing was created: by the
+   * vendor (its message is included), by the sidecar's checks (request id,
+   * family, body), or by the activity's own (a body that is not JSON). gRPC
+   * INVALID_ARGUMENT. Non-retryable: the same request is refused again.
+   */
+  CREATE_REFUSED: 'VideoTaskCreateRefused',
+  /**
+   * `generateVideo`: the outcome is unknown (gRPC ABORTED): the create
+   * request was sent and no usable answer came back, so the vendor may have
+   * created (and billed) the video. The sidecar remembers this for the
+   * request id and never sends it again; a retry gets the same answer.
+   * Non-retryable: start a new run (or pass a new `requestId`) to accept a
+   * possible duplicate.
+   */
+  CREATE_OUTCOME_UNKNOWN: 'VideoTaskCreateOutcomeUnknown',
+  /**
+   * `generateVideo`: the request id was used with another family or body
+   * (gRPC ALREADY_EXISTS); nothing was sent. Non-retryable.
+   */
+  CREATE_CONFLICT: 'VideoTaskCreateConflict',
+  /**
+   * `generateVideo`: the sidecar's spend guard (--max_creates_per_hour) is
+   * used up, or it remembers its maximum of keys (gRPC RESOURCE_EXHAUSTED);
+   * nothing was sent. Retryable: a later attempt creates once the hour has
+   * room, and the guard still caps what is spent. List it in
+   * `nonRetryableErrorTypes` to fail at once instead.
+   */
+  CREATE_BUDGET_EXHAUSTED: 'VideoTaskCreateBudgetExhausted',
+  /**
+   * `generateVideo`: the sidecar does not allow creates on the address the
+   * worker reaches it at (it listens beyond loopback without
+   * --allow_remote_create), or a mesh policy refused the call (gRPC
+   * PERMISSION_DENIED). Non-retryable: fix the deployment.
+   */
+  CREATE_PERMISSION_DENIED: 'VideoTaskCreatePermissionDenied',
+  /**
+   * `generateVideo`: no outcome yet and nothing known to be created (gRPC
+   * UNAVAILABLE: the vendor answered 429 or 503, or could not be reached,
+   * until the deadline; the sidecar is draining; or it runs in fleet mode,
+   * which does not support creates yet; or DEADLINE_EXCEEDED: another call
+   * with this request id is still creating). Retryable: a retry with the
+   * same request id is safe.
+   */
+  CREATE_UNAVAILABLE: 'VideoTaskCreateUnavailable',
 } as const;
 
 /** The failure types a workflow should list in `RetryPolicy.nonRetryableErrorTypes`. */
@@ -179,6 +270,10 @@ export const NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES: string[] = [
   VideoTaskFailureTypes.UNAUTHENTICATED,
   VideoTaskFailureTypes.PERMISSION_DENIED,
   VideoTaskFailureTypes.CONFIGURATION,
+  VideoTaskFailureTypes.CREATE_REFUSED,
+  VideoTaskFailureTypes.CREATE_OUTCOME_UNKNOWN,
+  VideoTaskFailureTypes.CREATE_CONFLICT,
+  VideoTaskFailureTypes.CREATE_PERMISSION_DENIED,
 ];
 
 /**

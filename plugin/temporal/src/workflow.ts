@@ -8,4 +8,4 @@
 // at compile time.
 export * from './types';
 export type { VideoTaskActivities } from './activities';
-export type { AwaitedVideo } from './workflows';
+export type { AwaitedVideo, GenerateVideoRequest } from './workflows';

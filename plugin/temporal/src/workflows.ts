@@ -1,16 +1,18 @@
-// Sample workflow: awaits a video-generation task that something else created
-// (this workflow creates none) and returns where the video is. Registered by
-// the sample worker (src/worker.ts); other workers register it with
+// Sample workflows: awaitVideoWorkflow awaits a video-generation task that
+// something else created and returns where the video is; generateVideoWorkflow
+// creates the video through the sidecar (exactly once per run: the request id
+// is the run's and the activity's) and returns the same. Registered by the
+// sample worker (src/worker.ts); other workers register them with
 // `workflowsPath: require.resolve('videotask-temporal/workflows')` or by
-// re-exporting it from their own workflows module.
+// re-exporting them from their own workflows module.
 //
 // Only workflow-safe imports here: @temporalio/workflow, the dependency-free
 // ./types, and `import type` of the activities.
 import { proxyActivities } from '@temporalio/workflow';
 import type { VideoTaskActivities } from './activities';
-import { NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES, type VideoArchive } from './types';
+import { NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES, type GenerateVideoInput, type VideoArchive, type VideoTask } from './types';
 
-const { awaitVideoTask } = proxyActivities<VideoTaskActivities>({
+const { awaitVideoTask, generateVideo } = proxyActivities<VideoTaskActivities>({
   // One attempt may wait as long as a video can take to render.
   startToCloseTimeout: '2h',
   // All attempts together: then the wait fails (a timeout failure) instead
@@ -28,7 +30,10 @@ const { awaitVideoTask } = proxyActivities<VideoTaskActivities>({
     backoffCoefficient: 2,
     maximumInterval: '1m',
     // The activity already throws these as non-retryable; listing them keeps
-    // that true even for a worker on an older version of the activity.
+    // that true even for a worker on an older version of the activity. For
+    // generateVideo they include a refused create and an unknown outcome
+    // (the vendor may have created the video: never created twice); a used-up
+    // spend guard (VideoTaskCreateBudgetExhausted) is retried with this backoff.
     nonRetryableErrorTypes: NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES,
   },
 });
@@ -47,7 +52,24 @@ export interface AwaitedVideo {
 
 /** Awaits video task `taskId` and returns its video. Fails when the video fails. */
 export async function awaitVideoWorkflow(taskId: string): Promise<AwaitedVideo> {
-  const task = await awaitVideoTask(taskId);
+  return awaitedVideo(await awaitVideoTask(taskId));
+}
+
+/** The argument of generateVideoWorkflow: what to create (see GenerateVideoInput). */
+export type GenerateVideoRequest = Pick<GenerateVideoInput, 'family' | 'body' | 'requestId'>;
+
+/**
+ * Creates a video (the vendor's `family` endpoint with `body`) and returns it
+ * once COMPLETED. The request id defaults to this run's workflow id, run id
+ * and the activity's id: every retry of the activity reuses it, so the video
+ * is created once; a new run creates a new one. Fails when the create is
+ * refused, its outcome is unknown, or the video fails.
+ */
+export async function generateVideoWorkflow(request: GenerateVideoRequest): Promise<AwaitedVideo> {
+  return awaitedVideo(await generateVideo(request));
+}
+
+function awaitedVideo(task: VideoTask): AwaitedVideo {
   const video: AwaitedVideo = {
     id: task.id,
     videoUrl: task.videoUrl,

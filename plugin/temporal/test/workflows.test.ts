@@ -43,6 +43,7 @@ import type { ReplayCaptureSinks } from '../testing/replay-capture';
 
 const PACKAGE_DIR = path.join(__dirname, '..', '..');
 const HISTORY_FILE = path.join(PACKAGE_DIR, 'test', 'fixtures', 'await-video-workflow.history.json');
+const GENERATE_HISTORY_FILE = path.join(PACKAGE_DIR, 'test', 'fixtures', 'generate-video-workflow.history.json');
 const LIMIT = { timeout: 60_000 };
 
 // The SDK's own logs only when something is wrong (sdk-core logs a replayed
@@ -71,6 +72,7 @@ const USER_WORKFLOWS = `
 const { proxyActivities } = require('@temporalio/workflow');
 const { NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES, VideoTaskFailureTypes } = require('videotask-temporal/workflow');
 exports.awaitVideoWorkflow = require('videotask-temporal/workflows').awaitVideoWorkflow;
+exports.generateVideoWorkflow = require('videotask-temporal/workflows').generateVideoWorkflow;
 const { awaitVideoTask } = proxyActivities({
   startToCloseTimeout: '1h',
   retry: { nonRetryableErrorTypes: NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES },
@@ -119,6 +121,7 @@ describe('workflow code and the package', () => {
       logger: new DefaultLogger('WARN'),
     });
     assert.match(bundle.code, /awaitVideoWorkflow/);
+    assert.match(bundle.code, /generateVideoWorkflow/);
     assert.match(bundle.code, /VideoTaskUnimplemented/, 'the constants are in the bundle');
     // Webpack names every module it bundles by its path.
     assert.doesNotMatch(bundle.code, /node_modules\/@grpc\//, 'no gRPC client in workflow code');
@@ -165,18 +168,21 @@ describe('workflow code and the package', () => {
   describe('replaying a recorded history of the sample workflow', () => {
     const history = () => JSON.parse(fs.readFileSync(HISTORY_FILE, 'utf8')) as { events: Record<string, any>[] };
 
-    async function replay(h: unknown) {
-      const scheduled: { type: string; options: ActivityOptions }[] = [];
+    async function replay(h: unknown, workflowId = 'video-proj_123') {
+      const scheduled: { type: string; options: ActivityOptions; args: unknown[] }[] = [];
       const results: unknown[] = [];
       // Copied out of the workflow sandbox (another realm: other prototypes).
       const plain = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T;
       const sinks: InjectedSinks<ReplayCaptureSinks> = {
         replayCapture: {
-          activity: { fn: (_info, type, options) => void scheduled.push({ type, options: plain(options) }), callDuringReplay: true },
+          activity: {
+            fn: (_info, type, options, args) => void scheduled.push({ type, options: plain(options), args: plain(args) }),
+            callDuringReplay: true,
+          },
           result: { fn: (_info, result) => void results.push(plain(result)), callDuringReplay: true },
         },
       };
-      await Worker.runReplayHistory({ workflowBundle: { code: bundle.code }, sinks }, h, 'video-proj_123');
+      await Worker.runReplayHistory({ workflowBundle: { code: bundle.code }, sinks }, h, workflowId);
       return { scheduled, results };
     }
 
@@ -224,6 +230,39 @@ describe('workflow code and the package', () => {
         archiveError: '',
       });
       assert.equal(result.archive?.uri, 'file:///videos/proj_123.mp4');
+    });
+
+    // generate-video-workflow.history.json is the same run, made from the
+    // history above for generateVideoWorkflow({ family, body }) (workflow id
+    // generate-order-42): the workflow type and input, the activity type
+    // generateVideo with that input and the retry policy's current
+    // non-retryable types, the task (proj_456) and the workflow's result.
+    it('replays a history of generateVideoWorkflow: generateVideo scheduled with the request, the archive returned', LIMIT, async () => {
+      assert.ok(bundle, 'the bundle test ran first');
+      const h = JSON.parse(fs.readFileSync(GENERATE_HISTORY_FILE, 'utf8')) as { events: Record<string, any>[] };
+      const { scheduled, results } = await replay(h, 'generate-order-42');
+      assert.equal(scheduled.length, 1);
+      const [{ type, options, args }] = scheduled;
+      assert.equal(type, 'generateVideo');
+      // The workflow's argument, passed on as it is: the request id is left to the activity.
+      const input = JSON.parse(Buffer.from(h.events[0].workflowExecutionStartedEventAttributes.input.payloads[0].data, 'base64').toString());
+      assert.deepEqual(args, [input]);
+      assert.equal(input.body.duration, 10);
+      assert.ok(options.scheduleToCloseTimeout !== undefined && options.heartbeatTimeout !== undefined);
+      // A refused create and an unknown outcome are final; a used-up spend guard is retried.
+      assert.deepEqual(options.retry?.nonRetryableErrorTypes, NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES);
+      for (const t of ['VideoTaskCreateRefused', 'VideoTaskCreateOutcomeUnknown', 'VideoTaskCreateConflict', 'VideoTaskCreatePermissionDenied']) {
+        assert.ok(NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES.includes(t), t);
+      }
+      assert.ok(!NON_RETRYABLE_VIDEO_TASK_FAILURE_TYPES.includes('VideoTaskCreateBudgetExhausted'));
+      assert.equal(results.length, 1);
+      const result = results[0] as AwaitedVideo;
+      assert.equal(result.id, 'proj_456');
+      assert.equal(result.archive?.uri, 'file:///videos/proj_456.mp4');
+
+      // The same history scheduling awaitVideoTask instead: not this workflow.
+      h.events[4].activityTaskScheduledEventAttributes.activityType.name = 'awaitVideoTask';
+      await assert.rejects(replay(h, 'generate-order-42'), (err: Error) => err instanceof DeterminismViolationError);
     });
 
     it('fails with a DeterminismViolationError on a history the workflow does not match', LIMIT, async () => {
@@ -294,7 +333,7 @@ describe('the API embedded in the package', () => {
     assert.deepEqual(Object.keys(embedded).sort(), Object.keys(fromProto).sort());
     const methods = (def: protoLoader.PackageDefinition) =>
       def['videotask.v1.VideoTaskService'] as protoLoader.ServiceDefinition;
-    assert.deepEqual(Object.keys(methods(embedded)).sort(), ['GetVideoTask', 'WatchVideoTask']);
+    assert.deepEqual(Object.keys(methods(embedded)).sort(), ['CreateVideoTask', 'GetVideoTask', 'WatchVideoTask']);
     const task = {
       id: 'proj_1', model: 'videos', createTime: { seconds: '1761635478', nanos: 5 },
       status: 'VIDEO_TASK_STATUS_COMPLETED', videoUrl: 'https://cdn.invalid/v.mp4',
@@ -312,6 +351,16 @@ describe('the API embedded in the package', () => {
       ],
       GetVideoTask: [
         ['request', { id: 'proj_1' }],
+        ['response', task],
+      ],
+      CreateVideoTask: [
+        ['request', {
+          requestId: 'wf-1/run-2/3', family: 'videos',
+          body: { fields: {
+            prompt: { kind: 'stringValue', stringValue: 'a cat' },
+            duration: { kind: 'numberValue', numberValue: 10 },
+          } },
+        }],
         ['response', task],
       ],
     };

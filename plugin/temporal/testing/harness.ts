@@ -155,11 +155,13 @@ export class SimUpstream {
     readonly port: number,
   ) {}
 
-  static async start(scenario: 'empty' | 'demo' = 'empty'): Promise<SimUpstream> {
+  /** `videoUrlsOnSim`: completed tasks' video URLs point at the sim itself (so that a sidecar can archive them). */
+  static async start(scenario: 'empty' | 'demo' = 'empty', options: { videoUrlsOnSim?: boolean } = {}): Promise<SimUpstream> {
     const proc = new Proc('sim_upstream_server', simBinary(), [
       '--port=0',
       `--api_key=${API_KEY}`,
       `--scenario=${scenario}`,
+      ...(options.videoUrlsOnSim ? ['--video_urls_on_sim'] : []),
     ]);
     try {
       const m = await proc.waitForOutput('stdout', /SIM_UPSTREAM_PORT=(\d+)/);
@@ -196,10 +198,29 @@ export class SimUpstream {
   fault(fault: Record<string, unknown>): Promise<string> {
     return this.control('POST', '/_sim/faults', fault);
   }
+  /** A fault of the create endpoints (kind: refuse, accepted_then_dropped, slow, server_error, ...). */
+  createFault(fault: Record<string, unknown>): Promise<string> {
+    return this.control('POST', '/_sim/create_faults', fault);
+  }
+  /** Every create request the sim received, in order, with its body as it came. */
+  async creates(): Promise<SimCreate[]> {
+    return (JSON.parse(await this.control('GET', '/_sim/creates')) as { creates: SimCreate[] }).creates;
+  }
 
   stop(): Promise<void> {
     return this.proc.stop();
   }
+}
+
+/** One create request the sim received (GET /_sim/creates). */
+export interface SimCreate {
+  family: string;
+  /** The request body exactly as received. */
+  body: string;
+  /** The task created; '' when none was. */
+  id: string;
+  /** The HTTP status answered ("200"), or "dropped". */
+  answer: string;
 }
 
 export interface SidecarOptions {

@@ -1,6 +1,6 @@
 // A workflow interceptor module for replay tests (bundled into the workflow
 // code with bundleWorkflowCode's workflowInterceptorModules): reports, through
-// the `replayCapture` sink, the options of every activity the workflow
+// the `replayCapture` sink, the options and arguments of every activity the workflow
 // schedules and the workflow's result, so that a test sees what the real
 // workflow code did in the real workflow runtime while replaying a history.
 // The test registers the sink with `callDuringReplay: true` (sinks are not
@@ -14,7 +14,7 @@ import {
 
 export interface ReplayCaptureSinks extends Sinks {
   replayCapture: {
-    activity(activityType: string, options: ActivityOptions): void;
+    activity(activityType: string, options: ActivityOptions, args: unknown[]): void;
     result(result: unknown): void;
   };
 }
@@ -34,7 +34,7 @@ export const interceptors: WorkflowInterceptorsFactory = () => ({
   outbound: [
     {
       scheduleActivity(input, next) {
-        replayCapture.activity(input.activityType, input.options);
+        replayCapture.activity(input.activityType, input.options, input.args);
         return next(input);
       },
     },

@@ -91,6 +91,14 @@ std::string Redact(std::string text, std::initializer_list<absl::string_view> se
   return text;
 }
 
+namespace {
+
+int OnProgress(void* cancelled, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  return (*static_cast<const std::function<bool()>*>(cancelled))() ? 1 : 0;
+}
+
+}  // namespace
+
 HttpSession::HttpSession() {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
@@ -144,6 +152,11 @@ absl::StatusOr<HttpResponse> HttpSession::Call(const HttpRequest& request) {
                      static_cast<curl_off_t>(request.body.size()));
     curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, request.method.c_str());
   }
+  if (request.cancelled) {
+    curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, &OnProgress);
+    curl_easy_setopt(easy, CURLOPT_XFERINFODATA, &request.cancelled);
+  }
   const CURLcode rc = curl_easy_perform(easy);
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &response.status);
   curl_easy_setopt(easy, CURLOPT_HTTPHEADER, nullptr);
@@ -153,6 +166,9 @@ absl::StatusOr<HttpResponse> HttpSession::Call(const HttpRequest& request) {
     std::memset(h->data, 0, std::strlen(h->data));
   }
   curl_slist_free_all(headers);
+  if (rc == CURLE_ABORTED_BY_CALLBACK && request.cancelled && request.cancelled()) {
+    return absl::CancelledError("cancelled");
+  }
   if (rc != CURLE_OK) {
     std::string detail = curl_easy_strerror(rc);
     if (error[0] != '\0') absl::StrAppend(&detail, ": ", Excerpt(error));

@@ -14,6 +14,7 @@
 #ifndef VIDEOTASK_SERVER_ARCHIVE_S3_HTTP_CALL_H_
 #define VIDEOTASK_SERVER_ARCHIVE_S3_HTTP_CALL_H_
 
+#include <functional>
 #include <initializer_list>
 #include <string>
 #include <utility>
@@ -35,6 +36,9 @@ struct HttpRequest {
   absl::Duration connect_timeout = absl::Seconds(10);
   std::string ca_file;  // empty: the system's CA bundle
   size_t max_response_bytes = 1 << 20;
+  // Polled while the request runs (a few times a second): true aborts it
+  // with CANCELLED (e.g. the sidecar shutting down mid-part). Empty: never.
+  std::function<bool()> cancelled;
 };
 
 struct HttpResponse {

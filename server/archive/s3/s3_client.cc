@@ -169,8 +169,12 @@ absl::StatusOr<HttpResponse> S3Client::Send(HttpSession& session, const Call& ca
       h.connect_timeout = options_.connect_timeout;
       h.ca_file = options_.ca_file;
       h.max_response_bytes = 64 << 10;
+      h.cancelled = cancelled;
       ++*requests;
       absl::StatusOr<HttpResponse> resp = session.Call(h);
+      if (absl::IsCancelled(resp.status())) {
+        return absl::CancelledError(absl::StrCat(what, ": cancelled"));
+      }
       if (!resp.ok()) {
         last = absl::UnavailableError(absl::StrCat(what, ": ", resp.status().message()));
       } else {
@@ -245,10 +249,15 @@ absl::StatusOr<std::optional<ObjectInfo>> S3Client::HeadWith(
 }
 
 absl::StatusOr<std::optional<ObjectInfo>> S3Client::Head(absl::string_view key) {
+  return Head(key, clock_->Monotonic() + options_.request_timeout, nullptr);
+}
+
+absl::StatusOr<std::optional<ObjectInfo>> S3Client::Head(absl::string_view key,
+                                                         absl::Time deadline,
+                                                         const std::function<bool()>& cancelled) {
   HttpSession session;
   int requests = 0;
-  return HeadWith(session, key, clock_->Monotonic() + options_.request_timeout, nullptr,
-                  &requests);
+  return HeadWith(session, key, deadline, cancelled, &requests);
 }
 
 absl::StatusOr<UploadResult> S3Client::Upload(const ObjectSpec& spec, ByteSource& source) {
@@ -346,9 +355,12 @@ absl::StatusOr<UploadResult> S3Client::Multipart(HttpSession& session, const Obj
     call.key = spec.key;
     call.query = {{"uploadId", upload_id}};
     call.body_sha256 = Sha256Hex("");
-    // A few tries even past the deadline: parts left behind are billed.
+    // A few tries even past the deadline: parts left behind are billed. When
+    // cancelled (shutting down), only briefly.
+    const bool stopping = spec.cancelled && spec.cancelled();
     absl::StatusOr<HttpResponse> r =
-        Send(session, call, clock_->Monotonic() + absl::Minutes(1), nullptr, &result.requests);
+        Send(session, call, clock_->Monotonic() + (stopping ? absl::Seconds(5) : absl::Minutes(1)),
+             nullptr, &result.requests);
     const std::string note =
         r.ok() ? "; the upload was aborted"
                : absl::StrCat("; aborting it failed too (", r.status().message(),

@@ -73,8 +73,9 @@ struct ObjectSpec {
   std::string sha256;        // lowercase hex of the whole object
   std::string content_type;  // e.g. "video/mp4"
   absl::Time deadline = absl::InfiniteFuture();  // on the clock's Monotonic()
-  // Polled before every request and wait: true ends the upload with
-  // CANCELLED (a multipart upload is aborted). E.g. the sidecar shutting down.
+  // Polled before every request and wait, and while a request runs: true
+  // ends the upload with CANCELLED (a multipart upload is aborted). E.g. the
+  // sidecar shutting down.
   std::function<bool()> cancelled;
 };
 
@@ -120,6 +121,10 @@ class S3Client {
 
   // The object at `key`, or nullopt when there is none (404).
   absl::StatusOr<std::optional<ObjectInfo>> Head(absl::string_view key);
+  // The same within `deadline` (monotonic), retried as the header says, and
+  // ended (CANCELLED) when `cancelled` (may be empty) says so.
+  absl::StatusOr<std::optional<ObjectInfo>> Head(absl::string_view key, absl::Time deadline,
+                                                 const std::function<bool()>& cancelled);
 
   absl::StatusOr<UploadResult> Upload(const ObjectSpec& spec, ByteSource& source);
 

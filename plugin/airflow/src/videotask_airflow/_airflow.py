@@ -1,8 +1,9 @@
 """The parts of Airflow this package uses, from Airflow 3 or Airflow 2.7+.
 
 - Operator bases: Airflow 3's Task SDK (`airflow.sdk`), else Airflow 2's
-  `airflow.sensors.base`. PokeReturnValue is taken from the module that
-  defines BaseSensorOperator (`airflow.sdk.bases.sensor` / `airflow.sensors.base`).
+  `airflow.models.baseoperator` and `airflow.sensors.base`. PokeReturnValue
+  is taken from the module that defines BaseSensorOperator
+  (`airflow.sdk.bases.sensor` / `airflow.sensors.base`).
 - Exceptions: `airflow.sdk.exceptions` (Airflow 3.2+, where importing them from
   `airflow.exceptions` is deprecated and warns), else `airflow.exceptions`
   (2.x, 3.0, 3.1).
@@ -15,8 +16,9 @@
 import importlib
 
 try:  # Airflow 3
-    from airflow.sdk import BaseSensorOperator
+    from airflow.sdk import BaseOperator, BaseSensorOperator
 except ImportError:  # Airflow 2.7+
+    from airflow.models.baseoperator import BaseOperator
     from airflow.sensors.base import BaseSensorOperator
 
 PokeReturnValue = importlib.import_module(BaseSensorOperator.__module__).PokeReturnValue
@@ -53,6 +55,7 @@ __all__ = [
     "AirflowFailException",
     "AirflowSensorTimeout",
     "AirflowSkipException",
+    "BaseOperator",
     "BaseSensorOperator",
     "BaseTrigger",
     "PokeReturnValue",

@@ -23,7 +23,8 @@ AirflowSkipException.
 
 The class that mixes this in sets: target, deferrable, give_up_after
 (worker outage bound, seconds), trigger_give_up_after (None: the deferral
-timeout bounds the trigger), get_timeout, and wait_timeout() (seconds).
+timeout bounds the trigger), get_timeout, and wait_timeout() (seconds);
+it may override waited_for(context) (how messages name the task).
 """
 
 import time
@@ -86,6 +87,10 @@ class VideoTaskWaitMixin:
     def wait_timeout(self):
         """The wait's limit in seconds (a sensor's `timeout`)."""
         raise NotImplementedError
+
+    def waited_for(self, context):
+        """What is waited for, in messages: "video task ID"."""
+        return "video task %s" % getattr(self, "video_task_id", "?")
 
     def _skips_failures(self):
         """soft_fail, or never_fail (Airflow 3 sensors)."""
@@ -173,8 +178,8 @@ class VideoTaskWaitMixin:
         majors (Airflow 2's BaseOperator would raise TaskDeferralError, which
         Airflow retries); never_fail turns any other failure into a skip."""
         if is_deferral_timeout(next_method, next_kwargs):
-            raise self._timed_out("video task %s did not finish within %s" % (
-                getattr(self, "video_task_id", "?"), format_duration(self.wait_timeout())))
+            raise self._timed_out("%s did not finish within %s" % (
+                self.waited_for(context), format_duration(self.wait_timeout())))
         try:
             return super().resume_execution(next_method, next_kwargs, context)
         except AirflowSkipException:

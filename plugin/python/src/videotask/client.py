@@ -27,6 +27,12 @@ reconnect rules of the C++ client (plugin/client.h) and the Temporal package
   a TRANSITION from the last reported status;
 - cancelling the awaiting asyncio task closes the stream at once.
 
+`create_video_task` (and `create_video_task_sync`) asks the sidecar to
+create a task at the vendor, exactly once per `request_id` (CreateVideoTask;
+docs/create.md): the body is converted to a google.protobuf.Struct here,
+refusing what JSON cannot carry or a double cannot hold exactly (integers
+beyond 2**53), and the sidecar sends integral numbers as integers.
+
 Errors are `VideoTaskError` (a gRPC status code and message).
 """
 
@@ -38,10 +44,12 @@ import os
 import random
 import threading
 import time
+import uuid
 import weakref
+from collections.abc import Mapping
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from videotask._proto import video_task_pb2 as pb
 from videotask._proto import video_task_pb2_grpc as pb_grpc
@@ -51,9 +59,13 @@ __all__ = [
     "VideoTaskError",
     "await_video_task",
     "await_video_task_sync",
+    "body_to_struct",
     "close_shared_channels",
+    "create_video_task",
+    "create_video_task_sync",
     "get_video_task",
     "get_video_task_sync",
+    "new_request_id",
     "resolve_target",
     "shared_channel",
     "status_name",
@@ -67,6 +79,12 @@ DEFAULT_GIVE_UP_AFTER = 60.0
 DEFAULT_INITIAL_BACKOFF = 0.2
 DEFAULT_MAX_BACKOFF = 10.0
 DEFAULT_GET_TIMEOUT = 10.0
+#: CreateVideoTask's default deadline: the sidecar retries what surely created
+#: nothing (429, 503, no connection) within it, and one vendor request may
+#: take up to 30 s.
+DEFAULT_CREATE_TIMEOUT = 60.0
+#: The largest integer a Struct number (a double) holds exactly.
+MAX_EXACT_INTEGER = 2 ** 53
 #: A stream open at least this long was healthy (ends the outage), messages or not.
 HEALTHY_STREAM = 10.0
 #: The longest single wait for a channel state change (re-checks the give-up point).
@@ -514,5 +532,145 @@ def get_video_task_sync(video_task_id, *, target=None, timeout=DEFAULT_GET_TIMEO
         try:
             return stub.GetVideoTask(pb.GetVideoTaskRequest(id=video_task_id),
                                      timeout=max(timeout - (time.monotonic() - start), 0.001))
+        except grpc.RpcError as e:
+            raise VideoTaskError(e.code(), e.details() or "") from None
+
+
+# CreateVideoTask.
+
+def new_request_id():
+    """A random request_id ("py-" + 32 hex digits), for a caller without a
+    stable retry identity: keep it and pass it again on every retry."""
+    return "py-" + uuid.uuid4().hex
+
+
+def _invalid(message):
+    return VideoTaskError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _to_value(value, path, out):
+    """Sets the struct_pb2.Value `out` from a JSON-like Python value."""
+    if value is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):  # before int: bool is an int
+        out.bool_value = value
+    elif isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, int):
+        if abs(value) > MAX_EXACT_INTEGER:
+            raise _invalid("body%s: the integer %d is beyond 2**53, which a protobuf Struct "
+                           "number (a double) cannot hold exactly; pass it as a string"
+                           % (path, value))
+        out.number_value = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _invalid("body%s: %r is not a JSON number" % (path, value))
+        out.number_value = value
+    elif isinstance(value, Mapping):
+        _to_struct(value, path, out.struct_value)
+    elif isinstance(value, (list, tuple)):
+        items = out.list_value
+        items.SetInParent()  # an empty list stays a list
+        for i, item in enumerate(value):
+            _to_value(item, "%s[%d]" % (path, i), items.values.add())
+    else:
+        raise _invalid("body%s: a %s is not JSON (use strings, numbers, booleans, None, "
+                       "dicts and lists)" % (path, type(value).__name__))
+
+
+def _to_struct(mapping, path, out):
+    out.SetInParent()  # an empty object stays an object
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise _invalid("body%s: the key %r is not a string" % (path, key))
+        _to_value(value, "%s[%r]" % (path, key), out.fields[key])
+
+
+def body_to_struct(body):
+    """The create body (a dict of JSON values) as a google.protobuf.Struct.
+
+    Raises VideoTaskError INVALID_ARGUMENT, naming the place, for what JSON
+    cannot carry (a non-string key, a datetime, NaN) and for integers beyond
+    2**53 (a Struct number is a double). Integral numbers reach the vendor as
+    integers (the sidecar writes 10 and 10.0 as `10`); a string stays a
+    string: "10" is sent as "10", not 10."""
+    if not isinstance(body, Mapping):
+        raise _invalid("the body must be a dict (a JSON object), not %s" % type(body).__name__)
+    struct = struct_pb2.Struct()
+    _to_struct(body, "", struct)
+    return struct
+
+
+def _create_request(family, body, request_id):
+    if not isinstance(family, str):
+        raise _invalid("the family must be a string, not %s" % type(family).__name__)
+    if not isinstance(request_id, str):
+        raise _invalid("the request_id must be a string, not %s" % type(request_id).__name__)
+    return pb.CreateVideoTaskRequest(request_id=request_id, family=family,
+                                     body=body_to_struct(body))
+
+
+async def create_video_task(family, body, *, request_id, target=None,
+                            timeout=DEFAULT_CREATE_TIMEOUT, channel=None):
+    """Creates a video task at the vendor through the sidecar, exactly once
+    per `request_id` while the sidecar remembers it (CreateVideoTask), and
+    returns it (a VideoTask, QUEUED; watch it with await_video_task).
+
+    Args:
+      family: the vendor's model family (`videos`, `kyyvideo2`, `sora`, ...).
+      body: the family's request body, a dict of JSON values (body_to_struct).
+      request_id: the idempotency key, 1-128 printable ASCII characters: the
+        same for every retry of one video (new_request_id() makes a random one).
+      target: the sidecar; see resolve_target().
+      timeout: the call's deadline in seconds: first the wait for the
+        channel, then the sidecar's create with its own retries of answers
+        that surely created nothing.
+
+    Raises:
+      VideoTaskError with the sidecar's code: INVALID_ARGUMENT (a bad
+        request, or the vendor refused it: its message), ALREADY_EXISTS (the
+        key was used with another family or body), ABORTED (the outcome is
+        unknown: the vendor may have created it; the same key returns ABORTED
+        again and is never sent twice), RESOURCE_EXHAUSTED (the spend guard;
+        nothing sent), FAILED_PRECONDITION (the vendor rejects the API key),
+        PERMISSION_DENIED (creates are off on this listener), UNAVAILABLE
+        (nothing created: the sidecar unreachable, "sidecar at ADDR
+        unreachable for Ns", or the vendor busy until the deadline),
+        DEADLINE_EXCEEDED (another call of this key was still creating it:
+        retry to learn its outcome).
+    """
+    request = _create_request(family, body, request_id)
+    timeout = _seconds("timeout", timeout)
+    target = resolve_target(target)
+    if channel is None:
+        channel = shared_channel(target)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    state = await _wait_for_ready(channel, loop, deadline)
+    if state != grpc.ChannelConnectivity.READY:
+        raise _unreachable(target, timeout, _describe_not_ready(state))
+    stub = pb_grpc.VideoTaskServiceStub(channel)
+    try:
+        return await stub.CreateVideoTask(request, timeout=max(deadline - loop.time(), 0.001))
+    except grpc.aio.AioRpcError as e:
+        raise VideoTaskError(e.code(), e.details() or "") from None
+
+
+def create_video_task_sync(family, body, *, request_id, target=None,
+                           timeout=DEFAULT_CREATE_TIMEOUT):
+    """create_video_task() for synchronous callers."""
+    request = _create_request(family, body, request_id)
+    timeout = _seconds("timeout", timeout)
+    target = resolve_target(target)
+    start = time.monotonic()
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise _unreachable(target, timeout, "cannot connect") from None
+        stub = pb_grpc.VideoTaskServiceStub(channel)
+        try:
+            return stub.CreateVideoTask(request,
+                                        timeout=max(timeout - (time.monotonic() - start), 0.001))
         except grpc.RpcError as e:
             raise VideoTaskError(e.code(), e.details() or "") from None

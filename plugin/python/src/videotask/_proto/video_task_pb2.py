@@ -12,10 +12,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dvideotask/v1/video_task.proto\x12\x0cvideotask.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x02\n\tVideoTask\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06status\x18\x04 \x01(\x0e\x32\x1d.videotask.v1.VideoTaskStatus\x12\x11\n\tvideo_url\x18\x05 \x01(\t\x12\x32\n\x0f\x61\x63tual_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x30\n\x0cobserve_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x61rchive\x18\t \x01(\x0b\x32\x1a.videotask.v1.VideoArchive\x12\x15\n\rarchive_error\x18\n \x01(\t\"\x87\x01\n\x0cVideoArchive\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x30\n\x0c\x61rchive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x13GetVideoTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x15WatchVideoTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xac\x02\n\x16WatchVideoTaskResponse\x12<\n\x04type\x18\x01 \x01(\x0e\x32..videotask.v1.WatchVideoTaskResponse.EventType\x12%\n\x04task\x18\x02 \x01(\x0b\x32\x17.videotask.v1.VideoTask\x12\x36\n\x0fprevious_status\x18\x03 \x01(\x0e\x32\x1d.videotask.v1.VideoTaskStatus\"u\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_TYPE_SNAPSHOT\x10\x01\x12\x19\n\x15\x45VENT_TYPE_TRANSITION\x10\x02\x12\x18\n\x14\x45VENT_TYPE_HEARTBEAT\x10\x03*\xb3\x01\n\x0fVideoTaskStatus\x12!\n\x1dVIDEO_TASK_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18VIDEO_TASK_STATUS_QUEUED\x10\x01\x12 \n\x1cVIDEO_TASK_STATUS_PROCESSING\x10\x02\x12\x1f\n\x1bVIDEO_TASK_STATUS_COMPLETED\x10\x03\x12\x1c\n\x18VIDEO_TASK_STATUS_FAILED\x10\x04\x32\xbd\x01\n\x10VideoTaskService\x12]\n\x0eWatchVideoTask\x12#.videotask.v1.WatchVideoTaskRequest\x1a$.videotask.v1.WatchVideoTaskResponse0\x01\x12J\n\x0cGetVideoTask\x12!.videotask.v1.GetVideoTaskRequest\x1a\x17.videotask.v1.VideoTaskB.\n\x10\x64\x65v.videotask.v1P\x01Z\x18videotask/v1;videotaskv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dvideotask/v1/video_task.proto\x12\x0cvideotask.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x02\n\tVideoTask\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06status\x18\x04 \x01(\x0e\x32\x1d.videotask.v1.VideoTaskStatus\x12\x11\n\tvideo_url\x18\x05 \x01(\t\x12\x32\n\x0f\x61\x63tual_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x30\n\x0cobserve_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x61rchive\x18\t \x01(\x0b\x32\x1a.videotask.v1.VideoArchive\x12\x15\n\rarchive_error\x18\n \x01(\t\"\x87\x01\n\x0cVideoArchive\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x30\n\x0c\x61rchive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x13GetVideoTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"c\n\x16\x43reateVideoTaskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12%\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"#\n\x15WatchVideoTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xac\x02\n\x16WatchVideoTaskResponse\x12<\n\x04type\x18\x01 \x01(\x0e\x32..videotask.v1.WatchVideoTaskResponse.EventType\x12%\n\x04task\x18\x02 \x01(\x0b\x32\x17.videotask.v1.VideoTask\x12\x36\n\x0fprevious_status\x18\x03 \x01(\x0e\x32\x1d.videotask.v1.VideoTaskStatus\"u\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_TYPE_SNAPSHOT\x10\x01\x12\x19\n\x15\x45VENT_TYPE_TRANSITION\x10\x02\x12\x18\n\x14\x45VENT_TYPE_HEARTBEAT\x10\x03*\xb3\x01\n\x0fVideoTaskStatus\x12!\n\x1dVIDEO_TASK_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18VIDEO_TASK_STATUS_QUEUED\x10\x01\x12 \n\x1cVIDEO_TASK_STATUS_PROCESSING\x10\x02\x12\x1f\n\x1bVIDEO_TASK_STATUS_COMPLETED\x10\x03\x12\x1c\n\x18VIDEO_TASK_STATUS_FAILED\x10\x04\x32\x8f\x02\n\x10VideoTaskService\x12]\n\x0eWatchVideoTask\x12#.videotask.v1.WatchVideoTaskRequest\x1a$.videotask.v1.WatchVideoTaskResponse0\x01\x12J\n\x0cGetVideoTask\x12!.videotask.v1.GetVideoTaskRequest\x1a\x17.videotask.v1.VideoTask\x12P\n\x0f\x43reateVideoTask\x12$.videotask.v1.CreateVideoTaskRequest\x1a\x17.videotask.v1.VideoTaskB.\n\x10\x64\x65v.videotask.v1P\x01Z\x18videotask/v1;videotaskv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'videotask.v1.video_task_pb2', globals())
@@ -23,20 +24,22 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'\n\020dev.videotask.v1P\001Z\030videotask/v1;videotaskv1'
-  _VIDEOTASKSTATUS._serialized_start=967
-  _VIDEOTASKSTATUS._serialized_end=1146
-  _VIDEOTASK._serialized_start=113
-  _VIDEOTASK._serialized_end=451
-  _VIDEOARCHIVE._serialized_start=454
-  _VIDEOARCHIVE._serialized_end=589
-  _GETVIDEOTASKREQUEST._serialized_start=591
-  _GETVIDEOTASKREQUEST._serialized_end=624
-  _WATCHVIDEOTASKREQUEST._serialized_start=626
-  _WATCHVIDEOTASKREQUEST._serialized_end=661
-  _WATCHVIDEOTASKRESPONSE._serialized_start=664
-  _WATCHVIDEOTASKRESPONSE._serialized_end=964
-  _WATCHVIDEOTASKRESPONSE_EVENTTYPE._serialized_start=847
-  _WATCHVIDEOTASKRESPONSE_EVENTTYPE._serialized_end=964
-  _VIDEOTASKSERVICE._serialized_start=1149
-  _VIDEOTASKSERVICE._serialized_end=1338
+  _VIDEOTASKSTATUS._serialized_start=1098
+  _VIDEOTASKSTATUS._serialized_end=1277
+  _VIDEOTASK._serialized_start=143
+  _VIDEOTASK._serialized_end=481
+  _VIDEOARCHIVE._serialized_start=484
+  _VIDEOARCHIVE._serialized_end=619
+  _GETVIDEOTASKREQUEST._serialized_start=621
+  _GETVIDEOTASKREQUEST._serialized_end=654
+  _CREATEVIDEOTASKREQUEST._serialized_start=656
+  _CREATEVIDEOTASKREQUEST._serialized_end=755
+  _WATCHVIDEOTASKREQUEST._serialized_start=757
+  _WATCHVIDEOTASKREQUEST._serialized_end=792
+  _WATCHVIDEOTASKRESPONSE._serialized_start=795
+  _WATCHVIDEOTASKRESPONSE._serialized_end=1095
+  _WATCHVIDEOTASKRESPONSE_EVENTTYPE._serialized_start=978
+  _WATCHVIDEOTASKRESPONSE_EVENTTYPE._serialized_end=1095
+  _VIDEOTASKSERVICE._serialized_start=1280
+  _VIDEOTASKSERVICE._serialized_end=1551
 # @@protoc_insertion_point(module_scope)

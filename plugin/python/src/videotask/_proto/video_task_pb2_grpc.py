@@ -25,6 +25,11 @@ class VideoTaskServiceStub(object):
                 request_serializer=videotask_dot_v1_dot_video__task__pb2.GetVideoTaskRequest.SerializeToString,
                 response_deserializer=videotask_dot_v1_dot_video__task__pb2.VideoTask.FromString,
                 )
+        self.CreateVideoTask = channel.unary_unary(
+                '/videotask.v1.VideoTaskService/CreateVideoTask',
+                request_serializer=videotask_dot_v1_dot_video__task__pb2.CreateVideoTaskRequest.SerializeToString,
+                response_deserializer=videotask_dot_v1_dot_video__task__pb2.VideoTask.FromString,
+                )
 
 
 class VideoTaskServiceServicer(object):
@@ -49,6 +54,38 @@ class VideoTaskServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateVideoTask(self, request, context):
+        """Creates a video-generation task at the vendor, exactly once per
+        `request_id` while the sidecar remembers the key (--create_dedup_ttl,
+        default 24h; in memory, so a restart forgets it). Returns the new task
+        (QUEUED), or for a key it has seen with the same family and body the
+        same task again without a vendor request. Then watch it by its `id`.
+        Errors (nothing is sent to the vendor unless said):
+        INVALID_ARGUMENT    a bad request_id, family or body; or the vendor
+        refused the request (its message is included).
+        ALREADY_EXISTS      the request_id is known with another family or body.
+        ABORTED             the outcome is unknown: the request was sent and no
+        usable answer came back, so the vendor may have
+        created the task. The key remembers this: a retry
+        with the same request_id gets ABORTED again and never
+        sends a second request (use a new request_id to
+        accept a possible duplicate).
+        FAILED_PRECONDITION the vendor rejects the sidecar's API key.
+        RESOURCE_EXHAUSTED  the spend guard (--max_creates_per_hour) or the key
+        store is full.
+        PERMISSION_DENIED   the sidecar listens beyond loopback without
+        --allow_remote_create.
+        UNAVAILABLE         nothing was created (the vendor said 429 or 503, or
+        was unreachable, until the deadline; or fleet mode,
+        which does not support creates yet). Retry with the
+        same request_id.
+        DEADLINE_EXCEEDED   the caller's deadline came first; retry with the same
+        request_id to learn the outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoTaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +97,11 @@ def add_VideoTaskServiceServicer_to_server(servicer, server):
             'GetVideoTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVideoTask,
                     request_deserializer=videotask_dot_v1_dot_video__task__pb2.GetVideoTaskRequest.FromString,
+                    response_serializer=videotask_dot_v1_dot_video__task__pb2.VideoTask.SerializeToString,
+            ),
+            'CreateVideoTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVideoTask,
+                    request_deserializer=videotask_dot_v1_dot_video__task__pb2.CreateVideoTaskRequest.FromString,
                     response_serializer=videotask_dot_v1_dot_video__task__pb2.VideoTask.SerializeToString,
             ),
     }
@@ -103,6 +145,23 @@ class VideoTaskService(object):
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/videotask.v1.VideoTaskService/GetVideoTask',
             videotask_dot_v1_dot_video__task__pb2.GetVideoTaskRequest.SerializeToString,
+            videotask_dot_v1_dot_video__task__pb2.VideoTask.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def CreateVideoTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/videotask.v1.VideoTaskService/CreateVideoTask',
+            videotask_dot_v1_dot_video__task__pb2.CreateVideoTaskRequest.SerializeToString,
             videotask_dot_v1_dot_video__task__pb2.VideoTask.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -37,6 +37,13 @@ class BaseOperator:
     def log(self):
         return logging.getLogger("airflow.task.operators." + type(self).__name__)
 
+    def render_template_fields(self, context, jinja_env=None):
+        """Renders every template field in place (airflow.template.templater,
+        the stand-in's: not Jinja)."""
+        from airflow.template.templater import render_template_fields
+
+        render_template_fields(self, context)
+
     def defer(self, *, trigger, method_name, kwargs=None, timeout=None):
         raise TaskDeferred(trigger=trigger, method_name=method_name, kwargs=kwargs,
                            timeout=timeout)

@@ -1,0 +1,380 @@
+// S3Archiver against real parts on loopback: the simulated upstream plays the
+// video host, the stand-in S3 (tests/testing/s3_standin.py, every request's
+// SigV4 signature and payload hash recomputed with botocore) the bucket.
+// Waits between upload retries are recorded, not slept.
+#include "server/archive/s3_archiver.h"
+
+#include <dirent.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "proto/videotask/v1/video_task.pb.h"
+#include "server/base/clock.h"
+#include "server/base/metrics.h"
+#include "tests/sim/sim_upstream.h"
+#include "tests/testing/listeners.h"
+#include "tests/testing/s3_standin.h"
+#include "tests/testing/sha256.h"
+
+namespace videotask {
+namespace {
+
+using sim::SimUpstream;
+using sim::VideoScript;
+using testing::S3Standin;
+using testing::SimVideoSha256;
+using v1::VideoTask;
+
+constexpr char kKeyId[] = "AKIASTANDIN";
+constexpr char kSecret[] = "standin-secret-key";
+
+VideoTask Completed(const std::string& id, const std::string& url) {
+  VideoTask t;
+  t.set_id(id);
+  t.set_status(v1::VIDEO_TASK_STATUS_COMPLETED);
+  t.set_video_url(url);
+  return t;
+}
+
+int CountOps(const nlohmann::json& requests, const std::string& op) {
+  int n = 0;
+  for (const auto& r : requests) n += r["op"] == op ? 1 : 0;
+  return n;
+}
+
+int Entries(const std::string& dir) {
+  int n = 0;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != ".." && name != ".archive-state") ++n;
+    }
+    closedir(d);
+  }
+  return n;
+}
+
+class S3ArchiverTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto s = S3Standin::Start();
+    ASSERT_TRUE(s.ok()) << s.status();
+    standin_ = *std::move(s);
+    SimUpstream::Options o;
+    o.video_urls_on_sim = true;
+    auto sim = SimUpstream::Start(o);
+    ASSERT_TRUE(sim.ok()) << sim.status();
+    sim_ = std::move(*sim);
+    tmp_ = ::testing::TempDir() + "/s3-archiver.XXXXXX";
+    ASSERT_NE(mkdtemp(tmp_.data()), nullptr);
+    setenv("TMPDIR", tmp_.c_str(), 1);
+  }
+
+  S3ArchiverOptions Options(const std::string& secret = kSecret) {
+    S3ArchiverOptions o;
+    o.url = "s3://videos/archive/v1";
+    o.endpoint = standin_->S3Endpoint();
+    o.path_style = true;
+    o.env = {{"AWS_ACCESS_KEY_ID", kKeyId}, {"AWS_SECRET_ACCESS_KEY", secret}};
+    o.timeout = absl::Seconds(60);
+    o.part_size = 5 << 20;
+    o.sleep = [this](absl::Duration d) {
+      absl::MutexLock lock(&mu_);
+      sleeps_.push_back(d);
+    };
+    return o;
+  }
+
+  FileArchiverOptions Local(const std::string& dir = "") {
+    FileArchiverOptions l;
+    l.dir = dir;
+    l.allow_loopback = true;  // the sim is the video host, on loopback
+    return l;
+  }
+
+  std::unique_ptr<S3Archiver> Make(S3ArchiverOptions o) { return Make(std::move(o), Local()); }
+  std::unique_ptr<S3Archiver> Make(S3ArchiverOptions o, FileArchiverOptions l) {
+    auto a = S3Archiver::Create(std::move(o), std::move(l), RealClock::Get(), &metrics_);
+    EXPECT_TRUE(a.ok()) << a.status();
+    return a.ok() ? std::move(*a) : nullptr;
+  }
+
+  // Archives `id` and returns the task `done` delivered.
+  VideoTask Run(S3Archiver& a, const std::string& id) {
+    absl::Mutex mu;
+    std::optional<VideoTask> got;
+    a.Archive(Completed(id, sim_->VideoUrl(id)), [&](VideoTask t) {
+      absl::MutexLock lock(&mu);
+      got = std::move(t);
+    });
+    absl::MutexLock lock(&mu);
+    auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return got.has_value(); };
+    EXPECT_TRUE(mu.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(60)));
+    return got.value_or(VideoTask());
+  }
+
+  std::unique_ptr<S3Standin> standin_;
+  std::unique_ptr<SimUpstream> sim_;
+  std::string tmp_;
+  MetricsRegistry metrics_;
+  absl::Mutex mu_;
+  std::vector<absl::Duration> sleeps_;
+};
+
+TEST_F(S3ArchiverTest, UploadsTheVideoAndReportsTheObject) {
+  VideoScript v;
+  v.size_bytes = 12 << 20;  // multipart with 5 MiB parts
+  sim_->SetVideo("t-1", v);
+  auto a = Make(Options());
+  ASSERT_NE(a, nullptr);
+  const std::string staging = a->local_dir();
+  EXPECT_FALSE(a->keeps_local_copy());
+  VideoTask t = Run(*a, "t-1");
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  EXPECT_EQ(t.archive().uri(), "s3://videos/archive/v1/t-1.mp4");
+  EXPECT_EQ(t.archive().sha256(), SimVideoSha256("t-1", v.size_bytes));
+  EXPECT_EQ(t.archive().size_bytes(), v.size_bytes);
+  EXPECT_EQ(t.archive().content_type(), "video/mp4");
+  EXPECT_TRUE(t.archive().has_archive_time());
+  const nlohmann::json state = standin_->State();
+  ASSERT_EQ(state["objects"].size(), 1u) << state.dump();
+  EXPECT_EQ(state["objects"][0]["key"], "archive/v1/t-1.mp4");
+  EXPECT_EQ(state["objects"][0]["sha256"], SimVideoSha256("t-1", v.size_bytes));
+  EXPECT_TRUE(state["uploads"].empty());
+  EXPECT_EQ(CountOps(standin_->Requests(), "UploadPart"), 3);
+  EXPECT_EQ(Entries(staging), 0) << "the staged copy stays after the upload";
+  EXPECT_EQ(a->GetStats().uploads, 1);
+  EXPECT_TRUE(absl::StrContains(metrics_.Render(),
+                                "videotask_archive_s3_objects_total{result=\"uploaded\"} 1"));
+  a.reset();
+  struct stat st;
+  EXPECT_NE(stat(staging.c_str(), &st), 0) << "the staging directory is removed at the end";
+}
+
+TEST_F(S3ArchiverTest, ARestartReusesTheObjectWithoutDownloadingOrUploading) {
+  VideoScript v;
+  v.size_bytes = 300000;
+  sim_->SetVideo("kept", v);
+  auto first = Make(Options());
+  ASSERT_TRUE(Run(*first, "kept").has_archive());
+  first.reset();
+  ASSERT_EQ(sim_->VideoRequestCount("kept"), 1);
+  auto second = Make(Options());
+  VideoTask t = Run(*second, "kept");
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  EXPECT_EQ(t.archive().uri(), "s3://videos/archive/v1/kept.mp4");
+  EXPECT_EQ(t.archive().sha256(), SimVideoSha256("kept", v.size_bytes));
+  EXPECT_EQ(t.archive().size_bytes(), v.size_bytes);
+  EXPECT_EQ(sim_->VideoRequestCount("kept"), 1);  // not downloaded again
+  EXPECT_EQ(CountOps(standin_->Requests(), "PutObject"), 1);  // nor uploaded
+  EXPECT_EQ(second->GetStats().reused, 1);
+}
+
+TEST_F(S3ArchiverTest, AWrongSecretIsArchiveErrorWithS3sCodeAtOnceAndNoSecret) {
+  VideoScript v;
+  v.size_bytes = 1000;
+  sim_->SetVideo("denied", v);
+  auto a = Make(Options("a-wrong-secret-value"));
+  bool seen_ok = true;
+  a->SetCredentialsListener([&seen_ok](bool ok) { seen_ok = ok; });
+  VideoTask t = Run(*a, "denied");
+  EXPECT_FALSE(t.has_archive());
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "SignatureDoesNotMatch")) << t.archive_error();
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "s3://videos/archive/v1/denied.mp4"));
+  EXPECT_FALSE(absl::StrContains(t.archive_error(), "a-wrong-secret-value"));
+  EXPECT_EQ(CountOps(standin_->Requests(), "PutObject"), 1);  // not retried
+  EXPECT_FALSE(a->credentials_ok());
+  EXPECT_FALSE(seen_ok);
+  EXPECT_TRUE(absl::StrContains(metrics_.Render(), "videotask_archive_credentials_ok 0"));
+  EXPECT_TRUE(
+      absl::StrContains(metrics_.Render(), "videotask_archive_failures_total{reason=\"s3\"} 1"));
+}
+
+TEST_F(S3ArchiverTest, NoCredentialsAtAllFailsAtOnceWithoutADownload) {
+  VideoScript v;
+  v.size_bytes = 1000;
+  sim_->SetVideo("nocreds", v);
+  S3ArchiverOptions o = Options();
+  o.env.clear();
+  auto a = Make(std::move(o));
+  ASSERT_NE(a, nullptr);
+  VideoTask t = Run(*a, "nocreds");
+  EXPECT_FALSE(t.has_archive());
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "no usable credentials")) << t.archive_error();
+  EXPECT_EQ(sim_->VideoRequestCount("nocreds"), 0);
+  EXPECT_FALSE(a->credentials_ok());
+  EXPECT_TRUE(absl::StrContains(metrics_.Render(),
+                                "videotask_archive_failures_total{reason=\"credentials\"} 1"));
+}
+
+TEST_F(S3ArchiverTest, NoSuchBucketFailsAtOnce) {
+  VideoScript v;
+  v.size_bytes = 1000;
+  sim_->SetVideo("nobucket", v);
+  S3ArchiverOptions o = Options();
+  o.url = "s3://missing-bucket/x";
+  auto a = Make(std::move(o));
+  VideoTask t = Run(*a, "nobucket");
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "NoSuchBucket")) << t.archive_error();
+  EXPECT_TRUE(sleeps_.empty());
+}
+
+TEST_F(S3ArchiverTest, AStoreThatFailsForAWhileIsRetriedUntilItWorks) {
+  VideoScript v;
+  v.size_bytes = 2000;
+  sim_->SetVideo("flaky", v);
+  // More failures than one upload's own attempts (5): the archiver retries.
+  ASSERT_TRUE(standin_->AddFault({{"op", "PutObject"}, {"times", 7}, {"status", 503},
+                                  {"code", "SlowDown"}}).ok());
+  auto a = Make(Options());
+  VideoTask t = Run(*a, "flaky");
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  EXPECT_EQ(CountOps(standin_->Requests(), "PutObject"), 8);
+  EXPECT_EQ(sim_->VideoRequestCount("flaky"), 1);  // uploaded again, not downloaded again
+  absl::MutexLock lock(&mu_);
+  EXPECT_GE(sleeps_.size(), 7u);
+}
+
+TEST_F(S3ArchiverTest, AStoreThatNeverWorksEndsWithArchiveErrorAtTheTimeout) {
+  VideoScript v;
+  v.size_bytes = 2000;
+  sim_->SetVideo("down", v);
+  ASSERT_TRUE(standin_->AddFault({{"op", "PutObject"}, {"times", -1}, {"status", 500},
+                                  {"code", "InternalError"}}).ok());
+  S3ArchiverOptions o = Options();
+  o.timeout = absl::Seconds(3);
+  o.min_upload_time = absl::Seconds(2);
+  o.initial_backoff = absl::Milliseconds(200);
+  o.max_backoff = absl::Milliseconds(400);
+  o.sleep = nullptr;  // real waits: the deadline must pass
+  auto a = Make(std::move(o));
+  const absl::Time start = absl::Now();
+  VideoTask t = Run(*a, "down");
+  EXPECT_FALSE(t.has_archive());
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "--archive_timeout")) << t.archive_error();
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "InternalError")) << t.archive_error();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+TEST_F(S3ArchiverTest, WithArchiveDirTheLocalCopyStays) {
+  std::string dir = tmp_ + "/kept.XXXXXX";
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  VideoScript v;
+  v.size_bytes = 5000;
+  sim_->SetVideo("both", v);
+  auto a = Make(Options(), Local(dir));
+  EXPECT_TRUE(a->keeps_local_copy());
+  VideoTask t = Run(*a, "both");
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  EXPECT_EQ(t.archive().uri(), "s3://videos/archive/v1/both.mp4");
+  EXPECT_EQ(testing::FileSha256(dir + "/both.mp4"), SimVideoSha256("both", v.size_bytes));
+  a.reset();
+  struct stat st;
+  EXPECT_EQ(stat((dir + "/both.mp4").c_str(), &st), 0);
+}
+
+TEST_F(S3ArchiverTest, DownloadRulesStillApplyAndTheirErrorIsTheAnswer) {
+  VideoScript v;
+  v.size_bytes = 5000;
+  sim_->SetVideo("big", v);
+  FileArchiverOptions l = Local();
+  l.max_bytes = 1000;
+  auto a = Make(Options(), l);
+  VideoTask t = Run(*a, "big");
+  EXPECT_FALSE(t.has_archive());
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "--archive_max_bytes")) << t.archive_error();
+  EXPECT_EQ(CountOps(standin_->Requests(), "PutObject"), 0);
+}
+
+TEST_F(S3ArchiverTest, BadSettingsNameTheirFlag) {
+  struct Case {
+    std::string url, endpoint, region, want;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"videos/x", "", "", "--archive_url"},
+           {"s3:///x", "", "", "--archive_url"},
+           {"s3://Bad_Bucket/x", "", "", "--archive_url"},
+           {"s3://videos/a//b", "", "", "--archive_url"},
+           {"s3://videos/../b", "", "", "--archive_url"},
+           {"s3://videos/x", "http://s3.example.com", "", "--archive_s3_endpoint"},
+           {"s3://videos/x", "", "us east", "--archive_s3_region"},
+       }) {
+    SCOPED_TRACE(c.url + " " + c.endpoint + " " + c.region);
+    S3ArchiverOptions o;
+    o.url = c.url;
+    o.endpoint = c.endpoint;
+    o.region = c.region;
+    o.path_style = true;
+    absl::Status s = ValidateS3ArchiverOptions(o);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), c.want)) << s;
+  }
+  S3ArchiverOptions ok;
+  ok.url = "s3://videos";
+  EXPECT_TRUE(ValidateS3ArchiverOptions(ok).ok());
+  EXPECT_EQ(ResolveS3Region("", {{"AWS_REGION", "eu-west-1"}}), "eu-west-1");
+  EXPECT_EQ(ResolveS3Region("", {}), "us-east-1");
+  EXPECT_EQ(ResolveS3Region("ap-south-1", {{"AWS_REGION", "eu-west-1"}}), "ap-south-1");
+}
+
+TEST_F(S3ArchiverTest, ShutdownDuringADownloadAnswersArchivingStopped) {
+  VideoScript v;
+  v.size_bytes = 4 << 20;
+  v.chunk_delay = absl::Hours(1);
+  sim_->SetVideo("stuck", v);
+  auto a = Make(Options());
+  absl::Mutex mu;
+  std::optional<VideoTask> got;
+  a->Archive(Completed("stuck", sim_->VideoUrl("stuck")), [&](VideoTask t) {
+    absl::MutexLock lock(&mu);
+    got = std::move(t);
+  });
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (sim_->VideoRequestCount("stuck") == 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  a.reset();
+  absl::MutexLock lock(&mu);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(absl::StrContains(got->archive_error(), "archiving stopped")) << got->archive_error();
+}
+
+// A store that accepts connections and never answers: destroying the
+// archiver (SIGTERM) cuts the request in flight instead of waiting for its
+// timeout, and the watcher's answer is "archiving stopped".
+TEST_F(S3ArchiverTest, ShutdownCutsARequestThatNeverGetsAnAnswer) {
+  testing::SilentListener silent;
+  VideoScript v;
+  v.size_bytes = 1000;
+  sim_->SetVideo("hung", v);
+  S3ArchiverOptions o = Options();
+  o.endpoint = absl::StrCat("http://", silent.target());
+  auto a = Make(std::move(o));
+  ASSERT_NE(a, nullptr);
+  absl::Mutex mu;
+  std::optional<VideoTask> got;
+  a->Archive(Completed("hung", sim_->VideoUrl("hung")), [&](VideoTask t) {
+    absl::MutexLock lock(&mu);
+    got = std::move(t);
+  });
+  absl::SleepFor(absl::Milliseconds(500));  // the HEAD is waiting for its answer
+  const absl::Time start = absl::Now();
+  a.reset();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  absl::MutexLock lock(&mu);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(absl::StrContains(got->archive_error(), "archiving stopped")) << got->archive_error();
+}
+
+}  // namespace
+}  // namespace videotask
