@@ -257,7 +257,8 @@ TEST_F(FleetFaultTest, LeastPrivilegeAclUserRunsTheFleet) {
                   ->Command({"ACL", "SETUSER", "videotask", "on", ">pw", "resetkeys", "~vt:*",
                              "resetchannels", "&vt:*", "&videotask:keepalive", "-@all", "+ping",
                              "+select", "+get", "+set", "+del", "+pttl", "+pexpire", "+time",
-                             "+publish", "+subscribe", "+evalsha", "+script|load"})
+                             "+publish", "+subscribe", "+evalsha", "+script|load", "+mget",
+                             "+zadd", "+zcard", "+zremrangebyscore", "+zrem"})
                   .ok());
   auto options = [&] {
     FleetGateOptions o = Options(/*qps=*/50);
