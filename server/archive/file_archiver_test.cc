@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -130,8 +131,13 @@ class FileArchiverTest : public ::testing::Test {
   }
 
   // Waits (real time, bounded) for `n` results, advancing the simulated
-  // clock by `step` whenever nothing arrives for a few milliseconds, so
-  // backoffs and timeouts pass without sleeping through them.
+  // clock by `step` whenever nothing arrives for a few milliseconds and no
+  // attempt is under way, so backoffs, waits for a claim and timeouts pass
+  // without sleeping through them. The clock stands still while a download
+  // runs: a transfer takes real time, and a simulated clock racing ahead of
+  // it (by `step` every few milliseconds, more so on a loaded machine) would
+  // make it look slower than --archive_min_bytes_per_second. The tests of
+  // the floor and of timeouts cutting a download advance the clock by hand.
   std::vector<VideoTask> Await(Results& r, size_t n = 1,
                                absl::Duration step = absl::Milliseconds(250)) {
     const absl::Time give_up = absl::Now() + absl::Seconds(120);
@@ -143,11 +149,24 @@ class FileArchiverTest : public ::testing::Test {
           return r.tasks;
         }
       }
-      clock_.Advance(step);
-      archiver_->Kick();
+      if (archiver_->GetStats().running == 0) {
+        clock_.Advance(step);
+        archiver_->Kick();
+      }
     }
     ADD_FAILURE() << "no result within 120 s";
     return {};
+  }
+
+  // Waits (real time, bounded generously: nothing here waits on the
+  // machine's speed) until `done` holds; the simulated clock does not move.
+  bool WaitUntil(const std::function<bool()>& done, absl::Duration bound = absl::Seconds(45)) {
+    const absl::Time give_up = absl::Now() + bound;
+    while (!done()) {
+      if (absl::Now() >= give_up) return false;
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    return true;
   }
 
   VideoTask ArchiveOne(const std::string& id, const std::string& url) {
@@ -766,9 +785,13 @@ TEST_F(FileArchiverTest, DestroyingRunsEveryPendingDoneOnce) {
   // Waits behind "stuck" (one download at a time).
   archiver_->Archive(Completed("queued", sim_->VideoUrl("queued")), r.Callback());
   archiver_->Kick();
+  // Destroying aborts the transfer (at its next progress report, about once
+  // a second) rather than waiting for libcurl's stall timer (60 s) or the
+  // video (an hour): a bound far from both, and far above a loaded
+  // machine's delays.
   const absl::Time start = absl::Now();
   archiver_.reset();
-  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
   absl::MutexLock lock(&r.mu);
   ASSERT_EQ(r.tasks.size(), 2u);
   for (const VideoTask& t : r.tasks) {
@@ -908,26 +931,57 @@ TEST_F(FileArchiverTest, AFailedDirectoryFsyncIsRetriedAndNeverReportedAsDurable
 
 // A slow video host holds its slot only until the throughput floor (on the
 // injected clock) fails the attempt: retried, then archive_error naming it.
+// The clock moves only by hand, at known points, so the outcome does not
+// depend on how fast the machine runs the test: real time matters only to
+// libcurl's own stall timer (LOW_SPEED_TIME, a real `stall_timeout` of 60 s
+// here) and to the progress callback, which libcurl calls about once a
+// second on an idle transfer; the test waits for it without moving the clock.
 TEST_F(FileArchiverTest, ASlowHostIsCutOffByTheThroughputFloor) {
-  options_.timeout = absl::Seconds(30);
-  options_.stall_timeout = absl::Seconds(10);
+  constexpr absl::Duration kWindow = absl::Seconds(60);   // stall_timeout
+  constexpr absl::Duration kBackoff = absl::Seconds(10);  // every retry: 8-12 s (+-20%)
+  options_.stall_timeout = kWindow;
   options_.min_bytes_per_second = 64 << 10;
+  options_.initial_backoff = kBackoff;
+  options_.max_backoff = kBackoff;
+  // Attempt 1 runs [0, 61 s], attempt 2 [73 s, 134 s]; the deadline (135 s,
+  // moved on by at most 4 s while the retry was due: the backoff was 8-12 s
+  // and the clock jumped 12 s) lies inside the backoff after attempt 2 (at
+  // least 8 s), so the job ends there, with attempt 2's error.
+  options_.timeout = 2 * kWindow + absl::Seconds(15);
   StartArchiver();
   VideoScript slow;
   slow.size_bytes = 4 << 20;
   slow.chunk_delay = absl::Hours(1);  // headers, then nothing
   sim_->SetVideo("slow", slow);
   Results r;
+  const absl::Time t0 = clock_.Monotonic();
   archiver_->Archive(Completed("slow", sim_->VideoUrl("slow")), r.Callback());
-  // Small steps: libcurl reports progress about once a second when idle.
-  std::vector<VideoTask> got = Await(r, 1, absl::Milliseconds(50));
-  ASSERT_EQ(got.size(), 1u);
-  const VideoTask& t = got[0];
+  auto requests = [this] { return sim_->VideoRequestCount("slow"); };
+  auto running = [this] { return archiver_->GetStats().running; };
+
+  // Attempt 1: one byte-less window goes by; the next progress report fails it.
+  ASSERT_TRUE(WaitUntil([&] { return requests() == 1; }));
+  clock_.AdvanceTo(t0 + kWindow + absl::Seconds(1));
+  ASSERT_TRUE(WaitUntil([&] { return running() == 0; })) << "the floor did not end attempt 1";
+  EXPECT_EQ(r.size(), 0u) << "not retried";
+  // Its backoff passes: attempt 2, which the floor fails too.
+  const absl::Time retry = t0 + kWindow + absl::Seconds(1) + kBackoff * 1.2;
+  clock_.AdvanceTo(retry);
+  archiver_->Kick();
+  ASSERT_TRUE(WaitUntil([&] { return requests() == 2; })) << "no retry after the backoff";
+  clock_.AdvanceTo(retry + kWindow + absl::Seconds(1));
+  ASSERT_TRUE(WaitUntil([&] { return r.size() == 1; })) << "the floor did not end attempt 2";
+
+  absl::MutexLock lock(&r.mu);
+  const VideoTask& t = r.tasks[0];
   EXPECT_FALSE(t.has_archive());
   EXPECT_TRUE(absl::StrContains(t.archive_error(), "--archive_min_bytes_per_second"))
       << t.archive_error();
-  EXPECT_GE(sim_->VideoRequestCount("slow"), 2);  // retried
+  EXPECT_TRUE(absl::StrContains(t.archive_error(), "gave up after 2 attempts"))
+      << t.archive_error();
+  EXPECT_EQ(requests(), 2);
   EXPECT_EQ(Failures("slow"), 1u);
+  EXPECT_EQ(Failures("stalled") + Failures("timeout"), 0u);
   EXPECT_EQ(ListDir(dir_), std::set<std::string>{});
 }
 

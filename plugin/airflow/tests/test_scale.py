@@ -67,6 +67,7 @@ def test_upstream_requests_per_task_per_interval(outcome):
 
 
 def test_nothing_blocks_the_event_loop(outcome):
-    # asyncio debug mode's report of callbacks over 50 ms (garbage collector
-    # pauses excepted: see scale_loop.SlowCallbacks).
-    assert outcome["slow_callbacks"] == []
+    # asyncio debug mode's report of callbacks over 50 ms, less garbage
+    # collector pauses and the time the loop's thread waited for a CPU (a
+    # loaded machine's, not the callback's: see scale_loop.SlowCallbacks).
+    assert outcome["slow_callbacks"] == [], outcome["excused"]
