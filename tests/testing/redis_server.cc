@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -77,9 +79,15 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(Options options)
   const char* tmp = std::getenv("TEST_TMPDIR");
   s->dir_ = tmp != nullptr ? tmp : ".";
   if (s->options_.tls) {
-    // TEST_TMPDIR is too long for a socket path (108 bytes).
-    static std::atomic<int> counter{0};
-    s->control_socket_ = absl::StrCat("/tmp/vtredis-", getpid(), "-", counter++, ".sock");
+    // TEST_TMPDIR is too long for a socket path (108 bytes), and pids repeat
+    // across tests run side by side (each sandbox has its own pid
+    // namespace): a directory of our own under /tmp.
+    char dir[] = "/tmp/vtredis-XXXXXX";
+    if (mkdtemp(dir) == nullptr) {
+      return absl::InternalError(absl::StrCat("mkdtemp: ", std::strerror(errno)));
+    }
+    s->control_dir_ = dir;
+    s->control_socket_ = absl::StrCat(dir, "/redis.sock");
   }
   absl::Status last;
   // A port picked free can be taken before redis binds it: try a few.
@@ -94,6 +102,7 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(Options options)
 RedisServer::~RedisServer() {
   Kill();
   if (!control_socket_.empty()) unlink(control_socket_.c_str());
+  if (!control_dir_.empty()) rmdir(control_dir_.c_str());
 }
 
 std::string RedisServer::Url(int db) const {

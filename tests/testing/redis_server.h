@@ -74,7 +74,8 @@ class RedisServer {
   Options options_;
   std::string binary_;
   std::string dir_;
-  std::string control_socket_;  // tls: for Command()
+  std::string control_dir_;     // tls: a directory of its own under /tmp
+  std::string control_socket_;  // tls: for Command(), in control_dir_
   int port_ = 0;
   std::optional<Subprocess> process_;
 };
