@@ -77,6 +77,7 @@ class Creator {
                               const char* outcome, absl::Status status);
   // Waits `d` unless shut down first; false when shut down.
   bool Wait(absl::Duration d);
+  bool Stopping();
   void Count(const char* outcome);
   Counter* CounterFor(const char* outcome);
 
