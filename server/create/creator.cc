@@ -212,6 +212,13 @@ absl::StatusOr<VideoTask> Creator::Send(const PreparedCreate& p, absl::Time dead
                                   "the sidecar is shutting down; nothing was created"));
       }
     }
+    if (clock_->Monotonic() >= deadline) {
+      budget_->Release(/*rate_limited=*/false, std::nullopt);  // the slot was not used
+      return NothingCreated(p, ticket, "unavailable",
+                            absl::DeadlineExceededError(absl::StrCat(
+                                "the deadline passed before the request could be sent (last: ",
+                                last, "); nothing was sent: retry with the same request_id")));
+    }
     VendorCreateResult r = vendor_->Create(p.family, p.body_json);
     budget_->Release(r.rate_limited, r.retry_after);
     LogFields fields = {{"family", p.family},

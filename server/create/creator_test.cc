@@ -106,5 +106,17 @@ TEST_F(CreatorTest, ShutdownEndsAWaitForAnotherCallersPendingKey) {
   EXPECT_EQ(vendor_.calls.load(), 1);
 }
 
+TEST_F(CreatorTest, NothingIsSentOnceTheDeadlineHasPassed) {
+  absl::StatusOr<videotask::v1::VideoTask> r =
+      creator_.Create(Request("late"), clock_.Monotonic() - absl::Seconds(1));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+  EXPECT_NE(r.status().message().find("nothing was sent"), std::string::npos);
+  EXPECT_EQ(vendor_.calls.load(), 0);
+  EXPECT_FALSE(keys_.Lookup("late")->has_value()) << "the key is released";
+  // The same request_id with time left is sent.
+  EXPECT_TRUE(creator_.Create(Request("late"), clock_.Monotonic() + absl::Seconds(4)).ok());
+  EXPECT_EQ(vendor_.calls.load(), 1);
+}
+
 }  // namespace
 }  // namespace videotask
