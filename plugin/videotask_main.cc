@@ -18,7 +18,8 @@
 // nothing was created), 6 upstream rejected credentials, 7 other error;
 // create only: 8 refused (by the vendor, with its message), 9 outcome
 // unknown (the vendor may have created it; the request_id will not send it
-// again), 10 spend guard (--max_creates_per_hour), 11 request_id already
+// again), 10 spend guard (--max_creates_per_hour) or the sidecar's key
+// store full (the message says which), 11 request_id already
 // used with another family or body, 12 creates not allowed on this sidecar.
 #include <unistd.h>
 
@@ -111,7 +112,7 @@ int CreateExitFor(const absl::Status& status) {
       return kRefused;
     case absl::StatusCode::kAborted:
       return kOutcomeUnknown;
-    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kResourceExhausted:  // spend guard or key store full
       return kSpendGuard;
     case absl::StatusCode::kAlreadyExists:
       return kKeyConflict;
@@ -189,7 +190,8 @@ int main(int argc, char** argv) {
       "Exit codes: 0 completed (or created), 1 video failed, 2 usage or invalid id or "
       "request, 3 not found, 4 timed out (sidecar reachable), 5 sidecar unreachable or "
       "unavailable (create: nothing created), 6 upstream rejected credentials, 7 other; "
-      "create: 8 refused, 9 outcome unknown (may have been created), 10 spend guard, "
+      "create: 8 refused, 9 outcome unknown (may have been created), 10 spend guard or "
+      "key store full, "
       "11 request_id used with another body, 12 creates not allowed here.");
   for (int i = 1; i < argc; ++i) {
     const absl::string_view arg = argv[i];

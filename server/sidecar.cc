@@ -102,8 +102,11 @@ absl::Status CreateRefusal(const SidecarConfig& c) {
 
 absl::Status ValidateSidecarConfig(const SidecarConfig& c) {
   if (c.listen.empty()) return absl::InvalidArgumentError("--listen must not be empty");
-  if (c.create_dedup_ttl < absl::Minutes(1)) {
-    return absl::InvalidArgumentError("--create_dedup_ttl must be at least 1m");
+  // The upper bound keeps the TTL a sane Redis `SET ... PX` (an infinite or
+  // huge one overflows it and every fleet claim would fail).
+  if (c.create_dedup_ttl < absl::Minutes(1) || c.create_dedup_ttl > absl::Hours(24 * 30)) {
+    return absl::InvalidArgumentError(
+        "--create_dedup_ttl must be at least 1m and at most 720h (30 days)");
   }
   if (c.max_creates_per_hour < 0) {
     return absl::InvalidArgumentError("--max_creates_per_hour must not be negative (0: off)");

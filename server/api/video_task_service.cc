@@ -430,8 +430,10 @@ class VideoTaskServiceImpl::CreateReactor : public grpc::ServerUnaryReactor {
     {
       absl::MutexLock lock(&threads->mu);
       if (threads->running >= service->options_.max_concurrent_creates) {
-        Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                            "too many CreateVideoTask calls at once; nothing was sent"));
+        // Transient, unlike the spend guard's RESOURCE_EXHAUSTED: retry.
+        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            "too many CreateVideoTask calls at once on this sidecar; nothing "
+                            "was sent: retry with the same request_id"));
         return;
       }
       ++threads->running;

@@ -27,7 +27,8 @@
 // CreateVideoTask hands the parsed request to the Creator (server/create)
 // on a thread of its own (the Creator blocks while it waits for the
 // vendor), with the caller's deadline, and maps its status; at most
-// `max_concurrent_creates` run at once (RESOURCE_EXHAUSTED beyond). When
+// `max_concurrent_creates` run at once (UNAVAILABLE beyond: nothing sent,
+// transient). When
 // `create_refusal` is not OK (or there is no Creator) every create answers
 // it, before anything else is looked at. The destructor waits for running
 // creates, which the Creator bounds (Creator::Shutdown ends its waits).
@@ -59,7 +60,7 @@ struct VideoTaskServiceOptions {
   absl::Duration slow_watcher_timeout = absl::Seconds(60);
   // OK: CreateVideoTask goes to the Creator. Else every create answers this
   // (PERMISSION_DENIED for a sidecar listening beyond loopback without
-  // --allow_remote_create, UNAVAILABLE in fleet mode).
+  // --allow_remote_create).
   absl::Status create_refusal = absl::OkStatus();
   int max_concurrent_creates = 256;
 };

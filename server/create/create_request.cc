@@ -18,19 +18,27 @@ using google::protobuf::Value;
 // 2^53: every integer up to it is exact as a double.
 constexpr double kMaxExactInteger = 9007199254740992.0;
 
-absl::StatusOr<json> ToJson(const Value& v);
+absl::StatusOr<json> ToJson(const Value& v, int depth);
 
-absl::StatusOr<json> ToJson(const google::protobuf::Struct& s) {
+absl::Status TooDeep() {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "body: objects and arrays nested more than ", kMaxCreateBodyDepth, " levels deep (at most ",
+      kMaxCreateBodyDepth, ")"));
+}
+
+// `depth`: how many objects and arrays enclose `s`, itself included.
+absl::StatusOr<json> ToJson(const google::protobuf::Struct& s, int depth) {
+  if (depth > kMaxCreateBodyDepth) return TooDeep();
   json out = json::object();
   for (const auto& [key, value] : s.fields()) {
-    absl::StatusOr<json> j = ToJson(value);
+    absl::StatusOr<json> j = ToJson(value, depth);
     if (!j.ok()) return j.status();
     out[key] = *std::move(j);
   }
   return out;
 }
 
-absl::StatusOr<json> ToJson(const Value& v) {
+absl::StatusOr<json> ToJson(const Value& v, int depth) {
   switch (v.kind_case()) {
     case Value::kNullValue:
     case Value::KIND_NOT_SET:
@@ -50,11 +58,12 @@ absl::StatusOr<json> ToJson(const Value& v) {
       return json(d);
     }
     case Value::kStructValue:
-      return ToJson(v.struct_value());
+      return ToJson(v.struct_value(), depth + 1);
     case Value::kListValue: {
+      if (depth + 1 > kMaxCreateBodyDepth) return TooDeep();
       json out = json::array();
       for (const Value& item : v.list_value().values()) {
-        absl::StatusOr<json> j = ToJson(item);
+        absl::StatusOr<json> j = ToJson(item, depth + 1);
         if (!j.ok()) return j.status();
         out.push_back(*std::move(j));
       }
@@ -93,7 +102,7 @@ absl::Status ValidateFamily(absl::string_view family) {
 }
 
 absl::StatusOr<std::string> StructToJson(const google::protobuf::Struct& body, size_t max_bytes) {
-  absl::StatusOr<json> j = ToJson(body);
+  absl::StatusOr<json> j = ToJson(body, 1);
   if (!j.ok()) return j.status();
   // Strings from protobuf are valid UTF-8; replace rather than throw anyway.
   std::string out = j->dump(-1, ' ', false, json::error_handler_t::replace);
@@ -115,6 +124,12 @@ std::string CreateFingerprint(absl::string_view family, absl::string_view body_j
 absl::StatusOr<PreparedCreate> PrepareCreate(const videotask::v1::CreateVideoTaskRequest& request) {
   if (absl::Status s = ValidateRequestId(request.request_id()); !s.ok()) return s;
   if (absl::Status s = ValidateFamily(request.family()); !s.ok()) return s;
+  // Before converting anything: a huge body is refused without the work.
+  if (const size_t size = request.ByteSizeLong(); size > kMaxCreateRequestBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the request is ", size,
+                                                   " bytes serialized; at most ",
+                                                   kMaxCreateRequestBytes));
+  }
   absl::StatusOr<std::string> body = StructToJson(request.body());
   if (!body.ok()) return body.status();
   PreparedCreate p;

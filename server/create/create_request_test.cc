@@ -3,6 +3,7 @@
 #include <string>
 
 #include "google/protobuf/util/json_util.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace videotask {
@@ -46,6 +47,52 @@ TEST(CreateRequestTest, NonFiniteNumbersAndOversizedBodiesAreRefused) {
   (*big.mutable_fields())["prompt"].set_string_value(std::string(kMaxCreateBodyBytes - 13, 'a'));
   ASSERT_TRUE(StructToJson(big).ok());  // {"prompt":"..."} is exactly 64 KiB
   EXPECT_EQ(StructToJson(big)->size(), kMaxCreateBodyBytes);
+}
+
+// A body nested `levels` deep (the body itself is level 1), objects or arrays.
+google::protobuf::Struct Nested(int levels, bool arrays) {
+  google::protobuf::Value inner;
+  inner.set_string_value("x");
+  for (int i = 1; i < levels; ++i) {
+    google::protobuf::Value outer;
+    if (arrays) {
+      *outer.mutable_list_value()->add_values() = std::move(inner);
+    } else {
+      (*outer.mutable_struct_value()->mutable_fields())["a"] = std::move(inner);
+    }
+    inner = std::move(outer);
+  }
+  google::protobuf::Struct body;
+  (*body.mutable_fields())["a"] = std::move(inner);
+  return body;
+}
+
+TEST(CreateRequestTest, DeeplyNestedBodiesAreRefusedNamingTheLimit) {
+  for (bool arrays : {false, true}) {
+    EXPECT_TRUE(StructToJson(Nested(kMaxCreateBodyDepth, arrays)).ok()) << arrays;
+    absl::Status s = StructToJson(Nested(kMaxCreateBodyDepth + 1, arrays)).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << arrays;
+    EXPECT_NE(s.message().find("32 levels"), std::string::npos) << s;
+    EXPECT_EQ(StructToJson(Nested(5000, arrays)).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  videotask::v1::CreateVideoTaskRequest r;
+  r.set_request_id("k");
+  r.set_family("videos");
+  *r.mutable_body() = Nested(kMaxCreateBodyDepth + 1, false);
+  EXPECT_EQ(PrepareCreate(r).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CreateRequestTest, HugeRequestsAreRefusedBeforeConversion) {
+  videotask::v1::CreateVideoTaskRequest r;
+  r.set_request_id("k");
+  r.set_family("videos");
+  (*r.mutable_body()->mutable_fields())["prompt"].set_string_value(
+      std::string(kMaxCreateRequestBytes, 'a'));
+  absl::Status s = PrepareCreate(r).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("serialized"), std::string::npos) << s;
+  EXPECT_NE(s.message().find(absl::StrCat(kMaxCreateRequestBytes)), std::string::npos) << s;
 }
 
 TEST(CreateRequestTest, RequestIdAndFamilyRules) {

@@ -11,6 +11,12 @@ namespace videotask {
 
 using videotask::v1::VideoTask;
 
+namespace {
+// The longest a wait for another caller's pending key goes without checking
+// for Shutdown().
+constexpr absl::Duration kAwaitSlice = absl::Milliseconds(100);
+}  // namespace
+
 Creator::Creator(CreatorOptions options, VendorCreateClient* vendor, CreateKeyStore* keys,
                  UpstreamBudget* budget, SpendGuard* spend, Clock* clock,
                  MetricsRegistry* metrics)
@@ -51,6 +57,11 @@ void Creator::Shutdown() {
   stopping_ = true;
 }
 
+bool Creator::Stopping() {
+  absl::MutexLock lock(&mu_);
+  return stopping_;
+}
+
 bool Creator::Wait(absl::Duration d) {
   absl::MutexLock lock(&mu_);
   mu_.AwaitWithTimeout(absl::Condition(&stopping_), d);
@@ -72,15 +83,13 @@ absl::StatusOr<VideoTask> Creator::Create(const videotask::v1::CreateVideoTaskRe
     observe();
     return p.status();
   }
-  {
-    absl::MutexLock lock(&mu_);
-    if (stopping_) {
-      Count("unavailable");
-      return absl::UnavailableError("the sidecar is shutting down; nothing was sent");
-    }
-  }
   absl::StatusOr<VideoTask> result;
   while (true) {
+    if (Stopping()) {
+      Count("unavailable");
+      observe();
+      return absl::UnavailableError("the sidecar is shutting down; nothing was sent");
+    }
     absl::StatusOr<std::optional<CreateRecord>> held = keys_->Claim(p->request_id, p->fingerprint);
     if (!held.ok()) {
       Count(held.status().code() == absl::StatusCode::kResourceExhausted ? "budget"
@@ -91,11 +100,28 @@ absl::StatusOr<VideoTask> Creator::Create(const videotask::v1::CreateVideoTaskRe
     if (!held->has_value()) break;  // ours
     if ((*held)->state == CreateRecord::State::kPending &&
         (*held)->fingerprint == p->fingerprint) {
-      held = keys_->AwaitSettled(p->request_id, deadline);
+      // In slices, so that Shutdown() ends this wait at once whatever the
+      // store's own wait does.
+      while (true) {
+        const absl::Time slice = std::min(deadline, clock_->Monotonic() + kAwaitSlice);
+        held = keys_->AwaitSettled(p->request_id, slice);
+        if (!held.ok() || !held->has_value() ||
+            (*held)->state != CreateRecord::State::kPending || Stopping() ||
+            clock_->Monotonic() >= deadline) {
+          break;
+        }
+      }
       if (!held.ok()) {
         Count("unavailable");
         observe();
         return held.status();
+      }
+      if (held->has_value() && (*held)->state == CreateRecord::State::kPending && Stopping()) {
+        Count("unavailable");
+        observe();
+        return absl::UnavailableError(
+            "the sidecar is shutting down; nothing was sent by this call: retry with the same "
+            "request_id to get the outcome of the create under way");
       }
       if (!held->has_value()) continue;  // released: nothing was created; try ourselves
       if ((*held)->state == CreateRecord::State::kPending) {
@@ -185,6 +211,13 @@ absl::StatusOr<VideoTask> Creator::Send(const PreparedCreate& p, absl::Time dead
                               absl::UnavailableError(
                                   "the sidecar is shutting down; nothing was created"));
       }
+    }
+    if (clock_->Monotonic() >= deadline) {
+      budget_->Release(/*rate_limited=*/false, std::nullopt);  // the slot was not used
+      return NothingCreated(p, ticket, "unavailable",
+                            absl::DeadlineExceededError(absl::StrCat(
+                                "the deadline passed before the request could be sent (last: ",
+                                last, "); nothing was sent: retry with the same request_id")));
     }
     VendorCreateResult r = vendor_->Create(p.family, p.body_json);
     budget_->Release(r.rate_limited, r.retry_after);

@@ -58,7 +58,8 @@ class Creator {
 
   // Blocks until the outcome, or `deadline` (on the clock's Monotonic()
   // scale) for the waits before a request is sent. A request that was sent
-  // is waited for (bounded by the vendor client's timeout).
+  // is waited for (bounded by the vendor client's timeout). Nothing is sent
+  // once `deadline` has passed (DEADLINE_EXCEEDED, the key released).
   absl::StatusOr<videotask::v1::VideoTask> Create(
       const videotask::v1::CreateVideoTaskRequest& request, absl::Time deadline);
 
@@ -77,6 +78,7 @@ class Creator {
                               const char* outcome, absl::Status status);
   // Waits `d` unless shut down first; false when shut down.
   bool Wait(absl::Duration d);
+  bool Stopping();
   void Count(const char* outcome);
   Counter* CounterFor(const char* outcome);
 

@@ -297,6 +297,28 @@ TEST_F(CreateTest, TheSpendGuardCapsNewCreatesAndRepeatsAreFree) {
   EXPECT_TRUE(HasMetric("videotask_creates_total{outcome=\"budget\"} 1"));
 }
 
+// The sidecar's limit on creates at once is transient (UNAVAILABLE, retry),
+// not the spend guard's RESOURCE_EXHAUSTED (CLI exit 10).
+TEST_F(CreateTest, TooManyCreatesAtOnceIsUnavailableNotTheSpendGuard) {
+  SidecarConfig c = DefaultConfig();
+  c.service.max_concurrent_creates = 1;
+  StartAll(c);
+  Fault slow = MakeFault(FaultKind::kSlow);
+  slow.delay = absl::Milliseconds(1500);
+  sim_->InjectCreateFault("", slow);
+  Created first;
+  std::thread t([&] { first = Create("k-first", "videos", kBody); });
+  absl::SleepFor(absl::Milliseconds(500));  // the first is under way at the vendor
+  Created second = Create("k-second", "videos", kBody);
+  t.join();
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  EXPECT_EQ(second.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << second.status.error_message();
+  EXPECT_TRUE(absl::StrContains(second.status.error_message(), "nothing was sent"));
+  EXPECT_EQ(sim_->Creates().size(), 1u);
+  EXPECT_TRUE(Create("k-second", "videos", kBody).status.ok()) << "a retry goes through";
+}
+
 TEST_F(CreateTest, TheBodysIntegersReachTheVendorAsIntegers) {
   StartAll();
   ASSERT_TRUE(Create("k-int", "kyyvideo2",

@@ -958,5 +958,23 @@ TEST(SidecarConfigTest, RedisTlsFlagsNeedRediss) {
   EXPECT_TRUE(ValidateSidecarConfig(c).ok()) << ValidateSidecarConfig(c);
 }
 
+// --create_dedup_ttl is bounded both ways: an infinite or huge TTL overflows
+// Redis's `SET ... PX` and every fleet claim would fail.
+TEST(SidecarConfigTest, CreateDedupTtlIsBounded) {
+  SidecarConfig c;
+  c.upstream_url = "https://vendor.example/v1";
+  ASSERT_TRUE(ValidateSidecarConfig(c).ok()) << ValidateSidecarConfig(c);
+  c.create_dedup_ttl = absl::Seconds(59);
+  EXPECT_EQ(ValidateSidecarConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.create_dedup_ttl = absl::Hours(24 * 30);
+  EXPECT_TRUE(ValidateSidecarConfig(c).ok()) << ValidateSidecarConfig(c);
+  c.create_dedup_ttl = absl::Hours(24 * 30) + absl::Seconds(1);
+  EXPECT_EQ(ValidateSidecarConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.create_dedup_ttl = absl::InfiniteDuration();
+  absl::Status s = ValidateSidecarConfig(c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("--create_dedup_ttl"), std::string::npos) << s;
+}
+
 }  // namespace
 }  // namespace videotask
