@@ -290,8 +290,10 @@ absl::StatusOr<std::unique_ptr<S3Archiver>> S3Archiver::Create(
   a->credentials_ = std::move(credentials);
   if (missing) a->credentials_ok_->store(false);
   for (int i = 0; i < a->options_.max_concurrent; ++i) {
-    a->workers_.emplace_back([p = a.get()] { p->WorkerLoop(); });
+    a->workers_.emplace_back([p = a.get()] { p->WorkerLoop(false); });
+    a->workers_.emplace_back([p = a.get()] { p->WorkerLoop(true); });
   }
+  a->workers_.emplace_back([p = a.get()] { p->SweeperLoop(); });
   return a;
 }
 
@@ -326,7 +328,8 @@ S3Archiver::~S3Archiver() {
   {
     absl::MutexLock lock(&mu_);
     for (auto& [id, job] : jobs_) left.push_back(id);
-    queue_.clear();
+    begin_queue_.clear();
+    upload_queue_.clear();
   }
   for (const std::string& id : left) {
     Finish(id, nullptr, "archiving stopped: the sidecar is shutting down", "shutdown");
@@ -394,27 +397,80 @@ void S3Archiver::Archive(const VideoTask& task, Done done) {
   job->deadline = job->start + options_.timeout;
   job->waiters.push_back({task, std::move(done)});
   jobs_.emplace(task.id(), std::move(job));
-  queue_.emplace_back(task.id(), true);
+  begin_queue_.push_back(task.id());
+  kicked_ = true;
 }
 
-void S3Archiver::WorkerLoop() {
+void S3Archiver::WorkerLoop(bool uploads) {
+  std::deque<std::string>& queue = uploads ? upload_queue_ : begin_queue_;
   while (true) {
-    std::pair<std::string, bool> work;
+    std::string id;
+    bool expired = false;
     {
       absl::MutexLock lock(&mu_);
-      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return !queue_.empty() || stopping_.load();
+      auto has_work = [this, &queue]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return !queue.empty() || stopping_.load();
       };
       mu_.Await(absl::Condition(&has_work));
       if (stopping_) return;
-      work = std::move(queue_.front());
-      queue_.pop_front();
+      id = std::move(queue.front());
+      queue.pop_front();
+      auto it = jobs_.find(id);
+      if (it == jobs_.end()) continue;
+      it->second->queued = false;
+      expired = clock_->Monotonic() >= it->second->deadline;
     }
-    if (work.second) {
-      Begin(work.first);
+    if (expired) {
+      Finish(id, nullptr,
+             absl::StrCat("the archive timeout (--archive_timeout) ran out while waiting for a "
+                          "free ", uploads ? "upload" : "S3", " slot"),
+             "timeout");
+    } else if (uploads) {
+      Upload(id);
     } else {
-      Upload(work.first);
+      Begin(id);
     }
+  }
+}
+
+void S3Archiver::SweeperLoop() {
+  while (true) {
+    std::vector<std::pair<std::string, std::string>> expired;  // id, error
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      const absl::Time now = clock_->Monotonic();
+      absl::Time wake = now + absl::Milliseconds(200);
+      for (auto& [id, job] : jobs_) {
+        if (now < job->deadline) {
+          wake = std::min(wake, job->deadline);
+          continue;
+        }
+        std::string error;
+        if (job->queued) {
+          error = absl::StrCat("the archive timeout (--archive_timeout) ran out while waiting "
+                               "for a free ", job->downloaded ? "upload" : "S3", " slot");
+        } else if (!job->last_error.empty()) {
+          error = absl::StrCat("gave up after ", job->attempts,
+                               " upload attempts (--archive_timeout): ", job->last_error);
+        } else {
+          error = absl::StrCat("the archive timeout (--archive_timeout) ran out while ",
+                               job->downloaded ? "uploading" : "checking or downloading");
+        }
+        expired.emplace_back(id, std::move(error));
+      }
+      if (expired.empty()) {
+        kicked_ = false;
+        auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return kicked_ || stopping_.load();
+        };
+        // The clock is re-read at least every 200 ms (a simulated one too).
+        mu_.AwaitWithTimeout(absl::Condition(&woken),
+                             std::clamp(wake - now, absl::Milliseconds(1),
+                                        absl::Milliseconds(200)));
+      }
+    }
+    for (auto& [id, error] : expired) Finish(id, nullptr, error, "timeout");
   }
 }
 
@@ -464,7 +520,9 @@ void S3Archiver::Begin(const std::string& id) {
   }
   if (stopping_.load()) return;  // the destructor finishes it
   // 3. The download, with every rule of the directory archiver.
-  local_->Archive(task, [this, id](VideoTask result) { OnDownloaded(id, std::move(result)); });
+  // It gets what is left of this job's time, not a timeout of its own.
+  local_->ArchiveBy(task, deadline,
+                    [this, id](VideoTask result) { OnDownloaded(id, std::move(result)); });
 }
 
 void S3Archiver::OnDownloaded(const std::string& id, VideoTask result) {
@@ -473,13 +531,20 @@ void S3Archiver::OnDownloaded(const std::string& id, VideoTask result) {
     Finish(id, nullptr, result.archive_error(), "");
     return;
   }
-  absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) return;
-  it->second->downloaded = true;
-  it->second->local = result.archive();
-  if (stopping_.load()) return;  // the destructor finishes it
-  queue_.emplace_back(id, false);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(id);
+    if (it != jobs_.end()) {
+      it->second->downloaded = true;
+      it->second->local = result.archive();
+      it->second->queued = true;
+      if (stopping_.load()) return;  // the destructor finishes it
+      upload_queue_.push_back(id);
+      return;
+    }
+  }
+  // Answered already (its time ran out): the staged copy is not needed.
+  RemoveStaged(PathFromFileUri(result.archive().uri()), id);
 }
 
 void S3Archiver::Wait(absl::Duration d) {
@@ -507,7 +572,7 @@ void S3Archiver::Upload(const std::string& id) {
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return;
     local = it->second->local;
-    deadline = std::max(it->second->deadline, clock_->Monotonic() + options_.min_upload_time);
+    deadline = it->second->deadline;
   }
   const std::string path = PathFromFileUri(local.uri());
   const size_t slash = path.rfind('/');
@@ -580,6 +645,14 @@ void S3Archiver::Upload(const std::string& id) {
       return;
     }
     last = r.status();
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = jobs_.find(id);
+      if (it != jobs_.end()) {
+        it->second->attempts = attempts;
+        it->second->last_error = std::string(last.message());
+      }
+    }
     const bool credential = IsCredentialError(last);
     if (credential && !absl::IsUnavailable(last)) SetCredentialsOk(false);
     if (absl::IsPermissionDenied(last) && !credential) {

@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -253,7 +255,6 @@ TEST_F(S3ArchiverTest, AStoreThatNeverWorksEndsWithArchiveErrorAtTheTimeout) {
                                   {"code", "InternalError"}}).ok());
   S3ArchiverOptions o = Options();
   o.timeout = absl::Seconds(3);
-  o.min_upload_time = absl::Seconds(2);
   o.initial_backoff = absl::Milliseconds(200);
   o.max_backoff = absl::Milliseconds(400);
   o.sleep = nullptr;  // real waits: the deadline must pass
@@ -264,6 +265,86 @@ TEST_F(S3ArchiverTest, AStoreThatNeverWorksEndsWithArchiveErrorAtTheTimeout) {
   EXPECT_TRUE(absl::StrContains(t.archive_error(), "--archive_timeout")) << t.archive_error();
   EXPECT_TRUE(absl::StrContains(t.archive_error(), "InternalError")) << t.archive_error();
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+// The reviewer's case: one upload slot, a store that always fails. Both
+// archives end by the timeout (no grace after the download, no waiting
+// behind the other's stuck upload past the deadline).
+TEST_F(S3ArchiverTest, StuckUploadsDoNotHoldAnotherArchivePastTheTimeout) {
+  VideoScript v;
+  v.size_bytes = 2000;
+  sim_->SetVideo("ra", v);
+  sim_->SetVideo("rb", v);
+  ASSERT_TRUE(standin_->AddFault({{"op", "PutObject"}, {"times", -1}, {"status", 500},
+                                  {"code", "InternalError"}}).ok());
+  S3ArchiverOptions o = Options();
+  o.timeout = absl::Seconds(2);
+  o.max_concurrent = 1;
+  o.initial_backoff = absl::Milliseconds(100);
+  o.max_backoff = absl::Milliseconds(200);
+  o.sleep = nullptr;  // real waits: the deadline must pass
+  auto a = Make(std::move(o));
+  ASSERT_NE(a, nullptr);
+  absl::Mutex mu;
+  std::map<std::string, absl::Time> done_at;
+  std::map<std::string, VideoTask> got;
+  const absl::Time start = absl::Now();
+  for (const char* id : {"ra", "rb"}) {
+    a->Archive(Completed(id, sim_->VideoUrl(id)), [&, id = std::string(id)](VideoTask t) {
+      absl::MutexLock lock(&mu);
+      done_at[id] = absl::Now();
+      got[id] = std::move(t);
+    });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto both = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return got.size() == 2; };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&both), absl::Seconds(20)));
+  }
+  for (const char* id : {"ra", "rb"}) {
+    EXPECT_FALSE(got[id].has_archive()) << id;
+    EXPECT_TRUE(absl::StrContains(got[id].archive_error(), "--archive_timeout"))
+        << got[id].archive_error();
+    EXPECT_LT(done_at[id] - start, absl::Milliseconds(2500)) << id;
+  }
+}
+
+// A job that cannot get a HEAD slot before its deadline is answered at the
+// deadline, without a download.
+TEST_F(S3ArchiverTest, AJobWhoseTimeRunsOutWhileQueuedFailsAtOnce) {
+  VideoScript v;
+  v.size_bytes = 2000;
+  sim_->SetVideo("qa", v);
+  sim_->SetVideo("qb", v);
+  // The HEADs never answer in time: qa's holds the only HEAD slot.
+  ASSERT_TRUE(standin_->AddFault({{"op", "HeadObject"}, {"times", -1}, {"status", 500},
+                                  {"code", "InternalError"}}).ok());
+  S3ArchiverOptions o = Options();
+  o.timeout = absl::Seconds(1);
+  o.max_concurrent = 1;
+  o.initial_backoff = absl::Milliseconds(100);
+  o.max_backoff = absl::Milliseconds(100);
+  o.sleep = nullptr;
+  auto a = Make(std::move(o));
+  ASSERT_NE(a, nullptr);
+  const absl::Time start = absl::Now();
+  absl::Mutex mu;
+  std::map<std::string, VideoTask> got;
+  for (const char* id : {"qa", "qb"}) {
+    a->Archive(Completed(id, sim_->VideoUrl(id)), [&, id = std::string(id)](VideoTask t) {
+      absl::MutexLock lock(&mu);
+      got[id] = std::move(t);
+    });
+  }
+  absl::MutexLock lock(&mu);
+  auto both = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return got.size() == 2; };
+  ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&both), absl::Seconds(20)));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1500));
+  for (const char* id : {"qa", "qb"}) {
+    EXPECT_FALSE(got[id].has_archive()) << id;
+    EXPECT_TRUE(absl::StrContains(got[id].archive_error(), "--archive_timeout"))
+        << got[id].archive_error();
+  }
 }
 
 TEST_F(S3ArchiverTest, WithArchiveDirTheLocalCopyStays) {
