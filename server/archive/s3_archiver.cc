@@ -5,12 +5,14 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -142,6 +144,65 @@ absl::Status Named(const absl::Status& s) {
   return absl::InvalidArgumentError(absl::StrCat(flag, ": ", m));
 }
 
+// In our staging directory, flock()ed for as long as the archiver lives: a
+// sibling whose lock can be taken belongs to no live process.
+constexpr char kStagingLock[] = ".staging.lock";
+constexpr char kStagingPrefix[] = "videotask-archive-";
+// A sibling without a lock file is removed only when older than this (it may
+// be another process's, made just now, before its lock file).
+constexpr absl::Duration kUnlockedStagingAge = absl::Minutes(10);
+
+// Removes `dir`'s files, its .archive-state's, and both directories.
+void RemoveStagingDir(const std::string& dir) {
+  const std::string state = absl::StrCat(dir, "/.archive-state");
+  for (const std::string& d : {state, dir}) {
+    if (DIR* h = ::opendir(d.c_str())) {
+      while (struct dirent* e = ::readdir(h)) {
+        const std::string name = e->d_name;
+        if (name == "." || name == ".." || name == ".archive-state") continue;
+        ::unlink(absl::StrCat(d, "/", name).c_str());
+      }
+      ::closedir(h);
+    }
+    ::rmdir(d.c_str());
+  }
+}
+
+// Removes the staging directories in `parent` that crashed runs left (no
+// live process holds their lock); returns how many.
+int RemoveLeftStagingDirs(const std::string& parent) {
+  int removed = 0;
+  DIR* h = ::opendir(parent.c_str());
+  if (h == nullptr) return 0;
+  std::vector<std::string> names;
+  while (struct dirent* e = ::readdir(h)) {
+    const std::string name = e->d_name;
+    if (absl::StartsWith(name, kStagingPrefix)) names.push_back(name);
+  }
+  ::closedir(h);
+  for (const std::string& name : names) {
+    const std::string dir = absl::StrCat(parent, "/", name);
+    struct stat st;
+    if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid()) {
+      continue;
+    }
+    const int fd = ::open(absl::StrCat(dir, "/", kStagingLock).c_str(),
+                          O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+      if (errno != ENOENT) continue;
+      // No lock file: from before locks, or being made right now.
+      if (absl::Now() - absl::FromTimeT(st.st_mtime) < kUnlockedStagingAge) continue;
+    } else if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd);  // in use
+      continue;
+    }
+    RemoveStagingDir(dir);  // the lock, held, goes with it
+    if (fd >= 0) ::close(fd);
+    ++removed;
+  }
+  return removed;
+}
+
 }  // namespace
 
 absl::StatusOr<S3Location> ParseS3Url(const std::string& url) {
@@ -252,29 +313,46 @@ absl::StatusOr<std::unique_ptr<S3Archiver>> S3Archiver::Create(
   S3Location where = *ParseS3Url(options.url);
 
   std::string staging;
+  int staging_lock = -1;
   const bool keep_local = !local.dir.empty();
   if (!keep_local) {
     const char* tmp = std::getenv("TMPDIR");
-    std::string templ = absl::StrCat(tmp != nullptr && tmp[0] != '\0' ? tmp : "/tmp",
-                                     "/videotask-archive-XXXXXX");
+    const std::string parent = tmp != nullptr && tmp[0] != '\0' ? tmp : "/tmp";
+    if (const int n = RemoveLeftStagingDirs(parent); n > 0) {
+      LogEvent(LogLevel::kInfo, "archive_staging_removed",
+               {{"dir", parent}, {"count", absl::StrCat(n)}});
+    }
+    std::string templ = absl::StrCat(parent, "/", kStagingPrefix, "XXXXXX");
     if (::mkdtemp(templ.data()) == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--archive_url: cannot make a staging directory for downloads in ",
-          tmp != nullptr && tmp[0] != '\0' ? tmp : "/tmp", " (set TMPDIR to a writable one): ",
-          strerror(errno)));
+          "--archive_url: cannot make a staging directory for downloads in ", parent,
+          " (set TMPDIR to a writable one): ", strerror(errno)));
     }
     staging = templ;
+    staging_lock = ::open(absl::StrCat(staging, "/", kStagingLock).c_str(),
+                          O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (staging_lock < 0 || ::flock(staging_lock, LOCK_EX | LOCK_NB) != 0) {
+      const std::string why = strerror(errno);
+      if (staging_lock >= 0) ::close(staging_lock);
+      RemoveStagingDir(staging);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--archive_url: cannot lock the staging directory in ", parent, ": ", why));
+    }
     local.dir = staging;
   }
   local.timeout = options.timeout;
   local.max_concurrent = options.max_concurrent;
   auto file_archiver = FileArchiver::Create(std::move(local), clock, metrics);
   if (!file_archiver.ok()) {
-    if (!staging.empty()) ::rmdir(staging.c_str());
+    if (!staging.empty()) {
+      RemoveStagingDir(staging);
+      ::close(staging_lock);
+    }
     return file_archiver.status();
   }
   std::unique_ptr<S3Archiver> a(new S3Archiver(std::move(options), std::move(where), clock,
                                                metrics));
+  a->staging_lock_ = staging_lock;
   // From here on the archiver's destructor cleans up (the staging dir too).
   a->local_ = std::move(*file_archiver);
   a->local_dir_ = a->local_->dir();
@@ -334,21 +412,10 @@ S3Archiver::~S3Archiver() {
   for (const std::string& id : left) {
     Finish(id, nullptr, "archiving stopped: the sidecar is shutting down", "shutdown");
   }
-  if (!staging_dir_.empty()) {
-    // Whatever the FileArchiver left (it removes its partial files).
-    const std::string state = absl::StrCat(staging_dir_, "/.archive-state");
-    for (const std::string& dir : {state, staging_dir_}) {
-      if (DIR* d = ::opendir(dir.c_str())) {
-        while (struct dirent* e = ::readdir(d)) {
-          const std::string name = e->d_name;
-          if (name == "." || name == "..") continue;
-          ::unlink(absl::StrCat(dir, "/", name).c_str());
-        }
-        ::closedir(d);
-      }
-      ::rmdir(dir.c_str());
-    }
-  }
+  // Whatever the FileArchiver left (it removes its partial files), the lock
+  // too (held until the directory is gone).
+  if (!staging_dir_.empty()) RemoveStagingDir(staging_dir_);
+  if (staging_lock_ >= 0) ::close(staging_lock_);
 }
 
 std::string S3Archiver::Describe() const {

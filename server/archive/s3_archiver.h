@@ -111,7 +111,9 @@ absl::Status ValidateS3ArchiverOptions(const S3ArchiverOptions& options);
 class S3Archiver : public Archiver {
  public:
   // `local` (its options; the directory empty: a staging directory is made
-  // in $TMPDIR, else /tmp) makes the downloads. `credentials` null: the
+  // in $TMPDIR, else /tmp, and flock()ed while the archiver lives; the
+  // staging directories there that no live process holds, left by a crash,
+  // are removed first) makes the downloads. `credentials` null: the
   // chain from the options (a misconfigured one is INVALID_ARGUMENT; none at
   // all is not an error here: each archive then fails with `credentials`).
   // `clock` and `metrics` (may be null) must outlive the archiver.
@@ -186,6 +188,7 @@ class S3Archiver : public Archiver {
   std::string local_dir_;
   bool keep_local_ = false;
   std::string staging_dir_;  // ours to remove; empty with --archive_dir
+  int staging_lock_ = -1;    // flock()ed: the staging dir is in use
   Counter* uploaded_ = nullptr;
   Counter* reused_ = nullptr;
 

@@ -5,8 +5,11 @@
 #include "server/archive/s3_archiver.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <map>
 #include <memory>
@@ -59,7 +62,7 @@ int Entries(const std::string& dir) {
   if (DIR* d = opendir(dir.c_str())) {
     while (dirent* e = readdir(d)) {
       const std::string name = e->d_name;
-      if (name != "." && name != ".." && name != ".archive-state") ++n;
+      if (name != "." && name != ".." && name != ".archive-state" && name != ".staging.lock") ++n;
     }
     closedir(d);
   }
@@ -345,6 +348,63 @@ TEST_F(S3ArchiverTest, AJobWhoseTimeRunsOutWhileQueuedFailsAtOnce) {
     EXPECT_TRUE(absl::StrContains(got[id].archive_error(), "--archive_timeout"))
         << got[id].archive_error();
   }
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+void Touch(const std::string& path) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0) << path;
+  close(fd);
+}
+
+// A crash leaves the staging directory behind: the next start removes those
+// no live archiver holds, and nothing else.
+TEST_F(S3ArchiverTest, StagingDirectoriesLeftByACrashAreRemovedAtStart) {
+  // A crashed run's: its lock file, unheld, a staged copy and a record.
+  const std::string crashed = tmp_ + "/videotask-archive-crash1";
+  ASSERT_EQ(mkdir(crashed.c_str(), 0700), 0);
+  ASSERT_EQ(mkdir((crashed + "/.archive-state").c_str(), 0700), 0);
+  Touch(crashed + "/.staging.lock");
+  Touch(crashed + "/t-1.mp4");
+  Touch(crashed + "/.archive-state/t-1.done");
+  // Held by a live process (here: a lock taken by the test).
+  const std::string held = tmp_ + "/videotask-archive-held1";
+  ASSERT_EQ(mkdir(held.c_str(), 0700), 0);
+  Touch(held + "/.staging.lock");
+  const int held_fd = open((held + "/.staging.lock").c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(held_fd, 0);
+  ASSERT_EQ(flock(held_fd, LOCK_EX | LOCK_NB), 0);
+  // Being made just now by another process (no lock file yet), and not ours.
+  const std::string fresh = tmp_ + "/videotask-archive-fresh1";
+  ASSERT_EQ(mkdir(fresh.c_str(), 0700), 0);
+  const std::string other = tmp_ + "/something-else";
+  ASSERT_EQ(mkdir(other.c_str(), 0700), 0);
+
+  auto first = Make(Options());
+  ASSERT_NE(first, nullptr);
+  EXPECT_FALSE(Exists(crashed));
+  EXPECT_TRUE(Exists(held + "/.staging.lock"));
+  EXPECT_TRUE(Exists(fresh));
+  EXPECT_TRUE(Exists(other));
+  // A second archiver (another process on the same TMPDIR) leaves the
+  // first's alone.
+  auto second = Make(Options());
+  ASSERT_NE(second, nullptr);
+  EXPECT_TRUE(Exists(first->local_dir()));
+  EXPECT_NE(first->local_dir(), second->local_dir());
+  const std::string first_dir = first->local_dir();
+  first.reset();
+  EXPECT_FALSE(Exists(first_dir));
+  // Released: the next start removes it.
+  close(held_fd);
+  auto third = Make(Options());
+  ASSERT_NE(third, nullptr);
+  EXPECT_FALSE(Exists(held));
+  EXPECT_TRUE(Exists(second->local_dir()));
 }
 
 TEST_F(S3ArchiverTest, WithArchiveDirTheLocalCopyStays) {
