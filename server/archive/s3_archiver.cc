@@ -433,8 +433,10 @@ void S3Archiver::SetCredentialsListener(std::function<void(bool)> listener) {
 }
 
 void S3Archiver::SetCredentialsOk(bool ok) {
-  if (credentials_ok_->exchange(ok) == ok) return;
+  // The exchange under the lock: two changes racing could otherwise reach
+  // the listener in the other order and leave health on the wrong value.
   absl::MutexLock lock(&listener_mu_);
+  if (credentials_ok_->exchange(ok) == ok) return;
   if (listener_) listener_(ok);
 }
 

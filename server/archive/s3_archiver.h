@@ -173,7 +173,10 @@ class S3Archiver : public Archiver {
   // Removes the job and runs its waiters; `reason` empty on success.
   void Finish(const std::string& id, const videotask::v1::VideoArchive* archive,
               const std::string& error, const std::string& reason);
+  // Stores `ok` and tells the listener of a change, both under listener_mu_
+  // (the listener's calls alternate and its last one is credentials_ok()).
   void SetCredentialsOk(bool ok);
+  friend class S3ArchiverTestPeer;
   void RemoveStaged(const std::string& path, const std::string& id);
   void Wait(absl::Duration d);
   std::string KeyFor(const std::string& file_name) const;

@@ -15,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -32,6 +33,12 @@
 #include "tests/testing/sha256.h"
 
 namespace videotask {
+
+class S3ArchiverTestPeer {
+ public:
+  static void SetCredentialsOk(S3Archiver& a, bool ok) { a.SetCredentialsOk(ok); }
+};
+
 namespace {
 
 using sim::SimUpstream;
@@ -348,6 +355,27 @@ TEST_F(S3ArchiverTest, AJobWhoseTimeRunsOutWhileQueuedFailsAtOnce) {
     EXPECT_TRUE(absl::StrContains(got[id].archive_error(), "--archive_timeout"))
         << got[id].archive_error();
   }
+}
+
+// Successes and refusals racing on several threads: the listener (the
+// sidecar's health) sees alternating values and ends on credentials_ok().
+TEST_F(S3ArchiverTest, CredentialHealthFollowsRacingChangesInOrder) {
+  auto a = Make(Options());
+  ASSERT_NE(a, nullptr);
+  std::vector<bool> seen;  // under the archiver's listener lock
+  a->SetCredentialsListener([&seen](bool ok) { seen.push_back(ok); });
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&a, t] {
+      for (int i = 0; i < 20000; ++i) S3ArchiverTestPeer::SetCredentialsOk(*a, (i + t) % 2 == 0);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  ASSERT_FALSE(seen.empty());
+  int repeats = 0;
+  for (size_t i = 1; i < seen.size(); ++i) repeats += seen[i] == seen[i - 1] ? 1 : 0;
+  EXPECT_EQ(repeats, 0) << "of " << seen.size() << " listener calls";
+  EXPECT_EQ(seen.back(), a->credentials_ok());
 }
 
 bool Exists(const std::string& path) {
