@@ -203,6 +203,19 @@ int RemoveLeftStagingDirs(const std::string& parent) {
   return removed;
 }
 
+// The object's Content-Type (a signed header): the video host's when it is
+// printable ASCII of a sane length, else application/octet-stream.
+std::string ObjectContentType(absl::string_view from_host) {
+  constexpr size_t kMaxContentType = 200;
+  const bool usable =
+      !from_host.empty() && from_host.size() <= kMaxContentType &&
+      std::all_of(from_host.begin(), from_host.end(),
+                  [](char c) { return c >= 0x20 && c <= 0x7e; }) &&
+      !absl::StripAsciiWhitespace(from_host).empty();
+  return usable ? std::string(absl::StripAsciiWhitespace(from_host))
+                : std::string("application/octet-stream");
+}
+
 }  // namespace
 
 absl::StatusOr<S3Location> ParseS3Url(const std::string& url) {
@@ -654,8 +667,7 @@ void S3Archiver::Upload(const std::string& id) {
   spec.key = KeyFor(file_name);
   spec.size = local.size_bytes();
   spec.sha256 = local.sha256();
-  spec.content_type = local.content_type().empty() ? "application/octet-stream"
-                                                   : local.content_type();
+  spec.content_type = ObjectContentType(local.content_type());
   spec.deadline = deadline;
   spec.cancelled = [this] { return stopping_.load(); };
   absl::Duration backoff = options_.initial_backoff;
@@ -693,7 +705,7 @@ void S3Archiver::Upload(const std::string& id) {
       SetCredentialsOk(true);
       VideoArchive a = local;
       a.set_uri(r->uri);
-      if (a.content_type().empty()) a.set_content_type(spec.content_type);
+      a.set_content_type(spec.content_type);  // what the object carries
       ToTimestamp(clock_->Now(), a.mutable_archive_time());
       if (r->reused) {
         reuses_.fetch_add(1);

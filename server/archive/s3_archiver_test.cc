@@ -378,6 +378,30 @@ TEST_F(S3ArchiverTest, CredentialHealthFollowsRacingChangesInOrder) {
   EXPECT_EQ(seen.back(), a->credentials_ok());
 }
 
+// The vendor's Content-Type becomes a signed header of the object: only
+// printable ASCII of a sane length goes; anything else is
+// application/octet-stream (and the archive says so).
+TEST_F(S3ArchiverTest, AnUnusableContentTypeIsStoredAsOctetStream) {
+  VideoScript v;
+  v.size_bytes = 2000;
+  v.content_type = "video/mp4; name=\"caf\xc3\xa9\"";  // UTF-8: not ASCII
+  sim_->SetVideo("ct-utf8", v);
+  v.content_type = "video/" + std::string(300, 'x');
+  sim_->SetVideo("ct-long", v);
+  v.content_type = "video/webm";
+  sim_->SetVideo("ct-ok", v);
+  auto a = Make(Options());
+  ASSERT_NE(a, nullptr);
+  for (const char* id : {"ct-utf8", "ct-long"}) {
+    VideoTask t = Run(*a, id);
+    ASSERT_TRUE(t.has_archive()) << id << ": " << t.archive_error();
+    EXPECT_EQ(t.archive().content_type(), "application/octet-stream") << id;
+  }
+  VideoTask t = Run(*a, "ct-ok");
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  EXPECT_EQ(t.archive().content_type(), "video/webm");
+}
+
 bool Exists(const std::string& path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0;
