@@ -315,7 +315,7 @@ TEST_F(S3ArchiverTest, StuckUploadsDoNotHoldAnotherArchivePastTheTimeout) {
     EXPECT_FALSE(got[id].has_archive()) << id;
     EXPECT_TRUE(absl::StrContains(got[id].archive_error(), "--archive_timeout"))
         << got[id].archive_error();
-    EXPECT_LT(done_at[id] - start, absl::Milliseconds(2500)) << id;
+    EXPECT_LT(done_at[id] - start, absl::Milliseconds(3500)) << id;  // was: 60 s more
   }
 }
 
@@ -349,7 +349,7 @@ TEST_F(S3ArchiverTest, AJobWhoseTimeRunsOutWhileQueuedFailsAtOnce) {
   absl::MutexLock lock(&mu);
   auto both = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return got.size() == 2; };
   ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&both), absl::Seconds(20)));
-  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1500));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(2500));
   for (const char* id : {"qa", "qb"}) {
     EXPECT_FALSE(got[id].has_archive()) << id;
     EXPECT_TRUE(absl::StrContains(got[id].archive_error(), "--archive_timeout"))
