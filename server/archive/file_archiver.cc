@@ -976,6 +976,10 @@ FileArchiver::~FileArchiver() {
 }
 
 void FileArchiver::Archive(const VideoTask& task, Done done) {
+  ArchiveBy(task, absl::InfiniteFuture(), std::move(done));
+}
+
+void FileArchiver::ArchiveBy(const VideoTask& task, absl::Time deadline, Done done) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(task.id());
   if (it != jobs_.end()) {
@@ -986,7 +990,8 @@ void FileArchiver::Archive(const VideoTask& task, Done done) {
   job->id = task.id();
   job->url = task.video_url();
   job->start = clock_->Monotonic();
-  job->deadline = job->start + options_.timeout;
+  job->limit = deadline;
+  job->deadline = std::min(job->start + options_.timeout, job->limit);
   job->next_try = job->start;
   job->seq = next_seq_++;
   job->waiters.push_back({task, std::move(done)});
@@ -1028,8 +1033,15 @@ void FileArchiver::SchedulerLoop() {
       for (auto& [id, job] : jobs_) {
         if (job->running) continue;
         // A due job waits for a slot: that time is not its own (its
-        // deadline moves on when it gets one).
-        if (job->next_try <= now) continue;
+        // deadline moves on when it gets one), up to its limit.
+        if (job->next_try <= now) {
+          if (now >= job->limit) {
+            gone.push_back(id);
+          } else {
+            wake = std::min(wake, job->limit);
+          }
+          continue;
+        }
         if (now >= job->deadline) {
           gone.push_back(id);
           continue;
@@ -1052,7 +1064,8 @@ void FileArchiver::SchedulerLoop() {
           }
         }
         if (best == nullptr) break;
-        best->deadline += now - best->next_try;  // the wait for a slot
+        // The wait for a slot, within the caller's limit.
+        best->deadline = std::min(best->deadline + (now - best->next_try), best->limit);
         best->running = true;
         ++running_;
         ready_.push_back(best->id);

@@ -150,6 +150,11 @@ class FileArchiver : public Archiver {
   ~FileArchiver() override;
 
   void Archive(const videotask::v1::VideoTask& task, Done done) override;
+  // Archive() that also ends by `deadline` (the clock's Monotonic()), waiting
+  // for a free download slot included: `done` runs with archive_error by
+  // then (a caller with its own, earlier deadline: the S3 archiver). Joining
+  // an id in progress keeps that job's time.
+  void ArchiveBy(const videotask::v1::VideoTask& task, absl::Time deadline, Done done);
 
   // Makes the scheduler re-read the clock now.
   void Kick();
@@ -176,6 +181,8 @@ class FileArchiver : public Archiver {
     std::vector<Waiter> waiters;
     absl::Time start;     // Monotonic()
     absl::Time deadline;  // start + timeout
+    // ArchiveBy()'s deadline: the slot wait does not move `deadline` past it.
+    absl::Time limit = absl::InfiniteFuture();
     absl::Time next_try;
     uint64_t seq = 0;  // arrival order: ties of next_try go first come, first served
     int attempts = 0;

@@ -801,6 +801,39 @@ TEST_F(FileArchiverTest, DestroyingRunsEveryPendingDoneOnce) {
   EXPECT_EQ(sim_->VideoRequestCount("queued"), 0);  // it never started
 }
 
+// ArchiveBy's deadline holds while the job waits for a download slot (the
+// S3 archiver's remaining time): answered by then, never downloaded.
+TEST_F(FileArchiverTest, ArchiveByEndsByItsDeadlineEvenWaitingForASlot) {
+  VideoScript v;
+  v.size_bytes = 10 << 20;
+  v.chunk_delay = absl::Hours(1);  // stalls after the headers
+  sim_->SetVideo("stuck", v);
+  options_.max_concurrent = 1;
+  StartArchiver();
+  Results r;
+  archiver_->Archive(Completed("stuck", sim_->VideoUrl("stuck")), r.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return sim_->VideoRequestCount("stuck") > 0; }));
+  archiver_->ArchiveBy(Completed("queued", sim_->VideoUrl("queued")),
+                       clock_.Monotonic() + absl::Seconds(5), r.Callback());
+  archiver_->Kick();
+  clock_.Advance(absl::Seconds(6));  // far below the 30 min timeout
+  archiver_->Kick();
+  ASSERT_TRUE(WaitUntil([&] {
+    absl::MutexLock lock(&r.mu);
+    return !r.tasks.empty();
+  }));
+  {
+    absl::MutexLock lock(&r.mu);
+    ASSERT_EQ(r.tasks.size(), 1u);
+    EXPECT_EQ(r.tasks[0].id(), "queued");
+    EXPECT_FALSE(r.tasks[0].has_archive());
+    EXPECT_TRUE(absl::StrContains(r.tasks[0].archive_error(), "timeout"))
+        << r.tasks[0].archive_error();
+  }
+  EXPECT_EQ(sim_->VideoRequestCount("queued"), 0);
+  archiver_.reset();  // answers "stuck" while `r` lives
+}
+
 // A video_url ending in ".json": the video keeps its name, the metadata has
 // its own (ID.meta.json), and both are what they claim.
 TEST_F(FileArchiverTest, AJsonExtensionDoesNotCollideWithTheMetadata) {

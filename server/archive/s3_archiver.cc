@@ -5,12 +5,14 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -142,6 +144,78 @@ absl::Status Named(const absl::Status& s) {
   return absl::InvalidArgumentError(absl::StrCat(flag, ": ", m));
 }
 
+// In our staging directory, flock()ed for as long as the archiver lives: a
+// sibling whose lock can be taken belongs to no live process.
+constexpr char kStagingLock[] = ".staging.lock";
+constexpr char kStagingPrefix[] = "videotask-archive-";
+// A sibling without a lock file is removed only when older than this (it may
+// be another process's, made just now, before its lock file).
+constexpr absl::Duration kUnlockedStagingAge = absl::Minutes(10);
+
+// Removes `dir`'s files, its .archive-state's, and both directories.
+void RemoveStagingDir(const std::string& dir) {
+  const std::string state = absl::StrCat(dir, "/.archive-state");
+  for (const std::string& d : {state, dir}) {
+    if (DIR* h = ::opendir(d.c_str())) {
+      while (struct dirent* e = ::readdir(h)) {
+        const std::string name = e->d_name;
+        if (name == "." || name == ".." || name == ".archive-state") continue;
+        ::unlink(absl::StrCat(d, "/", name).c_str());
+      }
+      ::closedir(h);
+    }
+    ::rmdir(d.c_str());
+  }
+}
+
+// Removes the staging directories in `parent` that crashed runs left (no
+// live process holds their lock); returns how many.
+int RemoveLeftStagingDirs(const std::string& parent) {
+  int removed = 0;
+  DIR* h = ::opendir(parent.c_str());
+  if (h == nullptr) return 0;
+  std::vector<std::string> names;
+  while (struct dirent* e = ::readdir(h)) {
+    const std::string name = e->d_name;
+    if (absl::StartsWith(name, kStagingPrefix)) names.push_back(name);
+  }
+  ::closedir(h);
+  for (const std::string& name : names) {
+    const std::string dir = absl::StrCat(parent, "/", name);
+    struct stat st;
+    if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid()) {
+      continue;
+    }
+    const int fd = ::open(absl::StrCat(dir, "/", kStagingLock).c_str(),
+                          O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+      if (errno != ENOENT) continue;
+      // No lock file: from before locks, or being made right now.
+      if (absl::Now() - absl::FromTimeT(st.st_mtime) < kUnlockedStagingAge) continue;
+    } else if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd);  // in use
+      continue;
+    }
+    RemoveStagingDir(dir);  // the lock, held, goes with it
+    if (fd >= 0) ::close(fd);
+    ++removed;
+  }
+  return removed;
+}
+
+// The object's Content-Type (a signed header): the video host's when it is
+// printable ASCII of a sane length, else application/octet-stream.
+std::string ObjectContentType(absl::string_view from_host) {
+  constexpr size_t kMaxContentType = 200;
+  const bool usable =
+      !from_host.empty() && from_host.size() <= kMaxContentType &&
+      std::all_of(from_host.begin(), from_host.end(),
+                  [](char c) { return c >= 0x20 && c <= 0x7e; }) &&
+      !absl::StripAsciiWhitespace(from_host).empty();
+  return usable ? std::string(absl::StripAsciiWhitespace(from_host))
+                : std::string("application/octet-stream");
+}
+
 }  // namespace
 
 absl::StatusOr<S3Location> ParseS3Url(const std::string& url) {
@@ -252,29 +326,46 @@ absl::StatusOr<std::unique_ptr<S3Archiver>> S3Archiver::Create(
   S3Location where = *ParseS3Url(options.url);
 
   std::string staging;
+  int staging_lock = -1;
   const bool keep_local = !local.dir.empty();
   if (!keep_local) {
     const char* tmp = std::getenv("TMPDIR");
-    std::string templ = absl::StrCat(tmp != nullptr && tmp[0] != '\0' ? tmp : "/tmp",
-                                     "/videotask-archive-XXXXXX");
+    const std::string parent = tmp != nullptr && tmp[0] != '\0' ? tmp : "/tmp";
+    if (const int n = RemoveLeftStagingDirs(parent); n > 0) {
+      LogEvent(LogLevel::kInfo, "archive_staging_removed",
+               {{"dir", parent}, {"count", absl::StrCat(n)}});
+    }
+    std::string templ = absl::StrCat(parent, "/", kStagingPrefix, "XXXXXX");
     if (::mkdtemp(templ.data()) == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--archive_url: cannot make a staging directory for downloads in ",
-          tmp != nullptr && tmp[0] != '\0' ? tmp : "/tmp", " (set TMPDIR to a writable one): ",
-          strerror(errno)));
+          "--archive_url: cannot make a staging directory for downloads in ", parent,
+          " (set TMPDIR to a writable one): ", strerror(errno)));
     }
     staging = templ;
+    staging_lock = ::open(absl::StrCat(staging, "/", kStagingLock).c_str(),
+                          O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (staging_lock < 0 || ::flock(staging_lock, LOCK_EX | LOCK_NB) != 0) {
+      const std::string why = strerror(errno);
+      if (staging_lock >= 0) ::close(staging_lock);
+      RemoveStagingDir(staging);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--archive_url: cannot lock the staging directory in ", parent, ": ", why));
+    }
     local.dir = staging;
   }
   local.timeout = options.timeout;
   local.max_concurrent = options.max_concurrent;
   auto file_archiver = FileArchiver::Create(std::move(local), clock, metrics);
   if (!file_archiver.ok()) {
-    if (!staging.empty()) ::rmdir(staging.c_str());
+    if (!staging.empty()) {
+      RemoveStagingDir(staging);
+      ::close(staging_lock);
+    }
     return file_archiver.status();
   }
   std::unique_ptr<S3Archiver> a(new S3Archiver(std::move(options), std::move(where), clock,
                                                metrics));
+  a->staging_lock_ = staging_lock;
   // From here on the archiver's destructor cleans up (the staging dir too).
   a->local_ = std::move(*file_archiver);
   a->local_dir_ = a->local_->dir();
@@ -290,8 +381,10 @@ absl::StatusOr<std::unique_ptr<S3Archiver>> S3Archiver::Create(
   a->credentials_ = std::move(credentials);
   if (missing) a->credentials_ok_->store(false);
   for (int i = 0; i < a->options_.max_concurrent; ++i) {
-    a->workers_.emplace_back([p = a.get()] { p->WorkerLoop(); });
+    a->workers_.emplace_back([p = a.get()] { p->WorkerLoop(false); });
+    a->workers_.emplace_back([p = a.get()] { p->WorkerLoop(true); });
   }
+  a->workers_.emplace_back([p = a.get()] { p->SweeperLoop(); });
   return a;
 }
 
@@ -326,26 +419,16 @@ S3Archiver::~S3Archiver() {
   {
     absl::MutexLock lock(&mu_);
     for (auto& [id, job] : jobs_) left.push_back(id);
-    queue_.clear();
+    begin_queue_.clear();
+    upload_queue_.clear();
   }
   for (const std::string& id : left) {
     Finish(id, nullptr, "archiving stopped: the sidecar is shutting down", "shutdown");
   }
-  if (!staging_dir_.empty()) {
-    // Whatever the FileArchiver left (it removes its partial files).
-    const std::string state = absl::StrCat(staging_dir_, "/.archive-state");
-    for (const std::string& dir : {state, staging_dir_}) {
-      if (DIR* d = ::opendir(dir.c_str())) {
-        while (struct dirent* e = ::readdir(d)) {
-          const std::string name = e->d_name;
-          if (name == "." || name == "..") continue;
-          ::unlink(absl::StrCat(dir, "/", name).c_str());
-        }
-        ::closedir(d);
-      }
-      ::rmdir(dir.c_str());
-    }
-  }
+  // Whatever the FileArchiver left (it removes its partial files), the lock
+  // too (held until the directory is gone).
+  if (!staging_dir_.empty()) RemoveStagingDir(staging_dir_);
+  if (staging_lock_ >= 0) ::close(staging_lock_);
 }
 
 std::string S3Archiver::Describe() const {
@@ -363,8 +446,10 @@ void S3Archiver::SetCredentialsListener(std::function<void(bool)> listener) {
 }
 
 void S3Archiver::SetCredentialsOk(bool ok) {
-  if (credentials_ok_->exchange(ok) == ok) return;
+  // The exchange under the lock: two changes racing could otherwise reach
+  // the listener in the other order and leave health on the wrong value.
   absl::MutexLock lock(&listener_mu_);
+  if (credentials_ok_->exchange(ok) == ok) return;
   if (listener_) listener_(ok);
 }
 
@@ -394,27 +479,80 @@ void S3Archiver::Archive(const VideoTask& task, Done done) {
   job->deadline = job->start + options_.timeout;
   job->waiters.push_back({task, std::move(done)});
   jobs_.emplace(task.id(), std::move(job));
-  queue_.emplace_back(task.id(), true);
+  begin_queue_.push_back(task.id());
+  kicked_ = true;
 }
 
-void S3Archiver::WorkerLoop() {
+void S3Archiver::WorkerLoop(bool uploads) {
+  std::deque<std::string>& queue = uploads ? upload_queue_ : begin_queue_;
   while (true) {
-    std::pair<std::string, bool> work;
+    std::string id;
+    bool expired = false;
     {
       absl::MutexLock lock(&mu_);
-      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return !queue_.empty() || stopping_.load();
+      auto has_work = [this, &queue]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return !queue.empty() || stopping_.load();
       };
       mu_.Await(absl::Condition(&has_work));
       if (stopping_) return;
-      work = std::move(queue_.front());
-      queue_.pop_front();
+      id = std::move(queue.front());
+      queue.pop_front();
+      auto it = jobs_.find(id);
+      if (it == jobs_.end()) continue;
+      it->second->queued = false;
+      expired = clock_->Monotonic() >= it->second->deadline;
     }
-    if (work.second) {
-      Begin(work.first);
+    if (expired) {
+      Finish(id, nullptr,
+             absl::StrCat("the archive timeout (--archive_timeout) ran out while waiting for a "
+                          "free ", uploads ? "upload" : "S3", " slot"),
+             "timeout");
+    } else if (uploads) {
+      Upload(id);
     } else {
-      Upload(work.first);
+      Begin(id);
     }
+  }
+}
+
+void S3Archiver::SweeperLoop() {
+  while (true) {
+    std::vector<std::pair<std::string, std::string>> expired;  // id, error
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      const absl::Time now = clock_->Monotonic();
+      absl::Time wake = now + absl::Milliseconds(200);
+      for (auto& [id, job] : jobs_) {
+        if (now < job->deadline) {
+          wake = std::min(wake, job->deadline);
+          continue;
+        }
+        std::string error;
+        if (job->queued) {
+          error = absl::StrCat("the archive timeout (--archive_timeout) ran out while waiting "
+                               "for a free ", job->downloaded ? "upload" : "S3", " slot");
+        } else if (!job->last_error.empty()) {
+          error = absl::StrCat("gave up after ", job->attempts,
+                               " upload attempts (--archive_timeout): ", job->last_error);
+        } else {
+          error = absl::StrCat("the archive timeout (--archive_timeout) ran out while ",
+                               job->downloaded ? "uploading" : "checking or downloading");
+        }
+        expired.emplace_back(id, std::move(error));
+      }
+      if (expired.empty()) {
+        kicked_ = false;
+        auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return kicked_ || stopping_.load();
+        };
+        // The clock is re-read at least every 200 ms (a simulated one too).
+        mu_.AwaitWithTimeout(absl::Condition(&woken),
+                             std::clamp(wake - now, absl::Milliseconds(1),
+                                        absl::Milliseconds(200)));
+      }
+    }
+    for (auto& [id, error] : expired) Finish(id, nullptr, error, "timeout");
   }
 }
 
@@ -464,7 +602,9 @@ void S3Archiver::Begin(const std::string& id) {
   }
   if (stopping_.load()) return;  // the destructor finishes it
   // 3. The download, with every rule of the directory archiver.
-  local_->Archive(task, [this, id](VideoTask result) { OnDownloaded(id, std::move(result)); });
+  // It gets what is left of this job's time, not a timeout of its own.
+  local_->ArchiveBy(task, deadline,
+                    [this, id](VideoTask result) { OnDownloaded(id, std::move(result)); });
 }
 
 void S3Archiver::OnDownloaded(const std::string& id, VideoTask result) {
@@ -473,13 +613,20 @@ void S3Archiver::OnDownloaded(const std::string& id, VideoTask result) {
     Finish(id, nullptr, result.archive_error(), "");
     return;
   }
-  absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) return;
-  it->second->downloaded = true;
-  it->second->local = result.archive();
-  if (stopping_.load()) return;  // the destructor finishes it
-  queue_.emplace_back(id, false);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(id);
+    if (it != jobs_.end()) {
+      it->second->downloaded = true;
+      it->second->local = result.archive();
+      it->second->queued = true;
+      if (stopping_.load()) return;  // the destructor finishes it
+      upload_queue_.push_back(id);
+      return;
+    }
+  }
+  // Answered already (its time ran out): the staged copy is not needed.
+  RemoveStaged(PathFromFileUri(result.archive().uri()), id);
 }
 
 void S3Archiver::Wait(absl::Duration d) {
@@ -507,7 +654,7 @@ void S3Archiver::Upload(const std::string& id) {
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return;
     local = it->second->local;
-    deadline = std::max(it->second->deadline, clock_->Monotonic() + options_.min_upload_time);
+    deadline = it->second->deadline;
   }
   const std::string path = PathFromFileUri(local.uri());
   const size_t slash = path.rfind('/');
@@ -520,8 +667,7 @@ void S3Archiver::Upload(const std::string& id) {
   spec.key = KeyFor(file_name);
   spec.size = local.size_bytes();
   spec.sha256 = local.sha256();
-  spec.content_type = local.content_type().empty() ? "application/octet-stream"
-                                                   : local.content_type();
+  spec.content_type = ObjectContentType(local.content_type());
   spec.deadline = deadline;
   spec.cancelled = [this] { return stopping_.load(); };
   absl::Duration backoff = options_.initial_backoff;
@@ -559,7 +705,7 @@ void S3Archiver::Upload(const std::string& id) {
       SetCredentialsOk(true);
       VideoArchive a = local;
       a.set_uri(r->uri);
-      if (a.content_type().empty()) a.set_content_type(spec.content_type);
+      a.set_content_type(spec.content_type);  // what the object carries
       ToTimestamp(clock_->Now(), a.mutable_archive_time());
       if (r->reused) {
         reuses_.fetch_add(1);
@@ -580,6 +726,14 @@ void S3Archiver::Upload(const std::string& id) {
       return;
     }
     last = r.status();
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = jobs_.find(id);
+      if (it != jobs_.end()) {
+        it->second->attempts = attempts;
+        it->second->last_error = std::string(last.message());
+      }
+    }
     const bool credential = IsCredentialError(last);
     if (credential && !absl::IsUnavailable(last)) SetCredentialsOk(false);
     if (absl::IsPermissionDenied(last) && !credential) {

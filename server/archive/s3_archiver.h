@@ -22,12 +22,18 @@
 // 4. Upload: S3Client::Upload from the file (HEAD reuse by SHA-256, one
 //    PutObject up to a part, multipart above, one part buffered at a time),
 //    retried on transient errors with backoff (doubling, capped) until
-//    `timeout` from Archive() (at least `min_upload_time` after the download
-//    ends); errors that will not heal (403 AccessDenied or
+//    `timeout` from Archive(); errors that will not heal (403 AccessDenied or
 //    SignatureDoesNotMatch, NoSuchBucket, other 4xx) end it at once with S3's
 //    error code in archive_error (reason `s3`).
-// At most `max_concurrent` HEADs or uploads run at once; Archive() never
-// blocks. No secret is ever in a log line or an error.
+// At most `max_concurrent` HEADs and `max_concurrent` uploads run at once
+// (apart: uploads stuck on a failing store do not hold back HEADs and
+// downloads); Archive() never blocks. No secret is ever in a log line or an
+// error.
+//
+// `timeout` is a hard bound from Archive() to `done`: the download gets what
+// is left of it, not a fresh one, and a job whose time runs out (waiting for
+// a slot, downloading or uploading) is answered then with archive_error
+// (reason `timeout`); a multipart abort still under way runs after that.
 //
 // Destroying the archiver cancels HEADs and uploads (a request in flight
 // too; a multipart upload is aborted, briefly), destroys the
@@ -75,9 +81,10 @@ struct S3ArchiverOptions {
   // The environment for the credential chain (the sidecar passes
   // s3::ProcessEnvironment()).
   std::map<std::string, std::string> env;
-  absl::Duration timeout = absl::Minutes(30);  // from Archive() to `done`
-  absl::Duration min_upload_time = absl::Minutes(1);
-  int max_concurrent = 4;
+  // From Archive() to `done`, a hard bound: queue waits, the HEAD, the
+  // download and the upload all come out of it.
+  absl::Duration timeout = absl::Minutes(30);
+  int max_concurrent = 4;  // HEADs at once; uploads at once (separately)
   // Tests: smaller parts and backoffs, and the waits between retries.
   size_t part_size = s3::kPartSize;
   absl::Duration initial_backoff = absl::Seconds(1);
@@ -104,7 +111,9 @@ absl::Status ValidateS3ArchiverOptions(const S3ArchiverOptions& options);
 class S3Archiver : public Archiver {
  public:
   // `local` (its options; the directory empty: a staging directory is made
-  // in $TMPDIR, else /tmp) makes the downloads. `credentials` null: the
+  // in $TMPDIR, else /tmp, and flock()ed while the archiver lives; the
+  // staging directories there that no live process holds, left by a crash,
+  // are removed first) makes the downloads. `credentials` null: the
   // chain from the options (a misconfigured one is INVALID_ARGUMENT; none at
   // all is not an error here: each archive then fails with `credentials`).
   // `clock` and `metrics` (may be null) must outlive the archiver.
@@ -148,19 +157,26 @@ class S3Archiver : public Archiver {
     // Set once the download is done: the upload's input.
     bool downloaded = false;
     videotask::v1::VideoArchive local;
-    int attempts = 0;  // uploads tried
+    bool queued = true;      // waiting for a worker (not in a HEAD or upload)
+    int attempts = 0;        // uploads tried
+    std::string last_error;  // of the last upload attempt
   };
 
   S3Archiver(S3ArchiverOptions options, S3Location where, Clock* clock,
              MetricsRegistry* metrics);
-  void WorkerLoop();
+  void WorkerLoop(bool uploads);
+  // Answers the jobs whose deadline has passed (archive_error), at once.
+  void SweeperLoop();
   void Begin(const std::string& id);
   void Upload(const std::string& id);
   void OnDownloaded(const std::string& id, videotask::v1::VideoTask result);
   // Removes the job and runs its waiters; `reason` empty on success.
   void Finish(const std::string& id, const videotask::v1::VideoArchive* archive,
               const std::string& error, const std::string& reason);
+  // Stores `ok` and tells the listener of a change, both under listener_mu_
+  // (the listener's calls alternate and its last one is credentials_ok()).
   void SetCredentialsOk(bool ok);
+  friend class S3ArchiverTestPeer;
   void RemoveStaged(const std::string& path, const std::string& id);
   void Wait(absl::Duration d);
   std::string KeyFor(const std::string& file_name) const;
@@ -175,6 +191,7 @@ class S3Archiver : public Archiver {
   std::string local_dir_;
   bool keep_local_ = false;
   std::string staging_dir_;  // ours to remove; empty with --archive_dir
+  int staging_lock_ = -1;    // flock()ed: the staging dir is in use
   Counter* uploaded_ = nullptr;
   Counter* reused_ = nullptr;
 
@@ -187,8 +204,10 @@ class S3Archiver : public Archiver {
   std::function<void(bool)> listener_ ABSL_GUARDED_BY(listener_mu_);
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
-  // Work for the workers: (id, true) to begin, (id, false) to upload.
-  std::deque<std::pair<std::string, bool>> queue_ ABSL_GUARDED_BY(mu_);
+  // Work for the workers: ids to begin (HEAD, download), ids to upload.
+  std::deque<std::string> begin_queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> upload_queue_ ABSL_GUARDED_BY(mu_);
+  bool kicked_ ABSL_GUARDED_BY(mu_) = false;  // wakes the sweeper
   std::vector<std::thread> workers_;
 };
 

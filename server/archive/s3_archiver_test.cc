@@ -5,11 +5,17 @@
 #include "server/archive/s3_archiver.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -27,6 +33,12 @@
 #include "tests/testing/sha256.h"
 
 namespace videotask {
+
+class S3ArchiverTestPeer {
+ public:
+  static void SetCredentialsOk(S3Archiver& a, bool ok) { a.SetCredentialsOk(ok); }
+};
+
 namespace {
 
 using sim::SimUpstream;
@@ -57,7 +69,7 @@ int Entries(const std::string& dir) {
   if (DIR* d = opendir(dir.c_str())) {
     while (dirent* e = readdir(d)) {
       const std::string name = e->d_name;
-      if (name != "." && name != ".." && name != ".archive-state") ++n;
+      if (name != "." && name != ".." && name != ".archive-state" && name != ".staging.lock") ++n;
     }
     closedir(d);
   }
@@ -253,7 +265,6 @@ TEST_F(S3ArchiverTest, AStoreThatNeverWorksEndsWithArchiveErrorAtTheTimeout) {
                                   {"code", "InternalError"}}).ok());
   S3ArchiverOptions o = Options();
   o.timeout = absl::Seconds(3);
-  o.min_upload_time = absl::Seconds(2);
   o.initial_backoff = absl::Milliseconds(200);
   o.max_backoff = absl::Milliseconds(400);
   o.sleep = nullptr;  // real waits: the deadline must pass
@@ -264,6 +275,188 @@ TEST_F(S3ArchiverTest, AStoreThatNeverWorksEndsWithArchiveErrorAtTheTimeout) {
   EXPECT_TRUE(absl::StrContains(t.archive_error(), "--archive_timeout")) << t.archive_error();
   EXPECT_TRUE(absl::StrContains(t.archive_error(), "InternalError")) << t.archive_error();
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+// The reviewer's case: one upload slot, a store that always fails. Both
+// archives end by the timeout (no grace after the download, no waiting
+// behind the other's stuck upload past the deadline).
+TEST_F(S3ArchiverTest, StuckUploadsDoNotHoldAnotherArchivePastTheTimeout) {
+  VideoScript v;
+  v.size_bytes = 2000;
+  sim_->SetVideo("ra", v);
+  sim_->SetVideo("rb", v);
+  ASSERT_TRUE(standin_->AddFault({{"op", "PutObject"}, {"times", -1}, {"status", 500},
+                                  {"code", "InternalError"}}).ok());
+  S3ArchiverOptions o = Options();
+  o.timeout = absl::Seconds(2);
+  o.max_concurrent = 1;
+  o.initial_backoff = absl::Milliseconds(100);
+  o.max_backoff = absl::Milliseconds(200);
+  o.sleep = nullptr;  // real waits: the deadline must pass
+  auto a = Make(std::move(o));
+  ASSERT_NE(a, nullptr);
+  absl::Mutex mu;
+  std::map<std::string, absl::Time> done_at;
+  std::map<std::string, VideoTask> got;
+  const absl::Time start = absl::Now();
+  for (const char* id : {"ra", "rb"}) {
+    a->Archive(Completed(id, sim_->VideoUrl(id)), [&, id = std::string(id)](VideoTask t) {
+      absl::MutexLock lock(&mu);
+      done_at[id] = absl::Now();
+      got[id] = std::move(t);
+    });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto both = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return got.size() == 2; };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&both), absl::Seconds(20)));
+  }
+  for (const char* id : {"ra", "rb"}) {
+    EXPECT_FALSE(got[id].has_archive()) << id;
+    EXPECT_TRUE(absl::StrContains(got[id].archive_error(), "--archive_timeout"))
+        << got[id].archive_error();
+    EXPECT_LT(done_at[id] - start, absl::Milliseconds(3500)) << id;  // was: 60 s more
+  }
+}
+
+// A job that cannot get a HEAD slot before its deadline is answered at the
+// deadline, without a download.
+TEST_F(S3ArchiverTest, AJobWhoseTimeRunsOutWhileQueuedFailsAtOnce) {
+  VideoScript v;
+  v.size_bytes = 2000;
+  sim_->SetVideo("qa", v);
+  sim_->SetVideo("qb", v);
+  // The HEADs never answer in time: qa's holds the only HEAD slot.
+  ASSERT_TRUE(standin_->AddFault({{"op", "HeadObject"}, {"times", -1}, {"status", 500},
+                                  {"code", "InternalError"}}).ok());
+  S3ArchiverOptions o = Options();
+  o.timeout = absl::Seconds(1);
+  o.max_concurrent = 1;
+  o.initial_backoff = absl::Milliseconds(100);
+  o.max_backoff = absl::Milliseconds(100);
+  o.sleep = nullptr;
+  auto a = Make(std::move(o));
+  ASSERT_NE(a, nullptr);
+  const absl::Time start = absl::Now();
+  absl::Mutex mu;
+  std::map<std::string, VideoTask> got;
+  for (const char* id : {"qa", "qb"}) {
+    a->Archive(Completed(id, sim_->VideoUrl(id)), [&, id = std::string(id)](VideoTask t) {
+      absl::MutexLock lock(&mu);
+      got[id] = std::move(t);
+    });
+  }
+  absl::MutexLock lock(&mu);
+  auto both = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return got.size() == 2; };
+  ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&both), absl::Seconds(20)));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(2500));
+  for (const char* id : {"qa", "qb"}) {
+    EXPECT_FALSE(got[id].has_archive()) << id;
+    EXPECT_TRUE(absl::StrContains(got[id].archive_error(), "--archive_timeout"))
+        << got[id].archive_error();
+  }
+}
+
+// Successes and refusals racing on several threads: the listener (the
+// sidecar's health) sees alternating values and ends on credentials_ok().
+TEST_F(S3ArchiverTest, CredentialHealthFollowsRacingChangesInOrder) {
+  auto a = Make(Options());
+  ASSERT_NE(a, nullptr);
+  std::vector<bool> seen;  // under the archiver's listener lock
+  a->SetCredentialsListener([&seen](bool ok) { seen.push_back(ok); });
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&a, t] {
+      for (int i = 0; i < 20000; ++i) S3ArchiverTestPeer::SetCredentialsOk(*a, (i + t) % 2 == 0);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  ASSERT_FALSE(seen.empty());
+  int repeats = 0;
+  for (size_t i = 1; i < seen.size(); ++i) repeats += seen[i] == seen[i - 1] ? 1 : 0;
+  EXPECT_EQ(repeats, 0) << "of " << seen.size() << " listener calls";
+  EXPECT_EQ(seen.back(), a->credentials_ok());
+}
+
+// The vendor's Content-Type becomes a signed header of the object: only
+// printable ASCII of a sane length goes; anything else is
+// application/octet-stream (and the archive says so).
+TEST_F(S3ArchiverTest, AnUnusableContentTypeIsStoredAsOctetStream) {
+  VideoScript v;
+  v.size_bytes = 2000;
+  v.content_type = "video/mp4; name=\"caf\xc3\xa9\"";  // UTF-8: not ASCII
+  sim_->SetVideo("ct-utf8", v);
+  v.content_type = "video/" + std::string(300, 'x');
+  sim_->SetVideo("ct-long", v);
+  v.content_type = "video/webm";
+  sim_->SetVideo("ct-ok", v);
+  auto a = Make(Options());
+  ASSERT_NE(a, nullptr);
+  for (const char* id : {"ct-utf8", "ct-long"}) {
+    VideoTask t = Run(*a, id);
+    ASSERT_TRUE(t.has_archive()) << id << ": " << t.archive_error();
+    EXPECT_EQ(t.archive().content_type(), "application/octet-stream") << id;
+  }
+  VideoTask t = Run(*a, "ct-ok");
+  ASSERT_TRUE(t.has_archive()) << t.archive_error();
+  EXPECT_EQ(t.archive().content_type(), "video/webm");
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+void Touch(const std::string& path) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0) << path;
+  close(fd);
+}
+
+// A crash leaves the staging directory behind: the next start removes those
+// no live archiver holds, and nothing else.
+TEST_F(S3ArchiverTest, StagingDirectoriesLeftByACrashAreRemovedAtStart) {
+  // A crashed run's: its lock file, unheld, a staged copy and a record.
+  const std::string crashed = tmp_ + "/videotask-archive-crash1";
+  ASSERT_EQ(mkdir(crashed.c_str(), 0700), 0);
+  ASSERT_EQ(mkdir((crashed + "/.archive-state").c_str(), 0700), 0);
+  Touch(crashed + "/.staging.lock");
+  Touch(crashed + "/t-1.mp4");
+  Touch(crashed + "/.archive-state/t-1.done");
+  // Held by a live process (here: a lock taken by the test).
+  const std::string held = tmp_ + "/videotask-archive-held1";
+  ASSERT_EQ(mkdir(held.c_str(), 0700), 0);
+  Touch(held + "/.staging.lock");
+  const int held_fd = open((held + "/.staging.lock").c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(held_fd, 0);
+  ASSERT_EQ(flock(held_fd, LOCK_EX | LOCK_NB), 0);
+  // Being made just now by another process (no lock file yet), and not ours.
+  const std::string fresh = tmp_ + "/videotask-archive-fresh1";
+  ASSERT_EQ(mkdir(fresh.c_str(), 0700), 0);
+  const std::string other = tmp_ + "/something-else";
+  ASSERT_EQ(mkdir(other.c_str(), 0700), 0);
+
+  auto first = Make(Options());
+  ASSERT_NE(first, nullptr);
+  EXPECT_FALSE(Exists(crashed));
+  EXPECT_TRUE(Exists(held + "/.staging.lock"));
+  EXPECT_TRUE(Exists(fresh));
+  EXPECT_TRUE(Exists(other));
+  // A second archiver (another process on the same TMPDIR) leaves the
+  // first's alone.
+  auto second = Make(Options());
+  ASSERT_NE(second, nullptr);
+  EXPECT_TRUE(Exists(first->local_dir()));
+  EXPECT_NE(first->local_dir(), second->local_dir());
+  const std::string first_dir = first->local_dir();
+  first.reset();
+  EXPECT_FALSE(Exists(first_dir));
+  // Released: the next start removes it.
+  close(held_fd);
+  auto third = Make(Options());
+  ASSERT_NE(third, nullptr);
+  EXPECT_FALSE(Exists(held));
+  EXPECT_TRUE(Exists(second->local_dir()));
 }
 
 TEST_F(S3ArchiverTest, WithArchiveDirTheLocalCopyStays) {

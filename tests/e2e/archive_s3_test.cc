@@ -202,12 +202,16 @@ class ArchiveS3E2eTest : public ::testing::Test {
       while (dirent* e = readdir(d)) {
         const std::string name = e->d_name;
         if (name == "." || name == "..") continue;
-        // The sidecar's staging directory: empty but for the claims' dir.
+        // The sidecar's staging directory: empty but for the claims' dir
+        // and the lock that marks it in use.
         const std::string sub = staging_ + "/" + name;
         if (DIR* s = opendir(sub.c_str())) {
           while (dirent* f = readdir(s)) {
             const std::string fname = f->d_name;
-            if (fname != "." && fname != ".." && fname != ".archive-state") ++n;
+            if (fname != "." && fname != ".." && fname != ".archive-state" &&
+                fname != ".staging.lock") {
+              ++n;
+            }
           }
           closedir(s);
         }
