@@ -190,6 +190,16 @@ absl::Status HttpError(absl::string_view who, long status, const std::string& co
   return absl::PermissionDeniedError(text);
 }
 
+// `j[key]` when it is a string, else "" (a missing key, or one of another
+// type: an issuer's answer is not trusted to have the documented shape, and
+// nlohmann::json::value() would throw on a wrong type).
+std::string JsonString(const nlohmann::json& j, const char* key) {
+  if (!j.is_object()) return "";
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_string()) return "";
+  return it->get<std::string>();
+}
+
 // 2. IRSA: STS AssumeRoleWithWebIdentity.
 class WebIdentityProvider : public RefreshingProvider {
  public:
@@ -275,22 +285,21 @@ class ContainerProvider : public RefreshingProvider {
     nlohmann::json j = nlohmann::json::parse(resp->body, nullptr, /*allow_exceptions=*/false);
     if (resp->status != 200) {
       std::string code, message;
-      if (j.is_object()) {
-        code = j.value("code", j.value("Code", ""));
-        message = j.value("message", j.value("Message", ""));
-      }
+      code = JsonString(j, "code");
+      if (code.empty()) code = JsonString(j, "Code");
+      message = JsonString(j, "message");
+      if (message.empty()) message = JsonString(j, "Message");
       return HttpError(who, resp->status, code, Redact(message, {token}));
     }
     AwsCredentials c;
-    if (j.is_object()) {
-      c.access_key_id = j.value("AccessKeyId", "");
-      c.secret_access_key = j.value("SecretAccessKey", "");
-      c.session_token = j.value("Token", "");
-    }
-    if (c.access_key_id.empty() || c.secret_access_key.empty()) {
+    c.access_key_id = JsonString(j, "AccessKeyId");
+    c.secret_access_key = JsonString(j, "SecretAccessKey");
+    c.session_token = JsonString(j, "Token");
+    const std::string expires = JsonString(j, "Expiration");
+    if (c.access_key_id.empty() || c.secret_access_key.empty() || expires.empty()) {
       return absl::UnavailableError(absl::StrCat(who, ": the answer holds no credentials"));
     }
-    absl::StatusOr<absl::Time> t = ParseExpiration(j.value("Expiration", ""), who);
+    absl::StatusOr<absl::Time> t = ParseExpiration(expires, who);
     if (!t.ok()) return t.status();
     *expiration = *t;
     return c;

@@ -3,13 +3,23 @@
 // SimulatedClock.
 #include "server/archive/s3/credentials.h"
 
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <deque>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
+#include "server/base/clock.h"
 #include "tests/testing/s3_standin.h"
 
 namespace videotask::s3 {
@@ -30,6 +40,171 @@ const std::vector<std::string> kSecrets = {
 
 void ExpectNoSecret(const std::string& text) {
   for (const std::string& s : kSecrets) EXPECT_FALSE(absl::StrContains(text, s)) << text;
+}
+
+// A credential issuer on loopback that answers from a script, for answers
+// the stand-in does not give: odd JSON, STS errors, and never answering.
+class ScriptedIssuer {
+ public:
+  struct Answer {
+    int status = 200;
+    std::string body;
+    bool hang = false;  // read the request, never answer
+  };
+
+  ScriptedIssuer() {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    listen(fd_, 64);
+    socklen_t len = sizeof(a);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~ScriptedIssuer() {
+    stop_ = true;
+    shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    close(fd_);
+    for (int c : hung_) close(c);
+  }
+
+  std::string Url(const std::string& path = "/") const {
+    return absl::StrCat("http://127.0.0.1:", port_, path);
+  }
+  // Answers in order; once they are used up, `fallback` for every request.
+  void Then(Answer a) {
+    absl::MutexLock l(&mu_);
+    script_.push_back(std::move(a));
+  }
+  void Fallback(Answer a) {
+    absl::MutexLock l(&mu_);
+    fallback_ = std::move(a);
+  }
+  int calls() const { return calls_.load(); }
+
+ private:
+  void Serve() {
+    while (!stop_) {
+      const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) {
+        if (stop_) return;
+        continue;
+      }
+      std::string req;
+      char buf[4096];
+      size_t want = std::string::npos;
+      while (req.size() < want) {
+        pollfd p{c, POLLIN, 0};
+        if (poll(&p, 1, 2000) <= 0) break;
+        const ssize_t n = read(c, buf, sizeof(buf));
+        if (n <= 0) break;
+        req.append(buf, n);
+        const size_t end = req.find("\r\n\r\n");
+        if (want == std::string::npos && end != std::string::npos) {
+          size_t length = 0;
+          const size_t cl = req.find("Content-Length: ");
+          if (cl != std::string::npos && cl < end) length = std::stoul(req.substr(cl + 16));
+          want = end + 4 + length;
+        }
+      }
+      ++calls_;
+      Answer a;
+      {
+        absl::MutexLock l(&mu_);
+        if (!script_.empty()) {
+          a = script_.front();
+          script_.pop_front();
+        } else {
+          a = fallback_;
+        }
+      }
+      if (a.hang) {
+        hung_.push_back(c);
+        continue;
+      }
+      const std::string out =
+          absl::StrCat("HTTP/1.1 ", a.status, " X\r\nContent-Length: ", a.body.size(),
+                       "\r\nConnection: close\r\n\r\n", a.body);
+      (void)!write(c, out.data(), out.size());
+      close(c);
+    }
+  }
+
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> calls_{0};
+  std::vector<int> hung_;  // only the serving thread, then the destructor
+  absl::Mutex mu_;
+  std::deque<Answer> script_ ABSL_GUARDED_BY(mu_);
+  Answer fallback_ ABSL_GUARDED_BY(mu_) = {500, "", false};
+  std::thread thread_;
+};
+
+std::string Rfc3339(absl::Time t) { return absl::FormatTime(absl::RFC3339_sec, t, absl::UTCTimeZone()); }
+
+std::string PodAnswer(const std::string& akid, absl::Time expiry) {
+  return absl::StrCat(R"({"AccessKeyId": ")", akid,
+                      R"(", "SecretAccessKey": "scripted-secret", "Token": "scripted-token", )",
+                      R"("Expiration": ")", Rfc3339(expiry), R"("})");
+}
+
+std::string StsAnswer(const std::string& akid, absl::Time expiry) {
+  return absl::StrCat(
+      "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>"
+      "<AccessKeyId>", akid, "</AccessKeyId><SecretAccessKey>scripted-secret</SecretAccessKey>"
+      "<SessionToken>scripted-token</SessionToken><Expiration>", Rfc3339(expiry),
+      "</Expiration></Credentials></AssumeRoleWithWebIdentityResult>"
+      "</AssumeRoleWithWebIdentityResponse>");
+}
+
+std::string StsError(const std::string& code, const std::string& message = "no") {
+  return absl::StrCat("<ErrorResponse><Error><Type>Sender</Type><Code>", code, "</Code><Message>",
+                      message, "</Message></Error></ErrorResponse>");
+}
+
+// Pod Identity answers of the wrong shape are errors, never a crash
+// (nlohmann::json::value() throws on a key of another type).
+TEST(Credentials, PodIdentityAnswersOfTheWrongShapeAreUnavailable) {
+  SimulatedClock clock;
+  const absl::Time later = clock.Now() + absl::Hours(1);
+  const std::vector<std::pair<int, std::string>> answers = {
+      {200, R"({"AccessKeyId": 12345, "SecretAccessKey": "s", "Expiration": "x"})"},
+      {200, absl::StrCat(R"({"AccessKeyId": "A", "SecretAccessKey": "s", "Token": 7, "Expiration": ")",
+                         Rfc3339(later), R"("})")},
+      {200, R"({"AccessKeyId": "A", "SecretAccessKey": "s", "Expiration": null})"},
+      {200, R"({"AccessKeyId": "A", "SecretAccessKey": ["s"], "Expiration": {}})"},
+      {200, R"([1, 2, 3])"},
+      {200, R"("just a string")"},
+      {200, "not json {"},
+      {500, R"({"code": 500, "message": {"a": 1}})"},
+      {503, R"({"Code": null, "Message": 17})"},
+  };
+  for (const auto& [status, body] : answers) {
+    ScriptedIssuer issuer;
+    issuer.Fallback({status, body, false});
+    CredentialsOptions o;
+    o.clock = &clock;
+    o.env = {{"AWS_CONTAINER_CREDENTIALS_FULL_URI", issuer.Url("/v1/credentials")}};
+    auto p = CredentialsFromEnvironment(o);
+    ASSERT_TRUE(p.ok()) << p.status();
+    absl::StatusOr<AwsCredentials> c = (*p)->Get();
+    if (status == 200 && absl::StrContains(body, "Token\": 7")) {
+      // A token of another type is no token: the key and secret still sign.
+      ASSERT_TRUE(c.ok()) << c.status();
+      EXPECT_EQ(c->session_token, "");
+      continue;
+    }
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << body << " " << c.status();
+    if (status == 200) {
+      EXPECT_TRUE(absl::StrContains(c.status().message(), "the answer holds no credentials"))
+          << c.status();
+    }
+  }
 }
 
 TEST(Credentials, EnvironmentKeys) {
