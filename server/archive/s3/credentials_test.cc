@@ -11,6 +11,7 @@
 #include <atomic>
 #include <deque>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -258,6 +259,27 @@ TEST(Credentials, KeyFilesWinAndAreReadAgainWhenTheSecretRotates) {
   EXPECT_EQ(CredentialsFromEnvironment(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Waits (real time, bounded) for a background refresh to bring a key other
+// than `old`.
+absl::StatusOr<AwsCredentials> WaitForNewKey(CredentialsProvider* p, const std::string& old) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  absl::StatusOr<AwsCredentials> c = p->Get();
+  while (c.ok() && c->access_key_id == old && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+    c = p->Get();
+  }
+  return c;
+}
+
+// Waits (real time, bounded) until calls() reaches `n`, and a moment more
+// for the fetch to be handled.
+void WaitForCalls(const std::function<int()>& calls, int n) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (calls() < n && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(calls(), n);
+  absl::SleepFor(absl::Milliseconds(100));
+}
+
 class StandinCredentials : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -295,10 +317,13 @@ TEST_F(StandinCredentials, IrsaFetchesCachesAndRefreshesBeforeExpiry) {
   EXPECT_EQ(same->access_key_id, first->access_key_id);
   EXPECT_EQ(standin_->State()["sts_calls"], 1);
 
-  // Within 5 minutes of expiry: new ones, from the token file read again.
+  // Within 5 minutes of expiry: the cached ones at once, and new ones
+  // (from the token file read again) fetched in the background.
   clock_.Advance(absl::Minutes(2));
   ASSERT_TRUE(standin_->SetClock(clock_.Now()).ok());
   absl::StatusOr<AwsCredentials> second = (*p)->Get();
+  ASSERT_TRUE(second.ok()) << second.status();
+  second = WaitForNewKey(p->get(), first->access_key_id);
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_NE(second->access_key_id, first->access_key_id);
   EXPECT_EQ(standin_->State()["sts_calls"], 2);
@@ -308,6 +333,10 @@ TEST_F(StandinCredentials, IrsaFetchesCachesAndRefreshesBeforeExpiry) {
   clock_.Advance(absl::Minutes(56));
   ASSERT_TRUE(standin_->SetClock(clock_.Now()).ok());
   absl::StatusOr<AwsCredentials> kept = (*p)->Get();
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(kept->access_key_id, second->access_key_id);
+  WaitForCalls([&] { return standin_->State()["sts_calls"].get<int>(); }, 3);
+  kept = (*p)->Get();
   ASSERT_TRUE(kept.ok()) << kept.status();
   EXPECT_EQ(kept->access_key_id, second->access_key_id);
   // ...and gives the refusal once they are no longer valid.
@@ -355,7 +384,10 @@ TEST_F(StandinCredentials, PodIdentity) {
 
   // A rotated token file is read again; a wrong token is refused, unnamed.
   TempFile("pod-token", "wrong-pod-token");
-  (*p)->Invalidate();
+  (*p)->Invalidate("ASIA-someone-else");  // not the cached ones: kept
+  ASSERT_TRUE((*p)->Get().ok());
+  EXPECT_EQ(standin_->State()["pod_calls"], 1);
+  (*p)->Invalidate(c->access_key_id);
   c = (*p)->Get();
   EXPECT_EQ(c.status().code(), absl::StatusCode::kUnauthenticated) << c.status();
   ExpectNoSecret(std::string(c.status().message()));
@@ -383,6 +415,97 @@ TEST_F(StandinCredentials, UnreachableStsIsUnavailable) {
   absl::StatusOr<AwsCredentials> c = (*p)->Get();
   EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << c.status();
   ExpectNoSecret(std::string(c.status().message()));
+}
+
+// The reviewer's scenario: STS answers once, then hangs. Past the refresh
+// point the cached credentials come back at once to every caller, one
+// background fetch runs, and after it fails no other is tried before the
+// backoff (on the injected clock) is over.
+TEST(Credentials, HangingStsDoesNotStallGetWhileCachedCredentialsAreValid) {
+  SimulatedClock clock;
+  ScriptedIssuer sts;
+  sts.Then({200, StsAnswer("ASIAFIRST", clock.Now() + absl::Hours(1)), false});
+  sts.Fallback({0, "", true});
+  const std::string token_file = TempFile("web-identity-hang", "standin-web-identity-token");
+  CredentialsOptions o;
+  o.clock = &clock;
+  o.http_timeout = absl::Seconds(2);
+  o.env = {{"AWS_ROLE_ARN", "arn:aws:iam::1:role/r"},
+           {"AWS_WEB_IDENTITY_TOKEN_FILE", token_file},
+           {"AWS_ENDPOINT_URL_STS", sts.Url()}};
+  auto p = CredentialsFromEnvironment(o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_TRUE((*p)->Get().ok());
+  EXPECT_EQ(sts.calls(), 1);
+
+  clock.Advance(absl::Minutes(56));
+  const absl::Time start = absl::Now();
+  std::vector<std::thread> callers;
+  std::atomic<int> good{0};
+  for (int i = 0; i < 3; ++i) {
+    callers.emplace_back([&] {
+      absl::StatusOr<AwsCredentials> c = (*p)->Get();
+      if (c.ok() && c->access_key_id == "ASIAFIRST") ++good;
+    });
+  }
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(good.load(), 3);
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+  WaitForCalls([&] { return sts.calls(); }, 2);  // one refresh, hanging
+
+  // While it hangs, and after it times out: the cached ones, at once, and
+  // no other request during the backoff.
+  for (int i = 0; i < 5; ++i) {
+    const absl::Time t = absl::Now();
+    absl::StatusOr<AwsCredentials> c = (*p)->Get();
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->access_key_id, "ASIAFIRST");
+    EXPECT_LT(absl::Now() - t, absl::Milliseconds(200));
+  }
+  absl::SleepFor(absl::Milliseconds(2500) - (absl::Now() - start));  // the 2 s timeout passes
+  ASSERT_TRUE((*p)->Get().ok());
+  clock.Advance(absl::Seconds(4));
+  ASSERT_TRUE((*p)->Get().ok());
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(sts.calls(), 2);
+  clock.Advance(absl::Seconds(1));  // the first backoff (5 s) is over
+  absl::StatusOr<AwsCredentials> c = (*p)->Get();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->access_key_id, "ASIAFIRST");
+  WaitForCalls([&] { return sts.calls(); }, 3);
+  // Going away cancels the fetch in flight rather than waiting it out.
+  const absl::Time gone = absl::Now();
+  p->reset();
+  EXPECT_LT(absl::Now() - gone, absl::Milliseconds(1900));
+}
+
+// Nothing cached and the issuer failing: one fetch per backoff period,
+// concurrent callers share it, the others get the last error at once.
+TEST(Credentials, FailingIssuerIsAskedOncePerBackoff) {
+  SimulatedClock clock;
+  ScriptedIssuer pod;
+  pod.Fallback({503, R"({"code": "Unavailable", "message": "try later"})", false});
+  CredentialsOptions o;
+  o.clock = &clock;
+  o.env = {{"AWS_CONTAINER_CREDENTIALS_FULL_URI", pod.Url("/v1/credentials")}};
+  auto p = CredentialsFromEnvironment(o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ((*p)->Get().status().code(), absl::StatusCode::kUnavailable);
+  }
+  EXPECT_EQ(pod.calls(), 1);
+  clock.Advance(absl::Seconds(5));
+  EXPECT_EQ((*p)->Get().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(pod.calls(), 2);
+  clock.Advance(absl::Seconds(5));  // now 10 s
+  EXPECT_EQ((*p)->Get().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(pod.calls(), 2);
+  clock.Advance(absl::Seconds(5));
+  pod.Then({200, PodAnswer("ASIAPOD", clock.Now() + absl::Hours(1)), false});
+  absl::StatusOr<AwsCredentials> c = (*p)->Get();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->access_key_id, "ASIAPOD");
+  EXPECT_EQ(pod.calls(), 3);
 }
 
 }  // namespace

@@ -194,7 +194,7 @@ absl::StatusOr<HttpResponse> S3Client::Send(HttpSession& session, const Call& ca
                          message.empty() ? "" : ": ", Excerpt(message));
         if ((code == "ExpiredToken" || code == "TokenRefreshRequired") && !refreshed) {
           // Temporary credentials ran out early: fetch anew, once, at once.
-          credentials_->Invalidate();
+          credentials_->Invalidate(creds->access_key_id);
           refreshed = true;
           --attempt;
           continue;
