@@ -278,7 +278,14 @@ absl::Status HttpError(absl::string_view who, long status, const std::string& co
                        const std::string& message) {
   const std::string text = absl::StrCat(who, ": HTTP ", status, code.empty() ? "" : " ", code,
                                         message.empty() ? "" : ": ", Excerpt(message));
-  if (status >= 500 || status == 429 || status == 408) return absl::UnavailableError(text);
+  // STS answers throttling and its own trouble reaching the identity
+  // provider with 400 and these codes: retried like 5xx (as the AWS SDKs do).
+  const bool transient_code = code == "Throttling" || code == "ThrottlingException" ||
+                              code == "RequestLimitExceeded" ||
+                              code == "IDPCommunicationError" || code == "ServiceUnavailable";
+  if (status >= 500 || status == 429 || status == 408 || transient_code) {
+    return absl::UnavailableError(text);
+  }
   if (status == 401) return absl::UnauthenticatedError(text);
   return absl::PermissionDeniedError(text);
 }

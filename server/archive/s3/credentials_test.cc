@@ -508,5 +508,29 @@ TEST(Credentials, FailingIssuerIsAskedOncePerBackoff) {
   EXPECT_EQ(pod.calls(), 3);
 }
 
+// STS's throttling and IdP trouble come as 400: retried (UNAVAILABLE), not
+// a refusal.
+TEST(Credentials, StsThrottlingIsUnavailable) {
+  const std::string token_file = TempFile("web-identity-throttle", "standin-web-identity-token");
+  for (const std::string code : {"Throttling", "ThrottlingException", "RequestLimitExceeded",
+                                 "IDPCommunicationError", "ServiceUnavailable", "AccessDenied"}) {
+    SimulatedClock clock;
+    ScriptedIssuer sts;
+    sts.Fallback({400, StsError(code), false});
+    CredentialsOptions o;
+    o.clock = &clock;
+    o.env = {{"AWS_ROLE_ARN", "arn:aws:iam::1:role/r"},
+             {"AWS_WEB_IDENTITY_TOKEN_FILE", token_file},
+             {"AWS_ENDPOINT_URL_STS", sts.Url()}};
+    auto p = CredentialsFromEnvironment(o);
+    ASSERT_TRUE(p.ok()) << p.status();
+    absl::StatusOr<AwsCredentials> c = (*p)->Get();
+    EXPECT_EQ(c.status().code(), code == "AccessDenied" ? absl::StatusCode::kPermissionDenied
+                                                         : absl::StatusCode::kUnavailable)
+        << code << " " << c.status();
+    EXPECT_TRUE(absl::StrContains(c.status().message(), code)) << c.status();
+  }
+}
+
 }  // namespace
 }  // namespace videotask::s3
