@@ -532,5 +532,30 @@ TEST(Credentials, StsThrottlingIsUnavailable) {
   }
 }
 
+// A proxy in the environment is not used: the Pod Identity token and the
+// answer go straight to the agent.
+TEST(Credentials, ProxyFromTheEnvironmentIsNotUsed) {
+  SimulatedClock clock;
+  ScriptedIssuer pod, proxy;
+  pod.Fallback({200, PodAnswer("ASIADIRECT", clock.Now() + absl::Hours(1)), false});
+  proxy.Fallback({200, PodAnswer("ASIAPROXY", clock.Now() + absl::Hours(1)), false});
+  const std::vector<std::string> vars = {"http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"};
+  for (const std::string& v : vars) setenv(v.c_str(), proxy.Url().c_str(), 1);
+  unsetenv("NO_PROXY");
+  unsetenv("no_proxy");
+  CredentialsOptions o;
+  o.clock = &clock;
+  o.env = {{"AWS_CONTAINER_CREDENTIALS_FULL_URI", pod.Url("/v1/credentials")},
+           {"AWS_CONTAINER_AUTHORIZATION_TOKEN", "standin-pod-identity-token"}};
+  auto p = CredentialsFromEnvironment(o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  absl::StatusOr<AwsCredentials> c = (*p)->Get();
+  for (const std::string& v : vars) unsetenv(v.c_str());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->access_key_id, "ASIADIRECT");
+  EXPECT_EQ(pod.calls(), 1);
+  EXPECT_EQ(proxy.calls(), 0);
+}
+
 }  // namespace
 }  // namespace videotask::s3

@@ -3,7 +3,9 @@
 // requests to the same host reuse the connection; a session is used by one
 // thread at a time.
 //
-// Guarantees: only http:// and https:// (CheckTransport says which hosts may
+// Guarantees: no proxy, whatever http_proxy / HTTPS_PROXY / ALL_PROXY say
+// (credentials and signed requests go only to the host named); only
+// http:// and https:// (CheckTransport says which hosts may
 // have plain http); TLS verified; no redirect followed (S3 answers a wrong
 // region with 301, which is an error, not a hint to follow); the request body
 // is sent from the caller's memory without a copy; the answer's body is
