@@ -333,7 +333,7 @@ class WebIdentityIssuer : public Issuer {
     absl::StatusOr<HttpResponse> resp = CallIssuer(std::move(req), who);
     if (!resp.ok()) return resp.status();
     if (resp->status != 200) {
-      return HttpError(who, resp->status, XmlText(resp->body, "Code"),
+      return HttpError(who, resp->status, ErrorCode(Redact(XmlText(resp->body, "Code"), {*token})),
                        Redact(XmlText(resp->body, "Message"), {*token}));
     }
     AwsCredentials c;
@@ -389,7 +389,8 @@ class ContainerIssuer : public Issuer {
       if (code.empty()) code = JsonString(j, "Code");
       message = JsonString(j, "message");
       if (message.empty()) message = JsonString(j, "Message");
-      return HttpError(who, resp->status, code, Redact(message, {token}));
+      return HttpError(who, resp->status, ErrorCode(Redact(code, {token})),
+                       Redact(message, {token}));
     }
     AwsCredentials c;
     c.access_key_id = JsonString(j, "AccessKeyId");

@@ -557,5 +557,44 @@ TEST(Credentials, ProxyFromTheEnvironmentIsNotUsed) {
   EXPECT_EQ(proxy.calls(), 0);
 }
 
+// An issuer's error code goes into errors bounded, printable and without
+// the secret the caller sent.
+TEST(Credentials, IssuerErrorCodeIsBoundedAndRedacted) {
+  const std::string token_file = TempFile("web-identity-code", "standin-web-identity-token");
+  const std::string code = absl::StrCat("InvalidIdentityToken", "standin-web-identity-token",
+                                        std::string(10000, 'x'), "\r\nInjected: yes");
+  SimulatedClock clock;
+  ScriptedIssuer sts;
+  sts.Fallback({403, StsError(code), false});
+  CredentialsOptions o;
+  o.clock = &clock;
+  o.env = {{"AWS_ROLE_ARN", "arn:aws:iam::1:role/r"},
+           {"AWS_WEB_IDENTITY_TOKEN_FILE", token_file},
+           {"AWS_ENDPOINT_URL_STS", sts.Url()}};
+  auto p = CredentialsFromEnvironment(o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  absl::StatusOr<AwsCredentials> c = (*p)->Get();
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kPermissionDenied);
+  const std::string m(c.status().message());
+  EXPECT_TRUE(absl::StrContains(m, "InvalidIdentityToken")) << m;
+  EXPECT_FALSE(absl::StrContains(m, "standinwebidentitytoken")) << m;
+  EXPECT_FALSE(absl::StrContains(m, "Injected")) << m;
+  EXPECT_FALSE(absl::StrContains(m, "\n")) << m;
+  EXPECT_LT(m.size(), 400u) << m;
+  ExpectNoSecret(m);
+
+  ScriptedIssuer pod;
+  pod.Fallback({403, absl::StrCat(R"({"code": ")", code, R"(", "message": "no"})"), false});
+  o.env = {{"AWS_CONTAINER_CREDENTIALS_FULL_URI", pod.Url("/v1/credentials")},
+           {"AWS_CONTAINER_AUTHORIZATION_TOKEN", "standin-web-identity-token"}};
+  p = CredentialsFromEnvironment(o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  c = (*p)->Get();
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kPermissionDenied);
+  const std::string m2(c.status().message());
+  EXPECT_FALSE(absl::StrContains(m2, "standinwebidentitytoken")) << m2;
+  EXPECT_LT(m2.size(), 400u) << m2;
+}
+
 }  // namespace
 }  // namespace videotask::s3

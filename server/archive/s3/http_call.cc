@@ -69,6 +69,15 @@ std::string Excerpt(absl::string_view text, size_t max_chars) {
   return out;
 }
 
+std::string ErrorCode(absl::string_view code) {
+  std::string out;
+  for (char c : code) {
+    if (out.size() == 64) break;
+    if (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.') out.push_back(c);
+  }
+  return out;
+}
+
 std::string XmlText(absl::string_view xml, absl::string_view name) {
   const std::string open = absl::StrCat("<", name, ">");
   const std::string close = absl::StrCat("</", name, ">");

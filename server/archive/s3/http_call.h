@@ -85,6 +85,11 @@ std::string Redact(std::string text, std::initializer_list<absl::string_view> se
 // characters as '?'.
 std::string Excerpt(absl::string_view text, size_t max_chars = 200);
 
+// An error code from a store's or an issuer's answer (<Code>, "code") fit
+// for errors, logs and metrics: only [A-Za-z0-9.], at most 64 characters
+// (AWS codes are short words; anything else is dropped).
+std::string ErrorCode(absl::string_view code);
+
 }  // namespace videotask::s3
 
 #endif  // VIDEOTASK_SERVER_ARCHIVE_S3_HTTP_CALL_H_
