@@ -596,5 +596,25 @@ TEST(Credentials, IssuerErrorCodeIsBoundedAndRedacted) {
   EXPECT_LT(m2.size(), 400u) << m2;
 }
 
+// A user name or password in an issuer's URL is refused, never printed
+// (Describe() is logged at start).
+TEST(Credentials, UserinfoInIssuerUrlsIsRefusedUnshown) {
+  CredentialsOptions o;
+  for (const std::string url :
+       {"https://user:hunter2pw@sts.example.com/", "https://hunter2pw@sts.example.com/",
+        "http://user:hunter2pw@127.0.0.1:9/", "https://user:hunter2pw@bad host/"}) {
+    o.env = {{"AWS_ROLE_ARN", "arn:aws:iam::1:role/r"},
+             {"AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/token"},
+             {"AWS_ENDPOINT_URL_STS", url}};
+    auto p = CredentialsFromEnvironment(o);
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << url;
+    EXPECT_FALSE(absl::StrContains(p.status().message(), "hunter2pw")) << p.status();
+    o.env = {{"AWS_CONTAINER_CREDENTIALS_FULL_URI", url}};
+    p = CredentialsFromEnvironment(o);
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << url;
+    EXPECT_FALSE(absl::StrContains(p.status().message(), "hunter2pw")) << p.status();
+  }
+}
+
 }  // namespace
 }  // namespace videotask::s3

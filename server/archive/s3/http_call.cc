@@ -198,17 +198,31 @@ absl::Status CheckTransport(absl::string_view url, absl::string_view what,
   const std::string s(url);
   char* scheme = nullptr;
   char* host = nullptr;
+  char* user = nullptr;
+  char* password = nullptr;
   const bool parsed = curl_url_set(u, CURLUPART_URL, s.c_str(), 0) == CURLUE_OK &&
                       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
                       curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
                       host != nullptr && host[0] != '\0';
+  const bool userinfo = parsed && (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK ||
+                                   curl_url_get(u, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK);
   const std::string scheme_s = scheme != nullptr ? absl::AsciiStrToLower(scheme) : "";
   const std::string host_s = host != nullptr ? host : "";
   curl_free(scheme);
   curl_free(host);
+  curl_free(user);
+  curl_free(password);
   curl_url_cleanup(u);
+  // A user name or password in the URL is refused, and a URL that may hold
+  // one (an '@') is never printed: these URLs go into errors and logs.
+  if (userinfo) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " must not hold a user name or password (user:password@); the URL is not shown"));
+  }
   if (!parsed || s.find_first_of(" \t\r\n") != std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " is not a valid URL: ", Excerpt(url)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " is not a valid URL",
+        s.find('@') == std::string::npos ? absl::StrCat(": ", Excerpt(url)) : std::string()));
   }
   if (scheme_s == "https") return absl::OkStatus();
   if (scheme_s == "http") {

@@ -68,7 +68,8 @@ class HttpSession {
 
 // OK when `url` is https://, or http:// to a loopback host (server/base/
 // loopback.h) or to one of `extra_plain_http_hosts` (exact, as in the URL);
-// INVALID_ARGUMENT naming `what` otherwise, or when `url` does not parse.
+// INVALID_ARGUMENT naming `what` otherwise, or when `url` does not parse or
+// holds a user name or password (user:password@, refused and not shown).
 absl::Status CheckTransport(absl::string_view url, absl::string_view what,
                             const std::vector<std::string>& extra_plain_http_hosts = {});
 

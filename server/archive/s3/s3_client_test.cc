@@ -276,6 +276,14 @@ TEST_F(S3ClientTest, StoreErrorCodeIsBoundedAndRedacted) {
   EXPECT_LT(m.size(), 600u) << m;
 }
 
+TEST_F(S3ClientTest, UserinfoInTheEndpointIsRefusedUnshown) {
+  S3Client::Options o = Opts();
+  o.endpoint = "https://user:hunter2pw@s3.example.com";
+  auto c = S3Client::Create(std::move(o), Keys());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(absl::StrContains(c.status().message(), "hunter2pw")) << c.status();
+}
+
 TEST_F(S3ClientTest, PartFailingTwiceIsRetriedAlone) {
   S3Client::Options o = Opts();
   o.part_size = 5 << 20;
