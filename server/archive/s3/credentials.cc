@@ -3,7 +3,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <atomic>
+#include <functional>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -102,56 +105,25 @@ class StaticProvider : public CredentialsProvider {
   const AwsCredentials env_;
 };
 
-// Temporary credentials, cached until shortly before they expire.
-class RefreshingProvider : public CredentialsProvider {
+// Where temporary credentials come from: STS, the container agent.
+class Issuer {
  public:
-  explicit RefreshingProvider(const CredentialsOptions& o)
-      : clock_(o.clock != nullptr ? o.clock : RealClock::Get()),
-        refresh_before_(o.refresh_before),
-        timeout_(o.http_timeout),
-        ca_file_(o.ca_file) {}
-
-  absl::StatusOr<AwsCredentials> Get() override {
-    absl::MutexLock lock(&mu_);
-    const absl::Time now = clock_->Monotonic();
-    if (cached_.has_value() && now < refresh_at_) return *cached_;
-    absl::Time wall_expiry;
-    absl::StatusOr<AwsCredentials> fresh = Fetch(&wall_expiry);
-    if (!fresh.ok()) {
-      // Still valid (with a minute to spare): keep signing with them.
-      if (cached_.has_value() && now + absl::Minutes(1) < expires_at_) return *cached_;
-      cached_.reset();
-      return fresh.status();
-    }
-    // The expiration is wall time from the issuer; from here on it is
-    // measured on the monotonic clock.
-    const absl::Duration lifetime = wall_expiry - clock_->Now();
-    if (lifetime <= absl::ZeroDuration()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          Describe(), " gave credentials that expire at ",
-          absl::FormatTime(absl::RFC3339_sec, wall_expiry, absl::UTCTimeZone()),
-          ", already past by this machine's clock"));
-    }
-    expires_at_ = now + lifetime;
-    refresh_at_ = expires_at_ - std::min(refresh_before_, lifetime / 2);
-    cached_ = *std::move(fresh);
-    return *cached_;
-  }
-  void Invalidate() override {
-    absl::MutexLock lock(&mu_);
-    cached_.reset();
-  }
-
- protected:
+  explicit Issuer(const CredentialsOptions& o) : timeout_(o.http_timeout), ca_file_(o.ca_file) {}
+  virtual ~Issuer() = default;
   // New credentials and their expiration (wall time).
   virtual absl::StatusOr<AwsCredentials> Fetch(absl::Time* expiration) = 0;
+  virtual std::string Describe() const = 0;
+  // Set once, before the first Fetch: true once the provider is going away.
+  void set_cancelled(std::function<bool()> cancelled) { cancelled_ = std::move(cancelled); }
 
+ protected:
   // `request` to the credential issuer `who`, with the options' timeout and
   // CA file; a transport failure is UNAVAILABLE.
   absl::StatusOr<HttpResponse> CallIssuer(HttpRequest request, const std::string& who) const {
     request.timeout = timeout_;
     request.connect_timeout = std::min(timeout_, absl::Seconds(10));
     request.ca_file = ca_file_;
+    request.cancelled = cancelled_;
     HttpSession session;
     absl::StatusOr<HttpResponse> resp = session.Call(request);
     if (!resp.ok()) return absl::UnavailableError(absl::StrCat(who, ": ", resp.status().message()));
@@ -159,14 +131,135 @@ class RefreshingProvider : public CredentialsProvider {
   }
 
  private:
-  Clock* const clock_;
-  const absl::Duration refresh_before_;
   const absl::Duration timeout_;
   const std::string ca_file_;
+  std::function<bool()> cancelled_;
+};
+
+// Temporary credentials, cached until shortly before they expire. Past the
+// refresh point, while the cached ones are still valid, Get returns them at
+// once and one background fetch runs; only when nothing valid is cached does
+// a caller wait for a fetch (one fetch at a time, the others wait for its
+// result). After a failed fetch no other is tried for a backoff (5 s doubling
+// to 60 s, on the injected clock); meanwhile Get gives the cached
+// credentials while valid, else the last error.
+class RefreshingProvider final : public CredentialsProvider {
+ public:
+  RefreshingProvider(const CredentialsOptions& o, std::unique_ptr<Issuer> issuer)
+      : clock_(o.clock != nullptr ? o.clock : RealClock::Get()),
+        refresh_before_(o.refresh_before),
+        issuer_(std::move(issuer)) {
+    issuer_->set_cancelled([this] { return stopping_.load(); });
+  }
+  ~RefreshingProvider() override {
+    stopping_ = true;  // cancels a fetch in flight
+    std::thread refresher;
+    {
+      absl::MutexLock lock(&mu_);
+      refresher = std::move(refresher_);
+    }
+    if (refresher.joinable()) refresher.join();
+  }
+
+  std::string Describe() const override { return issuer_->Describe(); }
+
+  absl::StatusOr<AwsCredentials> Get() override {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_->Monotonic();
+    if (cached_.has_value() && now < refresh_at_) return *cached_;
+    const bool valid = Valid(now);
+    if (fetching_) {
+      if (valid) return *cached_;
+      mu_.Await(absl::Condition(
+          +[](bool* fetching) { return !*fetching; }, &fetching_));
+      return Current();
+    }
+    if (now < retry_at_) {  // backing off after a failed fetch
+      if (valid) return *cached_;
+      return last_error_;
+    }
+    fetching_ = true;
+    if (valid) {
+      // Sign with these while new ones are fetched in the background.
+      if (refresher_.joinable()) refresher_.join();  // done: fetching_ was false
+      refresher_ = std::thread([this] { Refresh(); });
+      return *cached_;
+    }
+    mu_.Unlock();
+    Refresh();
+    mu_.Lock();
+    return Current();
+  }
+
+  void Invalidate(const std::string& refused_access_key_id) override {
+    absl::MutexLock lock(&mu_);
+    if (cached_.has_value() && cached_->access_key_id == refused_access_key_id) cached_.reset();
+  }
+
+ private:
+  static constexpr absl::Duration kFirstBackoff = absl::Seconds(5);
+  static constexpr absl::Duration kMaxBackoff = absl::Seconds(60);
+
+  // Still good to sign with, with a minute to spare.
+  bool Valid(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return cached_.has_value() && now + absl::Minutes(1) < expires_at_;
+  }
+
+  // After a fetch: the new credentials, else the cached ones while still
+  // valid, else the fetch's error.
+  absl::StatusOr<AwsCredentials> Current() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (cached_.has_value() && (last_error_.ok() || Valid(clock_->Monotonic()))) return *cached_;
+    if (!last_error_.ok()) return last_error_;
+    return absl::UnavailableError(absl::StrCat(Describe(), ": no credentials yet"));
+  }
+
+  // One fetch, mu_ not held, fetching_ set by the caller; clears it.
+  void Refresh() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::Time wall_expiry;
+    absl::StatusOr<AwsCredentials> fresh = issuer_->Fetch(&wall_expiry);
+    absl::MutexLock lock(&mu_);
+    fetching_ = false;
+    const absl::Time now = clock_->Monotonic();
+    absl::Status error;
+    if (fresh.ok()) {
+      // The expiration is wall time from the issuer; from here on it is
+      // measured on the monotonic clock.
+      const absl::Duration lifetime = wall_expiry - clock_->Now();
+      if (lifetime > absl::ZeroDuration()) {
+        expires_at_ = now + lifetime;
+        refresh_at_ = expires_at_ - std::min(refresh_before_, lifetime / 2);
+        cached_ = *std::move(fresh);
+        last_error_ = absl::OkStatus();
+        backoff_ = absl::ZeroDuration();
+        retry_at_ = absl::InfinitePast();
+        return;
+      }
+      error = absl::FailedPreconditionError(absl::StrCat(
+          Describe(), " gave credentials that expire at ",
+          absl::FormatTime(absl::RFC3339_sec, wall_expiry, absl::UTCTimeZone()),
+          ", already past by this machine's clock"));
+    } else {
+      error = fresh.status();
+    }
+    last_error_ = error;
+    backoff_ = backoff_ == absl::ZeroDuration() ? kFirstBackoff : std::min(2 * backoff_, kMaxBackoff);
+    retry_at_ = now + backoff_;
+    if (!Valid(now)) cached_.reset();
+  }
+
+  Clock* const clock_;
+  const absl::Duration refresh_before_;
+  const std::unique_ptr<Issuer> issuer_;
+  std::atomic<bool> stopping_{false};
   absl::Mutex mu_;
   std::optional<AwsCredentials> cached_ ABSL_GUARDED_BY(mu_);
   absl::Time refresh_at_ ABSL_GUARDED_BY(mu_);
   absl::Time expires_at_ ABSL_GUARDED_BY(mu_);
+  bool fetching_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status last_error_ ABSL_GUARDED_BY(mu_);
+  absl::Duration backoff_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
+  absl::Time retry_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  std::thread refresher_ ABSL_GUARDED_BY(mu_);
 };
 
 absl::StatusOr<absl::Time> ParseExpiration(absl::string_view text, absl::string_view who) {
@@ -185,17 +278,34 @@ absl::Status HttpError(absl::string_view who, long status, const std::string& co
                        const std::string& message) {
   const std::string text = absl::StrCat(who, ": HTTP ", status, code.empty() ? "" : " ", code,
                                         message.empty() ? "" : ": ", Excerpt(message));
-  if (status >= 500 || status == 429 || status == 408) return absl::UnavailableError(text);
+  // STS answers throttling and its own trouble reaching the identity
+  // provider with 400 and these codes: retried like 5xx (as the AWS SDKs do).
+  const bool transient_code = code == "Throttling" || code == "ThrottlingException" ||
+                              code == "RequestLimitExceeded" ||
+                              code == "IDPCommunicationError" || code == "ServiceUnavailable";
+  if (status >= 500 || status == 429 || status == 408 || transient_code) {
+    return absl::UnavailableError(text);
+  }
   if (status == 401) return absl::UnauthenticatedError(text);
   return absl::PermissionDeniedError(text);
 }
 
+// `j[key]` when it is a string, else "" (a missing key, or one of another
+// type: an issuer's answer is not trusted to have the documented shape, and
+// nlohmann::json::value() would throw on a wrong type).
+std::string JsonString(const nlohmann::json& j, const char* key) {
+  if (!j.is_object()) return "";
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_string()) return "";
+  return it->get<std::string>();
+}
+
 // 2. IRSA: STS AssumeRoleWithWebIdentity.
-class WebIdentityProvider : public RefreshingProvider {
+class WebIdentityIssuer : public Issuer {
  public:
-  WebIdentityProvider(const CredentialsOptions& o, std::string endpoint, std::string role_arn,
-                      std::string token_file, std::string session_name)
-      : RefreshingProvider(o),
+  WebIdentityIssuer(const CredentialsOptions& o, std::string endpoint, std::string role_arn,
+                    std::string token_file, std::string session_name)
+      : Issuer(o),
         endpoint_(std::move(endpoint)),
         role_arn_(std::move(role_arn)),
         token_file_(std::move(token_file)),
@@ -205,7 +315,7 @@ class WebIdentityProvider : public RefreshingProvider {
     return absl::StrCat("IRSA role ", role_arn_, " via ", endpoint_);
   }
 
- protected:
+ public:
   absl::StatusOr<AwsCredentials> Fetch(absl::Time* expiration) override {
     absl::StatusOr<std::string> token = ReadSecretFile(token_file_, "web identity token");
     if (!token.ok()) return token.status();
@@ -223,7 +333,7 @@ class WebIdentityProvider : public RefreshingProvider {
     absl::StatusOr<HttpResponse> resp = CallIssuer(std::move(req), who);
     if (!resp.ok()) return resp.status();
     if (resp->status != 200) {
-      return HttpError(who, resp->status, XmlText(resp->body, "Code"),
+      return HttpError(who, resp->status, ErrorCode(Redact(XmlText(resp->body, "Code"), {*token})),
                        Redact(XmlText(resp->body, "Message"), {*token}));
     }
     AwsCredentials c;
@@ -244,11 +354,11 @@ class WebIdentityProvider : public RefreshingProvider {
 };
 
 // 3. EKS Pod Identity / ECS container credentials.
-class ContainerProvider : public RefreshingProvider {
+class ContainerIssuer : public Issuer {
  public:
-  ContainerProvider(const CredentialsOptions& o, std::string uri, std::string token_file,
-                    std::string token)
-      : RefreshingProvider(o),
+  ContainerIssuer(const CredentialsOptions& o, std::string uri, std::string token_file,
+                  std::string token)
+      : Issuer(o),
         uri_(std::move(uri)),
         token_file_(std::move(token_file)),
         token_(std::move(token)) {}
@@ -257,7 +367,7 @@ class ContainerProvider : public RefreshingProvider {
     return absl::StrCat("container credentials at ", uri_);
   }
 
- protected:
+ public:
   absl::StatusOr<AwsCredentials> Fetch(absl::Time* expiration) override {
     std::string token = token_;
     if (!token_file_.empty()) {
@@ -275,22 +385,22 @@ class ContainerProvider : public RefreshingProvider {
     nlohmann::json j = nlohmann::json::parse(resp->body, nullptr, /*allow_exceptions=*/false);
     if (resp->status != 200) {
       std::string code, message;
-      if (j.is_object()) {
-        code = j.value("code", j.value("Code", ""));
-        message = j.value("message", j.value("Message", ""));
-      }
-      return HttpError(who, resp->status, code, Redact(message, {token}));
+      code = JsonString(j, "code");
+      if (code.empty()) code = JsonString(j, "Code");
+      message = JsonString(j, "message");
+      if (message.empty()) message = JsonString(j, "Message");
+      return HttpError(who, resp->status, ErrorCode(Redact(code, {token})),
+                       Redact(message, {token}));
     }
     AwsCredentials c;
-    if (j.is_object()) {
-      c.access_key_id = j.value("AccessKeyId", "");
-      c.secret_access_key = j.value("SecretAccessKey", "");
-      c.session_token = j.value("Token", "");
-    }
-    if (c.access_key_id.empty() || c.secret_access_key.empty()) {
+    c.access_key_id = JsonString(j, "AccessKeyId");
+    c.secret_access_key = JsonString(j, "SecretAccessKey");
+    c.session_token = JsonString(j, "Token");
+    const std::string expires = JsonString(j, "Expiration");
+    if (c.access_key_id.empty() || c.secret_access_key.empty() || expires.empty()) {
       return absl::UnavailableError(absl::StrCat(who, ": the answer holds no credentials"));
     }
-    absl::StatusOr<absl::Time> t = ParseExpiration(j.value("Expiration", ""), who);
+    absl::StatusOr<absl::Time> t = ParseExpiration(expires, who);
     if (!t.ok()) return t.status();
     *expiration = *t;
     return c;
@@ -356,7 +466,8 @@ absl::StatusOr<std::unique_ptr<CredentialsProvider>> CredentialsFromEnvironment(
       Clock* clock = o.clock != nullptr ? o.clock : RealClock::Get();
       session = absl::StrCat("videotask-", absl::ToUnixSeconds(clock->Now()));
     }
-    return std::make_unique<WebIdentityProvider>(o, endpoint, role, token_file, session);
+    return std::make_unique<RefreshingProvider>(
+        o, std::make_unique<WebIdentityIssuer>(o, endpoint, role, token_file, session));
   }
   // 3. EKS Pod Identity / ECS.
   const std::string uri = Env(env, "AWS_CONTAINER_CREDENTIALS_FULL_URI");
@@ -366,9 +477,10 @@ absl::StatusOr<std::unique_ptr<CredentialsProvider>> CredentialsFromEnvironment(
         !s.ok()) {
       return s;
     }
-    return std::make_unique<ContainerProvider>(o, uri,
-                                               Env(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
-                                               Env(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN"));
+    return std::make_unique<RefreshingProvider>(
+        o, std::make_unique<ContainerIssuer>(o, uri,
+                                             Env(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+                                             Env(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN")));
   }
   return absl::NotFoundError(
       "no AWS credentials configured: set key files, AWS_ACCESS_KEY_ID and "

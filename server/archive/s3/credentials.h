@@ -17,12 +17,14 @@
 // Guarantees: temporary credentials (2, 3) are cached and fetched again
 // before they expire (`refresh_before` ahead, or half their lifetime if that
 // is shorter), measured on the injected clock's monotonic time; a failed
-// refresh keeps the old credentials while they are still valid. Plain http
+// refresh keeps the old credentials while they are still valid, and past the
+// refresh point Get returns them at once while one background fetch runs;
+// after a failed fetch the next waits 5 s, doubling to 60 s. Plain http
 // only to loopback (and, for 3, to the EKS/ECS agent addresses that the AWS
 // SDKs allow). No secret (secret key, session token, web identity or
 // authorization token) ever appears in an error message or in Describe().
-// Thread-safe; a refresh blocks concurrent Get calls for at most one HTTP
-// timeout.
+// Thread-safe; only when nothing valid is cached does Get wait for a fetch
+// (at most one HTTP timeout; concurrent callers share that one fetch).
 #ifndef VIDEOTASK_SERVER_ARCHIVE_S3_CREDENTIALS_H_
 #define VIDEOTASK_SERVER_ARCHIVE_S3_CREDENTIALS_H_
 
@@ -45,9 +47,10 @@ class CredentialsProvider {
   // file missing or empty), PERMISSION_DENIED / UNAUTHENTICATED (the
   // provider refused), UNAVAILABLE (could not reach it: retry later).
   virtual absl::StatusOr<AwsCredentials> Get() = 0;
-  // The credentials last returned were refused as expired: fetch anew at the
-  // next Get. No-op for static keys.
-  virtual void Invalidate() {}
+  // The credentials with this access key id were refused as expired: if
+  // they are still the cached ones, fetch anew at the next Get (newer ones
+  // fetched meanwhile are kept). No-op for static keys.
+  virtual void Invalidate(const std::string& refused_access_key_id) {}
   // Where the credentials come from, for logs ("environment",
   // "IRSA role arn:aws:iam::1:role/x"); never a secret.
   virtual std::string Describe() const = 0;

@@ -69,6 +69,15 @@ std::string Excerpt(absl::string_view text, size_t max_chars) {
   return out;
 }
 
+std::string ErrorCode(absl::string_view code) {
+  std::string out;
+  for (char c : code) {
+    if (out.size() == 64) break;
+    if (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.') out.push_back(c);
+  }
+  return out;
+}
+
 std::string XmlText(absl::string_view xml, absl::string_view name) {
   const std::string open = absl::StrCat("<", name, ">");
   const std::string close = absl::StrCat("</", name, ">");
@@ -129,6 +138,11 @@ absl::StatusOr<HttpResponse> HttpSession::Call(const HttpRequest& request) {
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+  // No proxy from the environment (http_proxy, HTTPS_PROXY, ALL_PROXY):
+  // the Pod Identity token, STS's answers and signed S3 requests go
+  // straight to the host named (docs/archive.md).
+  curl_easy_setopt(easy, CURLOPT_PROXY, "");
+  curl_easy_setopt(easy, CURLOPT_NOPROXY, "*");
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
   if (!request.ca_file.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, request.ca_file.c_str());
@@ -184,17 +198,31 @@ absl::Status CheckTransport(absl::string_view url, absl::string_view what,
   const std::string s(url);
   char* scheme = nullptr;
   char* host = nullptr;
+  char* user = nullptr;
+  char* password = nullptr;
   const bool parsed = curl_url_set(u, CURLUPART_URL, s.c_str(), 0) == CURLUE_OK &&
                       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
                       curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
                       host != nullptr && host[0] != '\0';
+  const bool userinfo = parsed && (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK ||
+                                   curl_url_get(u, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK);
   const std::string scheme_s = scheme != nullptr ? absl::AsciiStrToLower(scheme) : "";
   const std::string host_s = host != nullptr ? host : "";
   curl_free(scheme);
   curl_free(host);
+  curl_free(user);
+  curl_free(password);
   curl_url_cleanup(u);
+  // A user name or password in the URL is refused, and a URL that may hold
+  // one (an '@') is never printed: these URLs go into errors and logs.
+  if (userinfo) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " must not hold a user name or password (user:password@); the URL is not shown"));
+  }
   if (!parsed || s.find_first_of(" \t\r\n") != std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " is not a valid URL: ", Excerpt(url)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " is not a valid URL",
+        s.find('@') == std::string::npos ? absl::StrCat(": ", Excerpt(url)) : std::string()));
   }
   if (scheme_s == "https") return absl::OkStatus();
   if (scheme_s == "http") {

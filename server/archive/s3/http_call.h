@@ -3,7 +3,9 @@
 // requests to the same host reuse the connection; a session is used by one
 // thread at a time.
 //
-// Guarantees: only http:// and https:// (CheckTransport says which hosts may
+// Guarantees: no proxy, whatever http_proxy / HTTPS_PROXY / ALL_PROXY say
+// (credentials and signed requests go only to the host named); only
+// http:// and https:// (CheckTransport says which hosts may
 // have plain http); TLS verified; no redirect followed (S3 answers a wrong
 // region with 301, which is an error, not a hint to follow); the request body
 // is sent from the caller's memory without a copy; the answer's body is
@@ -66,7 +68,8 @@ class HttpSession {
 
 // OK when `url` is https://, or http:// to a loopback host (server/base/
 // loopback.h) or to one of `extra_plain_http_hosts` (exact, as in the URL);
-// INVALID_ARGUMENT naming `what` otherwise, or when `url` does not parse.
+// INVALID_ARGUMENT naming `what` otherwise, or when `url` does not parse or
+// holds a user name or password (user:password@, refused and not shown).
 absl::Status CheckTransport(absl::string_view url, absl::string_view what,
                             const std::vector<std::string>& extra_plain_http_hosts = {});
 
@@ -82,6 +85,11 @@ std::string Redact(std::string text, std::initializer_list<absl::string_view> se
 // `text` made safe for an error message: at most `max_chars`, control
 // characters as '?'.
 std::string Excerpt(absl::string_view text, size_t max_chars = 200);
+
+// An error code from a store's or an issuer's answer (<Code>, "code") fit
+// for errors, logs and metrics: only [A-Za-z0-9.], at most 64 characters
+// (AWS codes are short words; anything else is dropped).
+std::string ErrorCode(absl::string_view code);
 
 }  // namespace videotask::s3
 

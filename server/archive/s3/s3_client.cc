@@ -186,7 +186,8 @@ absl::StatusOr<HttpResponse> S3Client::Send(HttpSession& session, const Call& ca
             (resp->status == 404 && call.not_found_ok)) {
           return resp;
         }
-        const std::string code = XmlText(resp->body, "Code");
+        const std::string code = ErrorCode(Redact(
+            XmlText(resp->body, "Code"), {creds->secret_access_key, creds->session_token}));
         const std::string message = Redact(XmlText(resp->body, "Message"),
                                            {creds->secret_access_key, creds->session_token});
         const std::string text =
@@ -194,7 +195,7 @@ absl::StatusOr<HttpResponse> S3Client::Send(HttpSession& session, const Call& ca
                          message.empty() ? "" : ": ", Excerpt(message));
         if ((code == "ExpiredToken" || code == "TokenRefreshRequired") && !refreshed) {
           // Temporary credentials ran out early: fetch anew, once, at once.
-          credentials_->Invalidate();
+          credentials_->Invalidate(creds->access_key_id);
           refreshed = true;
           --attempt;
           continue;

@@ -251,6 +251,39 @@ TEST_F(S3ClientTest, NoSuchBucketAndAccessDeniedFailAtOnce) {
   EXPECT_TRUE(sleeps_.empty());
 }
 
+// The store's <Code> reaches errors, logs and metrics bounded, printable
+// and without a secret of ours.
+TEST_F(S3ClientTest, StoreErrorCodeIsBoundedAndRedacted) {
+  ASSERT_TRUE(standin_->AddFault({{"op", "PutObject"}, {"times", -1}, {"status", 403},
+                                  {"code", absl::StrCat("AccessDenied", kSecret,
+                                                        std::string(5000, 'A'), "\r\nX-Evil: 1")}})
+                  .ok());
+  auto client = Client(Opts());
+  ASSERT_NE(client, nullptr);
+  PatternSource src(4, 1000);
+  absl::StatusOr<UploadResult> r = client->Upload(SpecFor("k.mp4", src, 1000), src);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << r.status();
+  const std::string code = S3ErrorCode(r.status());
+  EXPECT_TRUE(absl::StartsWith(code, "AccessDenied")) << code;
+  EXPECT_LE(code.size(), 64u) << code;
+  const std::string m(r.status().message());
+  for (const std::string& text : {code, m}) {
+    EXPECT_FALSE(absl::StrContains(text, kSecret)) << text;
+    EXPECT_FALSE(absl::StrContains(text, "standinsecretkey")) << text;
+    EXPECT_FALSE(absl::StrContains(text, "X-Evil")) << text;
+    EXPECT_FALSE(absl::StrContains(text, "\n")) << text;
+  }
+  EXPECT_LT(m.size(), 600u) << m;
+}
+
+TEST_F(S3ClientTest, UserinfoInTheEndpointIsRefusedUnshown) {
+  S3Client::Options o = Opts();
+  o.endpoint = "https://user:hunter2pw@s3.example.com";
+  auto c = S3Client::Create(std::move(o), Keys());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(absl::StrContains(c.status().message(), "hunter2pw")) << c.status();
+}
+
 TEST_F(S3ClientTest, PartFailingTwiceIsRetriedAlone) {
   S3Client::Options o = Opts();
   o.part_size = 5 << 20;
