@@ -13,6 +13,8 @@
 #ifndef VIDEOTASK_SERVER_ARCHIVE_ARCHIVER_H_
 #define VIDEOTASK_SERVER_ARCHIVE_ARCHIVER_H_
 
+#include <string>
+
 #include "absl/functional/any_invocable.h"
 #include "proto/videotask/v1/video_task.pb.h"
 
@@ -24,6 +26,21 @@ class Archiver {
   virtual ~Archiver() = default;
   virtual void Archive(const videotask::v1::VideoTask& task, Done done) = 0;
 };
+
+// The task as an implementation hands it to `done`: with `archive` and no
+// archive_error when `archive` is set, else with no archive and `error`.
+inline videotask::v1::VideoTask WithArchiveOutcome(videotask::v1::VideoTask task,
+                                                   const videotask::v1::VideoArchive* archive,
+                                                   const std::string& error) {
+  if (archive != nullptr) {
+    *task.mutable_archive() = *archive;
+    task.clear_archive_error();
+  } else {
+    task.clear_archive();
+    task.set_archive_error(error);
+  }
+  return task;
+}
 
 }  // namespace videotask
 

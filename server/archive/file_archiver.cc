@@ -1223,15 +1223,7 @@ void FileArchiver::Finish(std::unique_ptr<Job> job, const VideoArchive* archive,
               {"attempts", absl::StrCat(job->attempts)}});
   }
   for (Waiter& w : job->waiters) {
-    VideoTask t = std::move(w.task);
-    if (archive != nullptr) {
-      *t.mutable_archive() = *archive;
-      t.clear_archive_error();
-    } else {
-      t.clear_archive();
-      t.set_archive_error(error);
-    }
-    std::move(w.done)(std::move(t));
+    std::move(w.done)(WithArchiveOutcome(std::move(w.task), archive, error));
   }
 }
 

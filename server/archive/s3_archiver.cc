@@ -788,15 +788,7 @@ void S3Archiver::Finish(const std::string& id, const VideoArchive* archive,
              {{"task", id}, {"archive_url", Describe()}, {"reason", reason}, {"error", error}});
   }
   for (Waiter& w : job->waiters) {
-    VideoTask t = std::move(w.task);
-    if (archive != nullptr) {
-      *t.mutable_archive() = *archive;
-      t.clear_archive_error();
-    } else {
-      t.clear_archive();
-      t.set_archive_error(error);
-    }
-    std::move(w.done)(std::move(t));
+    std::move(w.done)(WithArchiveOutcome(std::move(w.task), archive, error));
   }
 }
 
