@@ -438,6 +438,26 @@ async def _finish(call):
         call.cancel()
 
 
+async def _unary(method, request, target, channel, timeout):
+    """One unary call of the sidecar at `target` (default: resolve_target),
+    made once its channel is ready, all within `timeout` seconds. Raises
+    VideoTaskError."""
+    timeout = _seconds("timeout", timeout)
+    target = resolve_target(target)
+    if channel is None:
+        channel = shared_channel(target)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    state = await _wait_for_ready(channel, loop, deadline)
+    if state != grpc.ChannelConnectivity.READY:
+        raise _unreachable(target, timeout, _describe_not_ready(state))
+    stub = pb_grpc.VideoTaskServiceStub(channel)
+    try:
+        return await getattr(stub, method)(request, timeout=max(deadline - loop.time(), 0.001))
+    except grpc.aio.AioRpcError as e:
+        raise VideoTaskError(e.code(), e.details() or "") from None
+
+
 async def _wait_for_ready(channel, loop, until):
     """Waits until the channel is READY or SHUTDOWN (then the next call fails
     by itself) or `until` (loop time) passes; returns the last state seen."""
@@ -461,21 +481,8 @@ async def get_video_task(video_task_id, *, target=None, timeout=DEFAULT_GET_TIME
     for the channel to connect ("sidecar at ADDR unreachable for Ns" when it
     does not). Raises VideoTaskError."""
     _check_id(video_task_id)
-    timeout = _seconds("timeout", timeout)
-    target = resolve_target(target)
-    if channel is None:
-        channel = shared_channel(target)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    state = await _wait_for_ready(channel, loop, deadline)
-    if state != grpc.ChannelConnectivity.READY:
-        raise _unreachable(target, timeout, _describe_not_ready(state))
-    stub = pb_grpc.VideoTaskServiceStub(channel)
-    try:
-        return await stub.GetVideoTask(pb.GetVideoTaskRequest(id=video_task_id),
-                                       timeout=max(deadline - loop.time(), 0.001))
-    except grpc.aio.AioRpcError as e:
-        raise VideoTaskError(e.code(), e.details() or "") from None
+    return await _unary("GetVideoTask", pb.GetVideoTaskRequest(id=video_task_id),
+                        target, channel, timeout)
 
 
 def _run_blocking(coroutine_function):
@@ -640,20 +647,7 @@ async def create_video_task(family, body, *, request_id, target=None,
         retry to learn its outcome).
     """
     request = _create_request(family, body, request_id)
-    timeout = _seconds("timeout", timeout)
-    target = resolve_target(target)
-    if channel is None:
-        channel = shared_channel(target)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    state = await _wait_for_ready(channel, loop, deadline)
-    if state != grpc.ChannelConnectivity.READY:
-        raise _unreachable(target, timeout, _describe_not_ready(state))
-    stub = pb_grpc.VideoTaskServiceStub(channel)
-    try:
-        return await stub.CreateVideoTask(request, timeout=max(deadline - loop.time(), 0.001))
-    except grpc.aio.AioRpcError as e:
-        raise VideoTaskError(e.code(), e.details() or "") from None
+    return await _unary("CreateVideoTask", request, target, channel, timeout)
 
 
 def create_video_task_sync(family, body, *, request_id, target=None,
