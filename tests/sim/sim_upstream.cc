@@ -407,6 +407,17 @@ struct SimUpstream::Impl {
     return &it->second;
   }
 
+  // Counts `status` as served for `id`; a terminal one stamps the task's
+  // first terminal answer (scripted or injected alike: a watcher acts on both).
+  void NoteServed(const std::string& id, TaskState* t, const std::string& status, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    ++served[{id, status}];
+    if (t != nullptr && (status == "completed" || status == "failed") &&
+        t->terminal_served == absl::InfiniteFuture()) {
+      t->terminal_served = now;
+    }
+  }
+
   // The vendor's body for a task's next answer; advances the script. Each
   // phase lasts its duration (from the phase's start) when positive, else its
   // number of polls.
@@ -432,11 +443,7 @@ struct SimUpstream::Impl {
                          : t.phase == Phase::kProcessing ? "processing"
                          : s.fails                       ? "failed"
                                                          : "completed";
-    if ((status == "completed" || status == "failed") &&
-        t.terminal_served == absl::InfiniteFuture()) {
-      t.terminal_served = now;
-    }
-    ++served[{id, status}];
+    NoteServed(id, &t, status, now);
     return TaskBody(id, s, status, t.forced.empty() ? s.error : t.forced_error, video_prefix);
   }
 
@@ -482,7 +489,7 @@ struct SimUpstream::Impl {
         TaskState* t = Find(id);
         const std::string status =
             fault->kind == FaultKind::kStatus ? fault->status : std::string("exploded");
-        ++served[{id, status}];
+        NoteServed(id, t, status, absl::Now());
         body = TaskBody(id, t != nullptr ? t->script : options.default_script, status,
                         t != nullptr ? t->script.error : options.default_script.error,
                         video_prefix);
@@ -839,19 +846,20 @@ struct SimUpstream::Impl {
   }
 
   void InjectFault(const std::string& id, Fault f) ABSL_LOCKS_EXCLUDED(mu) {
-    Enqueue(faults, id, std::move(f));
+    Enqueue(&Impl::faults, id, std::move(f));
   }
 
-  void Enqueue(std::deque<PendingFault>& queue, const std::string& id, Fault f)
+  // `queue` names the member (faults or create_faults), read under mu.
+  void Enqueue(std::deque<PendingFault> Impl::*queue, const std::string& id, Fault f)
       ABSL_LOCKS_EXCLUDED(mu) {
     if (f.count == 0 || f.count < -1) return;  // answers no request
     absl::MutexLock lock(&mu);
     const int left = f.count;
-    queue.push_back({id, std::move(f), left});
+    (this->*queue).push_back({id, std::move(f), left});
   }
 
   void InjectCreateFault(const std::string& family, Fault f) ABSL_LOCKS_EXCLUDED(mu) {
-    Enqueue(create_faults, family, std::move(f));
+    Enqueue(&Impl::create_faults, family, std::move(f));
   }
 
   void ResetCounts() ABSL_LOCKS_EXCLUDED(mu) {

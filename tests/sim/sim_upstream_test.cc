@@ -406,8 +406,14 @@ TEST_F(SimUpstreamTest, StatusFaultServesAnyStatusWithoutMovingTheScript) {
   Fault done = MakeFault(FaultKind::kStatus);
   done.status = "failed";
   sim_->InjectFault("f", done);
+  EXPECT_EQ(sim_->TerminalServedAt("f"), absl::InfiniteFuture());
   EXPECT_EQ(Get("f").Json()["error"], "unsupported reference material");
+  // An injected terminal answer is a terminal answer served: the soak's
+  // "redirect to loopback" must not pick a task a watcher already saw end.
+  const absl::Time failed_at = sim_->TerminalServedAt("f");
+  EXPECT_NE(failed_at, absl::InfiniteFuture());
   EXPECT_EQ(Get("f").Status(), "completed");  // the script's own next answer
+  EXPECT_EQ(sim_->TerminalServedAt("f"), failed_at);  // the first time only
   EXPECT_EQ(sim_->ServedCount("f", "queued"), 2);
   EXPECT_EQ(sim_->ServedCount("f", "processing"), 1);
   EXPECT_EQ(sim_->ServedCount("f", "failed"), 1);
