@@ -50,7 +50,8 @@ ABSL_FLAG(std::string, target, "",
           "Sidecar address (host:port or unix:PATH). Default: $VIDEOTASK_TARGET, else "
           "127.0.0.1:50051.");
 ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
-          "Overall time limit (0: none for watch, 10s for get and health). When it passes: "
+          "Overall time limit (0: none for watch, 10s for get and health, 60s for create: "
+          "longer than the sidecar's own 30s). When it passes: "
           "exit 4 if the sidecar was reachable (the task is not done), exit 5 with \"sidecar "
           "at ADDR unreachable for DUR\" if it never was.");
 ABSL_FLAG(absl::Duration, give_up_after, absl::Seconds(60),
@@ -265,7 +266,8 @@ int main(int argc, char** argv) {
                 << " (repeat with --request_id=" << req.request_id() << " to retry safely)\n";
     }
     absl::StatusOr<VideoTask> task =
-        client->Create(req.request_id(), req.family(), req.body(), short_timeout);
+        client->Create(req.request_id(), req.family(), req.body(),
+                       timeout > absl::ZeroDuration() ? timeout : absl::Seconds(60));
     if (!task.ok()) return Fail(task.status(), quiet, CreateExitFor(task.status()));
     if (!absl::GetFlag(FLAGS_wait)) {
       std::cout << Json(*task) << std::endl;

@@ -20,7 +20,7 @@ constexpr absl::Duration kAwaitSlice = absl::Milliseconds(100);
 Creator::Creator(CreatorOptions options, VendorCreateClient* vendor, CreateKeyStore* keys,
                  UpstreamBudget* budget, SpendGuard* spend, Clock* clock,
                  MetricsRegistry* metrics)
-    : options_(options),
+    : options_(std::move(options)),
       vendor_(vendor),
       keys_(keys),
       budget_(budget),
@@ -63,6 +63,10 @@ bool Creator::Stopping() {
 }
 
 bool Creator::Wait(absl::Duration d) {
+  if (options_.sleep) {
+    options_.sleep(d);
+    return !Stopping();
+  }
   absl::MutexLock lock(&mu_);
   mu_.AwaitWithTimeout(absl::Condition(&stopping_), d);
   return !stopping_;

@@ -25,6 +25,7 @@
 #ifndef VIDEOTASK_SERVER_CREATE_CREATOR_H_
 #define VIDEOTASK_SERVER_CREATE_CREATOR_H_
 
+#include <functional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -48,6 +49,10 @@ struct CreatorOptions {
   absl::Duration retry_max = absl::Seconds(5);
   // A caller without a deadline is served for at most this long.
   absl::Duration max_wait = absl::Minutes(2);
+  // Tests: the creator's waits (backoff, the budget's wait) call this
+  // instead of waiting in real time; it advances the test's clock.
+  // Shutdown() is still seen as soon as it returns.
+  std::function<void(absl::Duration)> sleep;
 };
 
 class Creator {

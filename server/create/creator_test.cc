@@ -1,11 +1,17 @@
 // Creator with the memory key store, a stand-in vendor client (counts calls,
-// may block until released) and a stand-in budget (always a slot).
+// answers from a script, may block until released) and a stand-in budget
+// (scripted waits, a 429's pause as the real budget holds it). Waits run on
+// the simulated clock through CreatorOptions::sleep.
 #include "server/create/creator.h"
 
 #include <atomic>
+#include <deque>
 #include <memory>
+#include <optional>
 #include <thread>
+#include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "server/base/clock.h"
@@ -15,8 +21,8 @@
 namespace videotask {
 namespace {
 
-// Stand-in vendor: answers kCreated; when `block` is set, waits for `release`
-// and signals `entered` first.
+// Stand-in vendor: the next answer of `script`, then kCreated; when `block`
+// is set, waits for `release` and signals `entered` first.
 class StandInVendor : public VendorCreateClient {
  public:
   VendorCreateResult Create(const std::string&, const std::string&) override {
@@ -24,6 +30,14 @@ class StandInVendor : public VendorCreateClient {
     if (block) {
       entered.Notify();
       release.WaitForNotification();
+    }
+    {
+      absl::MutexLock lock(&mu);
+      if (!script.empty()) {
+        VendorCreateResult r = script.front();
+        script.pop_front();
+        return r;
+      }
     }
     VendorCreateResult r;
     r.kind = VendorCreateResult::Kind::kCreated;
@@ -35,12 +49,43 @@ class StandInVendor : public VendorCreateClient {
   bool block = false;
   absl::Notification entered;
   absl::Notification release;
+  absl::Mutex mu;
+  std::deque<VendorCreateResult> script ABSL_GUARDED_BY(mu);
 };
 
-class FreeBudget : public UpstreamBudget {
+// A kNotSent answer (nothing was created): "503", "connect_error", or a 429
+// with its Retry-After.
+VendorCreateResult NotSent(const std::string& code,
+                           std::optional<absl::Duration> retry_after = std::nullopt) {
+  VendorCreateResult r;
+  r.kind = VendorCreateResult::Kind::kNotSent;
+  r.code = code;
+  r.message = "the vendor answered " + code;
+  r.rate_limited = code == "429";
+  r.retry_after = retry_after;
+  return r;
+}
+
+// Stand-in budget: Acquire() answers the next of `waits` (then a slot at
+// once); a released 429 with a Retry-After becomes the next wait, as the
+// hub's budget holds the pause.
+class ScriptedBudget : public UpstreamBudget {
  public:
-  absl::StatusOr<absl::Duration> Acquire() override { return absl::ZeroDuration(); }
-  void Release(bool, std::optional<absl::Duration>) override {}
+  absl::StatusOr<absl::Duration> Acquire() override {
+    absl::MutexLock lock(&mu);
+    if (waits.empty()) return absl::ZeroDuration();
+    const absl::Duration d = waits.front();
+    waits.pop_front();
+    return d;
+  }
+  void Release(bool rate_limited, std::optional<absl::Duration> retry_after) override {
+    absl::MutexLock lock(&mu);
+    ++releases;
+    if (rate_limited && retry_after.has_value()) waits.push_back(*retry_after);
+  }
+  absl::Mutex mu;
+  std::deque<absl::Duration> waits ABSL_GUARDED_BY(mu);
+  int releases ABSL_GUARDED_BY(mu) = 0;
 };
 
 // The memory store, telling when a caller starts waiting for a pending key.
@@ -65,13 +110,102 @@ videotask::v1::CreateVideoTaskRequest Request(const std::string& key) {
 
 class CreatorTest : public ::testing::Test {
  protected:
+  // Default options, waiting on the simulated clock (each wait recorded).
+  CreatorOptions Options() {
+    CreatorOptions o;
+    o.sleep = [this](absl::Duration d) {
+      {
+        absl::MutexLock lock(&sleeps_mu_);
+        sleeps_.push_back(d);
+      }
+      clock_.Advance(d);
+    };
+    return o;
+  }
+  std::vector<absl::Duration> Sleeps() {
+    absl::MutexLock lock(&sleeps_mu_);
+    return sleeps_;
+  }
+
   SimulatedClock clock_;
+  absl::Mutex sleeps_mu_;
+  std::vector<absl::Duration> sleeps_ ABSL_GUARDED_BY(sleeps_mu_);
   StandInVendor vendor_;
   WatchedStore keys_{MemoryCreateKeyStore::Options{}, &clock_};
-  FreeBudget budget_;
+  ScriptedBudget budget_;
   MemorySpendGuard spend_{0, &clock_};
-  Creator creator_{CreatorOptions(), &vendor_, &keys_, &budget_, &spend_, &clock_, nullptr};
+  Creator creator_{Options(), &vendor_, &keys_, &budget_, &spend_, &clock_, nullptr};
 };
+
+using Durations = std::vector<absl::Duration>;
+
+TEST_F(CreatorTest, UnsentAnswersAreRetriedWithBackoffThatDoublesToItsCap) {
+  {
+    absl::MutexLock lock(&vendor_.mu);
+    for (int i = 0; i < 7; ++i) vendor_.script.push_back(NotSent(i % 2 ? "connect_error" : "503"));
+  }
+  const absl::Time start = clock_.Monotonic();
+  absl::StatusOr<videotask::v1::VideoTask> r =
+      creator_.Create(Request("k"), start + absl::Seconds(60));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->id(), "proj_1");
+  EXPECT_EQ(vendor_.calls.load(), 8);
+  // 250 ms doubling, capped at retry_max (5 s).
+  EXPECT_EQ(Sleeps(), (Durations{absl::Milliseconds(250), absl::Milliseconds(500),
+                                 absl::Seconds(1), absl::Seconds(2), absl::Seconds(4),
+                                 absl::Seconds(5), absl::Seconds(5)}));
+  EXPECT_EQ(clock_.Monotonic() - start, absl::Milliseconds(17750));
+  // The outcome is the key's: a repeat sends nothing.
+  ASSERT_TRUE(creator_.Create(Request("k"), clock_.Monotonic() + absl::Seconds(4)).ok());
+  EXPECT_EQ(vendor_.calls.load(), 8);
+}
+
+TEST_F(CreatorTest, RetriesEndBeforeTheDeadlineWithTheKeyReleased) {
+  {
+    absl::MutexLock lock(&vendor_.mu);
+    for (int i = 0; i < 20; ++i) vendor_.script.push_back(NotSent("503"));
+  }
+  const absl::Time start = clock_.Monotonic();
+  absl::StatusOr<videotask::v1::VideoTask> r =
+      creator_.Create(Request("k"), start + absl::Seconds(2));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_NE(r.status().message().find("retried until the deadline"), std::string::npos);
+  EXPECT_NE(r.status().message().find("the vendor answered 503"), std::string::npos);
+  // 0.25 + 0.5 + 1 s waited; the next backoff (2 s) would pass the deadline.
+  EXPECT_EQ(Sleeps(), (Durations{absl::Milliseconds(250), absl::Milliseconds(500),
+                                 absl::Seconds(1)}));
+  EXPECT_EQ(vendor_.calls.load(), 4);
+  EXPECT_FALSE(keys_.Lookup("k")->has_value()) << "nothing was created: the key is free";
+}
+
+TEST_F(CreatorTest, A429WaitsForTheBudgetsPauseAlone) {
+  {
+    absl::MutexLock lock(&vendor_.mu);
+    vendor_.script.push_back(NotSent("429", absl::Seconds(3)));
+  }
+  absl::StatusOr<videotask::v1::VideoTask> r =
+      creator_.Create(Request("k"), clock_.Monotonic() + absl::Seconds(30));
+  ASSERT_TRUE(r.ok()) << r.status();
+  // The pause the budget holds, and no backoff on top of it.
+  EXPECT_EQ(Sleeps(), (Durations{absl::Seconds(3)}));
+  EXPECT_EQ(vendor_.calls.load(), 2);
+  absl::MutexLock lock(&budget_.mu);
+  EXPECT_EQ(budget_.releases, 2) << "each slot taken is given back";
+}
+
+TEST_F(CreatorTest, ABudgetWaitPastTheDeadlineSendsNothing) {
+  {
+    absl::MutexLock lock(&budget_.mu);
+    budget_.waits = {absl::Seconds(1), absl::Seconds(10)};
+  }
+  absl::StatusOr<videotask::v1::VideoTask> r =
+      creator_.Create(Request("k"), clock_.Monotonic() + absl::Seconds(5));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_NE(r.status().message().find("rate budget"), std::string::npos);
+  EXPECT_EQ(Sleeps(), (Durations{absl::Seconds(1)})) << "the first wait fits, the second not";
+  EXPECT_EQ(vendor_.calls.load(), 0);
+  EXPECT_FALSE(keys_.Lookup("k")->has_value());
+}
 
 TEST_F(CreatorTest, ShutdownEndsAWaitForAnotherCallersPendingKey) {
   vendor_.block = true;
