@@ -73,6 +73,7 @@ const REQUIRED_ALERTS = {
   VideotaskRedisDown: ["videotask_redis_up"],
   VideotaskWatchesNearLimit: ["videotask_active_watches", "videotask_max_watches"],
   VideotaskSlowWatchers: ["videotask_slow_watchers_total"],
+  VideotaskArchiveCredentialsRefused: ["videotask_archive_credentials_ok"],
 };
 const SEVERITIES = new Set(["critical", "warning", "info"]);
 const GRAFANA_BUILTINS = new Set(["__rate_interval", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms"]);

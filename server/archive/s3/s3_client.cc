@@ -52,10 +52,12 @@ std::string S3ErrorCode(const absl::Status& status) {
 absl::StatusOr<std::unique_ptr<S3Client>> S3Client::Create(
     Options o, std::shared_ptr<CredentialsProvider> credentials, Clock* clock) {
   if (credentials == nullptr) return absl::InvalidArgumentError("no credentials provider");
-  // Bucket names: 3-63 of a-z 0-9 . - (S3's rules, which the others follow).
-  if (o.bucket.size() < 3 || o.bucket.size() > 63 ||
+  // Bucket names: 3-222 of a-z 0-9 . - _ (S3 takes 3-63 without '_', GCS
+  // takes '_' and dotted names up to 222; each store refuses what it lacks).
+  if (o.bucket.size() < 3 || o.bucket.size() > 222 ||
       !std::all_of(o.bucket.begin(), o.bucket.end(), [](char c) {
-        return absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '.' || c == '-';
+        return absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '.' || c == '-' ||
+               c == '_';
       })) {
     return absl::InvalidArgumentError(
         absl::StrCat("not an S3 bucket name: ", Excerpt(o.bucket, 80)));
@@ -84,6 +86,10 @@ absl::StatusOr<std::unique_ptr<S3Client>> S3Client::Create(
   }
   std::string host = absl::AsciiStrToLower(authority);
   std::string base_path;
+  // A name with '.' is no single label under the store's wildcard TLS
+  // certificate (*.s3.amazonaws.com), one with '_' no DNS name at all: such
+  // buckets go path-style, as the AWS SDKs do.
+  if (o.bucket.find_first_of("._") != std::string::npos) o.path_style = true;
   if (o.path_style) {
     base_path = absl::StrCat("/", o.bucket);
   } else {

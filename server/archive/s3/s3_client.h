@@ -102,7 +102,8 @@ class S3Client {
     // an S3-compatible store; plain http only to loopback.
     std::string endpoint;
     // Path-style (endpoint/bucket/key: MinIO, most on-premises stores)
-    // rather than virtual-hosted (bucket.endpoint-host/key).
+    // rather than virtual-hosted (bucket.endpoint-host/key). Always for a
+    // bucket with '.' or '_' (no host label under the store's certificate).
     bool path_style = false;
     std::string ca_file;
     size_t part_size = kPartSize;  // >= 5 MiB (tests may use the minimum)

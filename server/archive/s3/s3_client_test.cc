@@ -529,6 +529,33 @@ TEST_F(S3ClientTest, EmptyObjectAndConcurrentUploads) {
   }
 }
 
+// An AWS bucket with dots does not match *.s3.REGION.amazonaws.com's
+// certificate as a virtual host, and a GCS bucket with '_' is no DNS name:
+// both go path-style even when virtual-hosted addressing is configured.
+TEST_F(S3ClientTest, BucketsWithDotsOrUnderscoresGoPathStyle) {
+  S3Standin::Options so;
+  so.buckets = {"media.example.com", "gcs_style_videos"};
+  absl::StatusOr<std::unique_ptr<S3Standin>> standin = S3Standin::Start(so);
+  ASSERT_TRUE(standin.ok()) << standin.status();
+  for (const std::string bucket : {"media.example.com", "gcs_style_videos"}) {
+    SCOPED_TRACE(bucket);
+    S3Client::Options o = Opts(/*path_style=*/false);
+    o.endpoint = (*standin)->S3VirtualHostEndpoint();
+    o.bucket = bucket;
+    auto client = Client(std::move(o));
+    ASSERT_NE(client, nullptr);
+    PatternSource src(2, 1000);
+    const ObjectSpec spec = SpecFor("archive/t.mp4", src, 1000);
+    absl::StatusOr<UploadResult> r = client->Upload(spec, src);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->uri, "s3://" + bucket + "/archive/t.mp4");
+    const nlohmann::json last = (*standin)->Requests().back();
+    EXPECT_EQ(last["host"].get<std::string>().find(bucket), std::string::npos) << last;
+    EXPECT_EQ(last["bucket"], bucket);
+  }
+  EXPECT_EQ((*standin)->State()["objects"].size(), 2u);
+}
+
 TEST_F(S3ClientTest, ConfigurationRules) {
   S3Client::Options o = Opts();
   o.endpoint = "http://s3.example.com";
@@ -538,10 +565,14 @@ TEST_F(S3ClientTest, ConfigurationRules) {
   o.endpoint = standin_->S3Endpoint();  // an IP address: no virtual host
   EXPECT_EQ(S3Client::Create(std::move(o), Keys()).status().code(),
             absl::StatusCode::kInvalidArgument);
-  o = Opts();
-  o.bucket = "Bad_Bucket";
-  EXPECT_EQ(S3Client::Create(std::move(o), Keys()).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  for (const std::string& bad :
+       std::vector<std::string>{"Bad_Bucket", "ab", std::string(223, 'b'), "a/b", "a b"}) {
+    o = Opts();
+    o.bucket = bad;
+    EXPECT_EQ(S3Client::Create(std::move(o), Keys()).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
   o = Opts();
   o.part_size = 1 << 20;
   EXPECT_EQ(S3Client::Create(std::move(o), Keys()).status().code(),
