@@ -272,9 +272,9 @@ absl::StatusOr<std::optional<CreateRecord>> RedisCreateKeyStore::Claim(
       Run(claim_, {h.record_key, h.lease_key},
           {h.pending, h.token, Ms(options_.ttl), Ms(options_.lease)});
   if (!r.ok()) {
-    // The script may have run: undo the claim if it is ours (nothing was
-    // sent for it), in the background.
-    RetryLater(std::move(h), "");
+    // The script may have run, or may yet run: undo the claim if it is
+    // ours (nothing was sent for it), in the background.
+    RetryLater(std::move(h), "", clock_->Monotonic() + options_.late_claim_window);
     return r.status();
   }
   if (r->type == RedisReply::Type::kArray && r->elements.size() == 2 &&
@@ -369,10 +369,11 @@ bool RedisCreateKeyStore::Settle(const Held& h, const std::string& outcome,
   return reply->ok() && (*reply)->type == RedisReply::Type::kInteger;
 }
 
-void RedisCreateKeyStore::RetryLater(Held h, std::string outcome) {
+void RedisCreateKeyStore::RetryLater(Held h, std::string outcome, absl::Time keep_until) {
   absl::MutexLock lock(&mu_);
   if (retries_.size() >= options_.max_retries) retries_.erase(retries_.begin());
-  retries_.push_back(Retry{std::move(h), std::move(outcome), clock_->Monotonic() + options_.ttl});
+  retries_.push_back(
+      Retry{std::move(h), std::move(outcome), clock_->Monotonic() + options_.ttl, keep_until});
 }
 
 void RedisCreateKeyStore::Loop() {
@@ -405,6 +406,8 @@ void RedisCreateKeyStore::Loop() {
       // Once Redis fails, the rest wait for the next turn.
       if (!reachable || !(reachable = Settle(r.held, r.outcome, &reply))) {
         again.push_back(std::move(r));
+      } else if (reply->integer == 0 && now < r.keep_until) {
+        again.push_back(std::move(r));  // an undo that found no claim (yet)
       }
     }
     absl::MutexLock lock(&mu_);

@@ -33,8 +33,10 @@
 //     not be written is retried in the background (every lease/4, for at
 //     most `ttl`, only while the record is still this claim's, at most
 //     `max_retries` at once): a Claim whose answer was lost is undone (it
-//     may have taken the key, and nothing was sent for it), a failed Record
-//     or Release is written. Until then the claim's lease lapses and the
+//     may have taken the key, and nothing was sent for it; the undo is
+//     repeated for `late_claim_window`, since the claim's bytes may reach
+//     Redis after the first undo found nothing), a failed Record or
+//     Release is written. Until then the claim's lease lapses and the
 //     key reads as unknown (conservative: never a duplicate).
 //   - No caller waits on Redis beyond the client's command timeout per
 //     round trip; AwaitSettled waits at most until its deadline.
@@ -77,6 +79,9 @@ class RedisCreateKeyStore : public CreateKeyStore {
     // Writes retried in the background at most (see above); beyond it the
     // oldest is dropped (its key stays unknown).
     size_t max_retries = 10000;
+    // How long the undo of a Claim whose answer was lost keeps looking for
+    // the claim (a command held up on its way, e.g. in a TCP retransmit).
+    absl::Duration late_claim_window = absl::Minutes(1);
   };
 
   // `metrics` may be null (counts rejected records in
@@ -122,6 +127,9 @@ class RedisCreateKeyStore : public CreateKeyStore {
     Held held;
     std::string outcome;  // the record to write; empty: delete
     absl::Time give_up;   // on the clock's Monotonic() scale
+    // An undo of a lost Claim: tried again until then even when the record
+    // is not (yet) that claim's.
+    absl::Time keep_until = absl::InfinitePast();
   };
 
   absl::StatusOr<RedisReply> Run(const RedisScript& script, std::vector<std::string> keys,
@@ -133,7 +141,7 @@ class RedisCreateKeyStore : public CreateKeyStore {
   // The settle script for `h`: true once Redis answered (settled, or the
   // record is no longer that claim's); false when it could not be reached.
   bool Settle(const Held& h, const std::string& outcome, absl::StatusOr<RedisReply>* reply);
-  void RetryLater(Held h, std::string outcome);
+  void RetryLater(Held h, std::string outcome, absl::Time keep_until = absl::InfinitePast());
   void Loop();  // renewals and retries
 
   RedisClient* const client_;

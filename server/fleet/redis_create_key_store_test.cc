@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -19,11 +21,13 @@
 #include "server/fleet/fleet_keys.h"
 #include "server/fleet/redis_client.h"
 #include "server/fleet/redis_spend_guard.h"
+#include "tests/testing/hold_proxy.h"
 #include "tests/testing/redis_server.h"
 
 namespace videotask::fleet {
 namespace {
 
+using ::videotask::testing::HoldProxy;
 using ::videotask::testing::RedisServer;
 using State = CreateRecord::State;
 
@@ -47,9 +51,10 @@ class RedisCreateKeyStoreTest : public ::testing::Test {
     std::unique_ptr<RedisClient> client;
     std::unique_ptr<RedisCreateKeyStore> store;
   };
-  Member Join(RedisCreateKeyStore::Options o = {}, const FleetKeys* keys = nullptr) {
+  Member Join(RedisCreateKeyStore::Options o = {}, const FleetKeys* keys = nullptr,
+              const std::string& url = "") {
     RedisClientOptions co;
-    co.url = *RedisUrl::Parse(server_->Url());
+    co.url = *RedisUrl::Parse(url.empty() ? server_->Url() : url);
     Member m;
     m.client = std::make_unique<RedisClient>(co);
     EXPECT_TRUE(m.client->WaitUntilUp(absl::Seconds(5)));
@@ -276,6 +281,56 @@ TEST_F(RedisCreateKeyStoreTest, WritesThatFailAreRetriedInTheBackground) {
   EXPECT_EQ(m.store->Lookup("k").value()->task.id(), "video_r");
 }
 
+// The reviewer's case: a Claim whose answer never came (UNAVAILABLE, so
+// nothing is sent) reaches Redis only after its undo ran and found nothing.
+// The undo is repeated, so the late claim is removed and the request_id is
+// free, not left pending until its lease lapses and then "unknown" (ABORTED)
+// for the TTL.
+TEST_F(RedisCreateKeyStoreTest, AClaimThatReachesRedisAfterItsUndoIsUndoneToo) {
+  absl::StatusOr<std::unique_ptr<HoldProxy>> proxy = HoldProxy::Start(server_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  Member m = Join({.lease = absl::Milliseconds(400)},
+                  /*keys=*/nullptr, absl::StrCat("redis://127.0.0.1:", (*proxy)->port()));
+  const auto evals = [&] {
+    int64_t n = 0;
+    for (absl::string_view line : absl::StrSplit(Redis({"INFO", "commandstats"}), '\n')) {
+      if (!absl::StartsWith(line, "cmdstat_eval")) continue;  // eval, evalsha
+      const size_t at = line.find("calls=");
+      int64_t calls = 0;
+      if (at != absl::string_view::npos &&
+          absl::SimpleAtoi(line.substr(at + 6, line.find(',', at) - at - 6), &calls)) {
+        n += calls;
+      }
+    }
+    return n;
+  };
+  // Redis knows the scripts (a late EVALSHA of an unknown one fails alone).
+  ASSERT_FALSE(m.store->Claim("warm", "fp")->has_value());
+  ASSERT_TRUE(m.store->Release("warm").ok());
+  const int64_t before = evals();
+  (*proxy)->Hold();
+  EXPECT_EQ(m.store->Claim("late", "fp").status().code(), absl::StatusCode::kUnavailable);
+  ASSERT_GT((*proxy)->held_bytes(), 0u) << "the claim was not held up";
+  // The client reconnects past the hold; the undo runs and finds no claim.
+  const absl::Time end = absl::Now() + absl::Seconds(10);
+  while (evals() == before && absl::Now() < end) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_GT(evals(), before) << "the undo never ran";
+  EXPECT_EQ(Redis({"EXISTS", m.store->RecordKey("late")}), "0");
+  (*proxy)->Release();  // the claim lands now
+  bool free = false;
+  while (!free && absl::Now() < end) {
+    auto held = m.store->Lookup("late");
+    free = held.ok() && !held->has_value();
+    if (!free) absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(free) << "the late claim was not undone";
+  // Past its lease it does not come back as "unknown".
+  absl::SleepFor(absl::Milliseconds(600));
+  auto held = m.store->Lookup("late");
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_FALSE(held->has_value());
+}
+
 TEST_F(RedisCreateKeyStoreTest, PausedRedisIsUnavailableWithinTheCommandTimeout) {
   Member m = Join();
   server_->Pause();
@@ -322,3 +377,4 @@ TEST_F(RedisSpendGuardTest, OneSlidingHourForTheWholeFleet) {
 
 }  // namespace
 }  // namespace videotask::fleet
+
