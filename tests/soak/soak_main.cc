@@ -74,6 +74,7 @@
 #include "tests/soak/sequence_check.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/test_pki.h"
 
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(60), "How long the churn runs.");
 ABSL_FLAG(uint64_t, seed, 0, "Random seed; 0 picks one (printed).");
@@ -90,6 +91,9 @@ ABSL_FLAG(std::vector<std::string>, without, {},
 ABSL_FLAG(bool, redis, true,
           "Run the sidecars in fleet mode on a redis-server the soak starts, with Redis faults "
           "(\"redis read-only\", \"redis stall\"; --without takes these names too).");
+ABSL_FLAG(bool, redis_tls, true,
+          "Fleet mode over TLS: a TLS-only redis-server (rediss://) with a test CA that openssl "
+          "makes at start, verified by the sidecars (--redis_ca_file); false: plain TCP.");
 ABSL_FLAG(bool, verbose, false, "Log restarts and samples as they happen.");
 
 namespace videotask::soak {
@@ -260,8 +264,11 @@ class Lane {
 
   const std::string& name() const { return name_; }
   bool restarts() const { return restarts_; }
-  // Fleet mode: before Init.
-  void set_redis_url(std::string url) { redis_url_ = std::move(url); }
+  // Fleet mode: before Init. `ca_file`: the CA of a TLS Redis, or empty.
+  void set_redis(std::string url, std::string ca_file) {
+    redis_url_ = std::move(url);
+    redis_ca_file_ = std::move(ca_file);
+  }
   sim::SimUpstream& sim() { return *sim_; }
   ServedFn served() {
     sim::SimUpstream* s = sim_.get();
@@ -513,6 +520,9 @@ class Lane {
     };
     if (!redis_url_.empty()) {
       args.push_back(absl::StrCat("--redis_url=", redis_url_));
+      if (!redis_ca_file_.empty()) {
+        args.push_back(absl::StrCat("--redis_ca_file=", redis_ca_file_));
+      }
       args.push_back(absl::StrCat("--fleet_name=soak-", name_));
       args.push_back(absl::StrCat("--fleet_max_upstream_qps=", absl::GetFlag(FLAGS_qps)));
     }
@@ -580,6 +590,7 @@ class Lane {
   std::string key_;
   std::string key_file_;
   std::string redis_url_;
+  std::string redis_ca_file_;
   std::unique_ptr<sim::SimUpstream> sim_;
   std::unique_ptr<sim::SimUpstream> internal_;  // a service in the pod
   std::string archive_dir_;
@@ -878,13 +889,31 @@ int Main() {
   std::vector<Lane*> lanes = {&steady, &restart};
   std::unique_ptr<testing::RedisServer> redis;
   if (absl::GetFlag(FLAGS_redis)) {
-    auto r = testing::RedisServer::Start();
+    testing::RedisServer::Options ro;
+    std::string ca_file;
+    if (absl::GetFlag(FLAGS_redis_tls)) {
+      const std::string pki_dir = absl::StrCat(dir, "/pki");
+      absl::StatusOr<testing::TestPki> pki =
+          mkdir(pki_dir.c_str(), 0700) == 0
+              ? testing::TestPki::Create(pki_dir)
+              : absl::StatusOr<testing::TestPki>(absl::InternalError("cannot make " + pki_dir));
+      if (!pki.ok()) {
+        std::cerr << "soak: cannot make the test CA for TLS: " << pki.status() << "\n";
+        return 2;
+      }
+      ro.tls = testing::RedisServer::Options::Tls{pki->server_pem, pki->server_key, pki->ca_pem,
+                                                  false};
+      ca_file = pki->ca_pem;
+    }
+    auto r = testing::RedisServer::Start(ro);
     if (!r.ok()) {
       std::cerr << "soak: cannot start redis-server: " << r.status() << "\n";
       return 2;
     }
     redis = std::move(*r);
-    for (Lane* lane : lanes) lane->set_redis_url(redis->Url());
+    std::printf("soak: fleet mode on %s\n", ca_file.empty() ? "Redis over TCP"
+                                                             : "Redis over TLS (rediss://)");
+    for (Lane* lane : lanes) lane->set_redis(redis->Url(), ca_file);
   }
   for (Lane* lane : lanes) {
     if (!lane->Init()) return 1;
@@ -1110,8 +1139,19 @@ int Main() {
       g_report.Violation(absl::StrCat(redis_windows.size(), " Redis faults injected, none seen "
                                       "by the steady sidecar (videotask_fleet_faults_total)"));
     }
-    if (MetricValue(page, "videotask_fleet_mode") != 1) {
-      g_report.Violation("the steady sidecar is not back in fleet mode at the end");
+    // Back in fleet mode by itself: at once, or after the reconnect backoff
+    // that recurring faults grow to (at most 30 s, docs/fleet.md).
+    const absl::Time back_by = absl::Now() + absl::Seconds(35);
+    double mode = MetricValue(page, "videotask_fleet_mode");
+    const absl::Time waited_from = absl::Now();
+    while (mode != 1 && absl::Now() < back_by) {
+      absl::SleepFor(absl::Milliseconds(200));
+      mode = MetricValue(Scrape(steady.metrics_port()), "videotask_fleet_mode");
+    }
+    g_report.Count("ms waited for the steady sidecar's fleet mode at the end",
+                   absl::ToInt64Milliseconds(absl::Now() - waited_from));
+    if (mode != 1) {
+      g_report.Violation("the steady sidecar is not back in fleet mode 35 s after the end");
     }
   }
 
@@ -1194,6 +1234,10 @@ int Main() {
                 count("busiest second during redis faults, steady"),
                 count("requests during redis faults, restart"),
                 count("busiest second during redis faults, restart"));
+    std::printf("                    over %s; the steady sidecar back in fleet mode %.1f s "
+                "after the end\n",
+                absl::GetFlag(FLAGS_redis_tls) ? "TLS" : "TCP",
+                count("ms waited for the steady sidecar's fleet mode at the end") / 1000.0);
   }
   std::printf("metrics scrapes     %lld\n", count("metrics scrapes"));
   const int64_t violations = g_report.violations();
