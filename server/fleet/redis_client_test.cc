@@ -19,6 +19,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "server/fleet/redis_client_testing.h"
 #include "server/fleet/redis_url.h"
 #include "tests/testing/redis_server.h"
 
@@ -26,31 +27,6 @@ namespace videotask::fleet {
 namespace {
 
 using ::videotask::testing::RedisServer;
-
-// Records on_state calls.
-struct StateLog {
-  absl::Mutex mu;
-  std::vector<std::pair<bool, absl::Status>> events ABSL_GUARDED_BY(mu);
-
-  std::function<void(bool, const absl::Status&)> Callback() {
-    return [this](bool up, const absl::Status& why) {
-      absl::MutexLock lock(&mu);
-      events.emplace_back(up, why);
-    };
-  }
-  size_t size() {
-    absl::MutexLock lock(&mu);
-    return events.size();
-  }
-  // Waits until the last event is `up`.
-  bool WaitFor(bool up, absl::Duration timeout) {
-    absl::MutexLock lock(&mu);
-    auto cond = [this, up]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-      return !events.empty() && events.back().first == up;
-    };
-    return mu.AwaitWithTimeout(absl::Condition(&cond), timeout);
-  }
-};
 
 RedisClientOptions Options(const std::string& url, StateLog* log = nullptr) {
   RedisClientOptions o;
@@ -61,22 +37,6 @@ RedisClientOptions Options(const std::string& url, StateLog* log = nullptr) {
   o.max_backoff = absl::Milliseconds(500);
   if (log != nullptr) o.on_state = log->Callback();
   return o;
-}
-
-absl::StatusOr<RedisReply> Call(RedisClient& c, std::vector<std::string> argv,
-                               absl::Duration timeout = absl::Milliseconds(250)) {
-  absl::Notification done;
-  absl::StatusOr<RedisReply> out;
-  c.Command(std::move(argv), timeout, [&](absl::StatusOr<RedisReply> r) {
-    out = std::move(r);
-    done.Notify();
-  });
-  // The client bounds every command; this bound only catches a lost `done`.
-  if (!done.WaitForNotificationWithTimeout(timeout + absl::Seconds(5))) {
-    ADD_FAILURE() << "done never ran";
-    return absl::InternalError("done never ran");
-  }
-  return out;
 }
 
 TEST(RedisClientTest, CommandsAndReplyTypes) {

@@ -23,6 +23,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "server/fleet/redis_client.h"
+#include "server/fleet/redis_client_testing.h"
 #include "server/fleet/redis_url.h"
 #include "tests/testing/listeners.h"
 #include "tests/testing/redis_server.h"
@@ -36,42 +37,8 @@ using ::videotask::testing::TestPki;
 
 constexpr char kSecret[] = "Tls-Secret-Password-42";
 
-struct StateLog {
-  absl::Mutex mu;
-  std::vector<std::pair<bool, absl::Status>> events ABSL_GUARDED_BY(mu);
-
-  std::function<void(bool, const absl::Status&)> Callback() {
-    return [this](bool up, const absl::Status& why) {
-      absl::MutexLock lock(&mu);
-      events.emplace_back(up, why);
-    };
-  }
-  bool WaitFor(bool up, absl::Duration timeout) {
-    absl::MutexLock lock(&mu);
-    auto cond = [this, up]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-      return !events.empty() && events.back().first == up;
-    };
-    return mu.AwaitWithTimeout(absl::Condition(&cond), timeout);
-  }
-  absl::Status LastReason() {
-    absl::MutexLock lock(&mu);
-    return events.empty() ? absl::OkStatus() : events.back().second;
-  }
-};
-
-absl::StatusOr<RedisReply> Call(RedisClient& c, std::vector<std::string> argv) {
-  absl::Notification done;
-  absl::StatusOr<RedisReply> out;
-  c.Command(std::move(argv), absl::Milliseconds(500), [&](absl::StatusOr<RedisReply> r) {
-    out = std::move(r);
-    done.Notify();
-  });
-  if (!done.WaitForNotificationWithTimeout(absl::Seconds(5))) {
-    ADD_FAILURE() << "done never ran";
-    return absl::InternalError("done never ran");
-  }
-  return out;
-}
+// The TLS handshake and I/O get twice the default command timeout.
+constexpr absl::Duration kCommandTimeout = absl::Milliseconds(500);
 
 class RedisTlsTest : public ::testing::Test {
  protected:
@@ -133,7 +100,7 @@ class RedisTlsTest : public ::testing::Test {
     EXPECT_TRUE(absl::StrContains(reason, "rediss://")) << reason;
     EXPECT_FALSE(absl::StrContains(reason, kSecret)) << reason;
     EXPECT_FALSE(absl::StrContains(log.LastReason().message(), kSecret));
-    auto r = Call(c, {"PING"});
+    auto r = Call(c, {"PING"}, kCommandTimeout);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
   }
 
@@ -148,15 +115,15 @@ TEST_F(RedisTlsTest, CommandsPubSubAndReconnect) {
   StateLog log;
   RedisClient c(Options(server->Url(), Trusting(), &log));
   ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5))) << c.last_error();
-  auto r = Call(c, {"SET", "k", std::string("v\0\r\n", 4)});
+  auto r = Call(c, {"SET", "k", std::string("v\0\r\n", 4)}, kCommandTimeout);
   ASSERT_TRUE(r.ok()) << r.status();
-  r = Call(c, {"GET", "k"});
+  r = Call(c, {"GET", "k"}, kCommandTimeout);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->str, std::string("v\0\r\n", 4));
   // A large value crosses many TLS records both ways.
   const std::string big(3 << 20, 'x');
-  ASSERT_TRUE(Call(c, {"SET", "big", big}).ok());
-  r = Call(c, {"GET", "big"});
+  ASSERT_TRUE(Call(c, {"SET", "big", big}, kCommandTimeout).ok());
+  r = Call(c, {"GET", "big"}, kCommandTimeout);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->str.size(), big.size());
   // A pipeline of many commands.
@@ -204,11 +171,11 @@ TEST_F(RedisTlsTest, CommandsPubSubAndReconnect) {
   // Redis lost and back: down, then up and subscribed again.
   server->Kill();
   ASSERT_TRUE(log.WaitFor(false, absl::Seconds(5)));
-  EXPECT_EQ(Call(c, {"PING"}).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Call(c, {"PING"}, kCommandTimeout).status().code(), absl::StatusCode::kUnavailable);
   ASSERT_TRUE(server->Restart().ok());
   ASSERT_TRUE(log.WaitFor(true, absl::Seconds(5))) << c.last_error();
   ASSERT_TRUE(wait_subscribed(2));
-  r = Call(c, {"PING"});
+  r = Call(c, {"PING"}, kCommandTimeout);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->str, "PONG");
   EXPECT_GE(c.stats().connects, 2);
@@ -219,7 +186,7 @@ TEST_F(RedisTlsTest, HostNameIsCheckedAndSentAsSni) {
   ASSERT_NE(server, nullptr);
   RedisClient c(Options(absl::StrCat("rediss://localhost:", server->port()), Trusting(), nullptr));
   ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5))) << c.last_error();
-  EXPECT_TRUE(Call(c, {"PING"}).ok());
+  EXPECT_TRUE(Call(c, {"PING"}, kCommandTimeout).ok());
   // --redis_tls_server_name: the address differs from the certificate's name.
   RedisTlsOptions t = Trusting();
   t.server_name = "localhost";
@@ -286,13 +253,13 @@ TEST_F(RedisTlsTest, PausedServerIsAFaultAndRecovers) {
   ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5))) << c.last_error();
   server->Pause();
   const absl::Time start = absl::Now();
-  auto r = Call(c, {"PING"});
+  auto r = Call(c, {"PING"}, kCommandTimeout);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   ASSERT_TRUE(log.WaitFor(false, absl::Seconds(3)));
   server->Resume();
   ASSERT_TRUE(log.WaitFor(true, absl::Seconds(10))) << c.last_error();
-  EXPECT_TRUE(Call(c, {"PING"}).ok());
+  EXPECT_TRUE(Call(c, {"PING"}, kCommandTimeout).ok());
   EXPECT_GE(c.stats().faults, 1);
 }
 
@@ -311,7 +278,7 @@ TEST_F(RedisTlsTest, ClientCertificateRequiredByTheServer) {
   t.key_file = pki_->client_key;
   RedisClient c(Options(server->Url(), t, nullptr));
   ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5))) << c.last_error();
-  EXPECT_TRUE(Call(c, {"PING"}).ok());
+  EXPECT_TRUE(Call(c, {"PING"}, kCommandTimeout).ok());
 }
 
 void CopyFile(const std::string& from, const std::string& to) {
@@ -390,10 +357,10 @@ TEST_F(RedisTlsTest, AclUserOverTlsAndPlain) {
   RedisClient c(Options(absl::StrCat("rediss://videotask:", kSecret, "@127.0.0.1:", server->port()),
                         Trusting(), &log));
   ASSERT_TRUE(c.WaitUntilUp(absl::Seconds(5))) << c.last_error();
-  auto r = Call(c, {"ACL", "WHOAMI"});
+  auto r = Call(c, {"ACL", "WHOAMI"}, kCommandTimeout);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->str, "videotask");
-  r = Call(c, {"SET", "videotask:k", "1"});
+  r = Call(c, {"SET", "videotask:k", "1"}, kCommandTimeout);
   ASSERT_TRUE(r.ok());
   EXPECT_FALSE(r->is_error()) << r->str;
   // A wrong password for the user: down with Redis' reason, not the password.
@@ -417,7 +384,7 @@ TEST_F(RedisTlsTest, AclUserOverTlsAndPlain) {
       absl::StrCat("redis://videotask:", kSecret, "@127.0.0.1:", (*plain)->port()));
   RedisClient pc(std::move(po));
   ASSERT_TRUE(pc.WaitUntilUp(absl::Seconds(5))) << pc.last_error();
-  r = Call(pc, {"ACL", "WHOAMI"});
+  r = Call(pc, {"ACL", "WHOAMI"}, kCommandTimeout);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->str, "videotask");
 }

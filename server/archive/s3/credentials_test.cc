@@ -12,6 +12,7 @@
 #include <deque>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -161,6 +162,14 @@ std::string StsAnswer(const std::string& akid, absl::Time expiry) {
       "<SessionToken>scripted-token</SessionToken><Expiration>", Rfc3339(expiry),
       "</Expiration></Credentials></AssumeRoleWithWebIdentityResult>"
       "</AssumeRoleWithWebIdentityResponse>");
+}
+
+// The IRSA variables of a pod: a role, its token file and the STS to ask.
+std::map<std::string, std::string> IrsaEnv(const std::string& token_file,
+                                           const std::string& sts_url) {
+  return {{"AWS_ROLE_ARN", "arn:aws:iam::1:role/r"},
+          {"AWS_WEB_IDENTITY_TOKEN_FILE", token_file},
+          {"AWS_ENDPOINT_URL_STS", sts_url}};
 }
 
 std::string StsError(const std::string& code, const std::string& message = "no") {
@@ -407,9 +416,7 @@ TEST_F(StandinCredentials, UnreachableStsIsUnavailable) {
   CredentialsOptions o;
   o.clock = &clock_;
   o.http_timeout = absl::Seconds(2);
-  o.env = {{"AWS_ROLE_ARN", "arn:aws:iam::1:role/r"},
-           {"AWS_WEB_IDENTITY_TOKEN_FILE", token_file},
-           {"AWS_ENDPOINT_URL_STS", "http://127.0.0.1:1/"}};
+  o.env = IrsaEnv(token_file, "http://127.0.0.1:1/");
   auto p = CredentialsFromEnvironment(o);
   ASSERT_TRUE(p.ok());
   absl::StatusOr<AwsCredentials> c = (*p)->Get();
@@ -430,9 +437,7 @@ TEST(Credentials, HangingStsDoesNotStallGetWhileCachedCredentialsAreValid) {
   CredentialsOptions o;
   o.clock = &clock;
   o.http_timeout = absl::Seconds(2);
-  o.env = {{"AWS_ROLE_ARN", "arn:aws:iam::1:role/r"},
-           {"AWS_WEB_IDENTITY_TOKEN_FILE", token_file},
-           {"AWS_ENDPOINT_URL_STS", sts.Url()}};
+  o.env = IrsaEnv(token_file, sts.Url());
   auto p = CredentialsFromEnvironment(o);
   ASSERT_TRUE(p.ok()) << p.status();
   ASSERT_TRUE((*p)->Get().ok());
@@ -519,9 +524,7 @@ TEST(Credentials, StsThrottlingIsUnavailable) {
     sts.Fallback({400, StsError(code), false});
     CredentialsOptions o;
     o.clock = &clock;
-    o.env = {{"AWS_ROLE_ARN", "arn:aws:iam::1:role/r"},
-             {"AWS_WEB_IDENTITY_TOKEN_FILE", token_file},
-             {"AWS_ENDPOINT_URL_STS", sts.Url()}};
+    o.env = IrsaEnv(token_file, sts.Url());
     auto p = CredentialsFromEnvironment(o);
     ASSERT_TRUE(p.ok()) << p.status();
     absl::StatusOr<AwsCredentials> c = (*p)->Get();
@@ -568,9 +571,7 @@ TEST(Credentials, IssuerErrorCodeIsBoundedAndRedacted) {
   sts.Fallback({403, StsError(code), false});
   CredentialsOptions o;
   o.clock = &clock;
-  o.env = {{"AWS_ROLE_ARN", "arn:aws:iam::1:role/r"},
-           {"AWS_WEB_IDENTITY_TOKEN_FILE", token_file},
-           {"AWS_ENDPOINT_URL_STS", sts.Url()}};
+  o.env = IrsaEnv(token_file, sts.Url());
   auto p = CredentialsFromEnvironment(o);
   ASSERT_TRUE(p.ok()) << p.status();
   absl::StatusOr<AwsCredentials> c = (*p)->Get();
@@ -603,9 +604,7 @@ TEST(Credentials, UserinfoInIssuerUrlsIsRefusedUnshown) {
   for (const std::string url :
        {"https://user:hunter2pw@sts.example.com/", "https://hunter2pw@sts.example.com/",
         "http://user:hunter2pw@127.0.0.1:9/", "https://user:hunter2pw@bad host/"}) {
-    o.env = {{"AWS_ROLE_ARN", "arn:aws:iam::1:role/r"},
-             {"AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/token"},
-             {"AWS_ENDPOINT_URL_STS", url}};
+    o.env = IrsaEnv("/var/run/secrets/token", url);
     auto p = CredentialsFromEnvironment(o);
     EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << url;
     EXPECT_FALSE(absl::StrContains(p.status().message(), "hunter2pw")) << p.status();
