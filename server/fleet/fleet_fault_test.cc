@@ -2,6 +2,7 @@
 // against a real redis-server (issue 16 items 2, 3 and 12).
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -64,6 +65,23 @@ bool Eventually(Pred pred, absl::Duration limit = absl::Seconds(5)) {
   }
   return pred();
 }
+
+// What a gate's listener heard: the last shared state, if any.
+struct Heard {
+  absl::Mutex mu;
+  std::optional<VideoTask> last ABSL_GUARDED_BY(mu);
+
+  PollGate::Listener Listener() {
+    return [this](VideoTask t) {
+      absl::MutexLock lock(&mu);
+      last = std::move(t);
+    };
+  }
+  std::optional<VideoTask> Last() {
+    absl::MutexLock lock(&mu);
+    return last;
+  }
+};
 
 class FleetFaultTest : public ::testing::Test {
  protected:
@@ -220,12 +238,8 @@ TEST_F(FleetFaultTest, ResubscribeRereadsWhatWasMissed) {
   fo.redis.url.username = "follower";
   fo.redis.url.password = "pw";
   auto follower = Gate(std::move(fo));
-  absl::Mutex mu;
-  std::vector<VideoTask> got;
-  follower->SetListener([&](VideoTask t) {
-    absl::MutexLock lock(&mu);
-    got.push_back(std::move(t));
-  });
+  Heard heard;
+  follower->SetListener(heard.Listener());
   holder->SetListener([](VideoTask) {});
   ASSERT_TRUE(Eventually([&] { return follower->client()->stats().subscribes == 1; }));
   ASSERT_EQ(Admit(*holder, "t", true).kind, Kind::kPoll);
@@ -236,19 +250,14 @@ TEST_F(FleetFaultTest, ResubscribeRereadsWhatWasMissed) {
   holder->Observed(Task("t", videotask::v1::VIDEO_TASK_STATUS_PROCESSING));
   ASSERT_TRUE(Eventually([&] { return Admit(*holder, "t", false).shared.has_value(); }));
   absl::SleepFor(absl::Milliseconds(100));
-  {
-    absl::MutexLock lock(&mu);
-    ASSERT_TRUE(got.empty()) << "the follower heard the publication it should have missed";
-  }
+  ASSERT_FALSE(heard.Last().has_value())
+      << "the follower heard the publication it should have missed";
   ASSERT_TRUE(server_->Command({"ACL", "SETUSER", "follower", "on"}).ok());
   ASSERT_TRUE(Eventually([&] { return follower->client()->stats().subscribes == 2; }));
-  ASSERT_TRUE(Eventually([&] {
-    absl::MutexLock lock(&mu);
-    return !got.empty();
-  })) << "the missed state was not re-read";
-  absl::MutexLock lock(&mu);
-  EXPECT_EQ(got.back().id(), "t");
-  EXPECT_EQ(got.back().status(), videotask::v1::VIDEO_TASK_STATUS_PROCESSING);
+  ASSERT_TRUE(Eventually([&] { return heard.Last().has_value(); }))
+      << "the missed state was not re-read";
+  EXPECT_EQ(heard.Last()->id(), "t");
+  EXPECT_EQ(heard.Last()->status(), videotask::v1::VIDEO_TASK_STATUS_PROCESSING);
 }
 
 // Managed Redis with ACL users: fleet mode needs no more than the commands
@@ -271,22 +280,15 @@ TEST_F(FleetFaultTest, LeastPrivilegeAclUserRunsTheFleet) {
   };
   auto holder = Gate(options());
   auto follower = Gate(options());
-  absl::Mutex mu;
-  std::vector<VideoTask> got;
-  follower->SetListener([&](VideoTask t) {
-    absl::MutexLock lock(&mu);
-    got.push_back(std::move(t));
-  });
+  Heard heard;
+  follower->SetListener(heard.Listener());
   holder->SetListener([](VideoTask) {});
   ASSERT_TRUE(Eventually([&] { return follower->client()->stats().subscribes == 1; }));
   ASSERT_EQ(Admit(*holder, "t", true).kind, Kind::kPoll);
   ASSERT_EQ(Admit(*follower, "t", true).kind, Kind::kFollow);
   absl::SleepFor(absl::Milliseconds(50));  // the SUBSCRIBE is answered
   holder->Observed(Task("t", videotask::v1::VIDEO_TASK_STATUS_PROCESSING));
-  ASSERT_TRUE(Eventually([&] {
-    absl::MutexLock lock(&mu);
-    return !got.empty();
-  }));
+  ASSERT_TRUE(Eventually([&] { return heard.Last().has_value(); }));
   for (int i = 0; i < 5; ++i) Admit(*holder, absl::StrCat("b", i), true);
   EXPECT_EQ(holder->client()->stats().faults, 0);
   EXPECT_EQ(follower->client()->stats().faults, 0);
