@@ -160,6 +160,20 @@ class FileArchiverTest : public ::testing::Test {
 
   // Waits (real time, bounded generously: nothing here waits on the
   // machine's speed) until `done` holds; the simulated clock does not move.
+  // Starts the archiver with one download slot and fills it with `id`, a
+  // video that stalls after its headers (for an hour); returns once the sim
+  // has its request. Call it under ASSERT_NO_FATAL_FAILURE.
+  void FillTheOnlySlot(const std::string& id, Results& r) {
+    VideoScript v;
+    v.size_bytes = 10 << 20;
+    v.chunk_delay = absl::Hours(1);
+    sim_->SetVideo(id, v);
+    options_.max_concurrent = 1;
+    StartArchiver();
+    archiver_->Archive(Completed(id, sim_->VideoUrl(id)), r.Callback());
+    ASSERT_TRUE(WaitUntil([&] { return sim_->VideoRequestCount(id) > 0; }));
+  }
+
   bool WaitUntil(const std::function<bool()>& done, absl::Duration bound = absl::Seconds(45)) {
     const absl::Time give_up = absl::Now() + bound;
     while (!done()) {
@@ -770,18 +784,8 @@ TEST_F(FileArchiverTest, ARestartReusesTheFinishedCopy) {
 }
 
 TEST_F(FileArchiverTest, DestroyingRunsEveryPendingDoneOnce) {
-  VideoScript v;
-  v.size_bytes = 10 << 20;
-  v.chunk_delay = absl::Hours(1);  // stalls after the headers
-  sim_->SetVideo("stuck", v);
-  options_.max_concurrent = 1;
-  StartArchiver();
   Results r;
-  archiver_->Archive(Completed("stuck", sim_->VideoUrl("stuck")), r.Callback());
-  const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (sim_->VideoRequestCount("stuck") == 0 && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  ASSERT_NO_FATAL_FAILURE(FillTheOnlySlot("stuck", r));
   // Waits behind "stuck" (one download at a time).
   archiver_->Archive(Completed("queued", sim_->VideoUrl("queued")), r.Callback());
   archiver_->Kick();
@@ -804,15 +808,8 @@ TEST_F(FileArchiverTest, DestroyingRunsEveryPendingDoneOnce) {
 // ArchiveBy's deadline holds while the job waits for a download slot (the
 // S3 archiver's remaining time): answered by then, never downloaded.
 TEST_F(FileArchiverTest, ArchiveByEndsByItsDeadlineEvenWaitingForASlot) {
-  VideoScript v;
-  v.size_bytes = 10 << 20;
-  v.chunk_delay = absl::Hours(1);  // stalls after the headers
-  sim_->SetVideo("stuck", v);
-  options_.max_concurrent = 1;
-  StartArchiver();
   Results r;
-  archiver_->Archive(Completed("stuck", sim_->VideoUrl("stuck")), r.Callback());
-  ASSERT_TRUE(WaitUntil([&] { return sim_->VideoRequestCount("stuck") > 0; }));
+  ASSERT_NO_FATAL_FAILURE(FillTheOnlySlot("stuck", r));
   archiver_->ArchiveBy(Completed("queued", sim_->VideoUrl("queued")),
                        clock_.Monotonic() + absl::Seconds(5), r.Callback());
   archiver_->Kick();
@@ -1021,23 +1018,13 @@ TEST_F(FileArchiverTest, ASlowHostIsCutOffByTheThroughputFloor) {
 // A job queued behind a download that holds the only slot does not spend its
 // timeout waiting for the slot.
 TEST_F(FileArchiverTest, AQueuedJobKeepsItsTimeoutWhileItWaitsForASlot) {
-  options_.max_concurrent = 1;
   options_.timeout = absl::Seconds(30);
   options_.min_bytes_per_second = 0;  // the hog is only cut by its own timeout
-  StartArchiver();
-  VideoScript hog;
-  hog.size_bytes = 4 << 20;
-  hog.chunk_delay = absl::Hours(1);
-  sim_->SetVideo("hog", hog);
   VideoScript fast;
   fast.size_bytes = 50000;
   sim_->SetVideo("queued", fast);
   Results r_hog, r_queued;
-  archiver_->Archive(Completed("hog", sim_->VideoUrl("hog")), r_hog.Callback());
-  const absl::Time give_up = absl::Now() + absl::Seconds(20);
-  while (sim_->VideoRequestCount("hog") == 0 && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  ASSERT_NO_FATAL_FAILURE(FillTheOnlySlot("hog", r_hog));
   archiver_->Archive(Completed("queued", sim_->VideoUrl("queued")), r_queued.Callback());
   clock_.Advance(absl::Seconds(45));  // past both timeouts
   archiver_->Kick();
