@@ -144,18 +144,8 @@ absl::StatusOr<std::unique_ptr<RedisTlsContext>> RedisTlsContext::Create(RedisTl
 RedisTlsContext::~RedisTlsContext() = default;
 
 RedisTlsContext::Stamp RedisTlsContext::Current() const {
-  auto id = [](const std::string& path) {
-    FileId f;
-    struct stat st;
-    if (path.empty() || stat(path.c_str(), &st) != 0) return f;
-    f.dev = st.st_dev;
-    f.ino = st.st_ino;
-    f.size = st.st_size;
-    f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-    f.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
-    return f;
-  };
-  return Stamp{id(options_.ca_file), id(options_.cert_file), id(options_.key_file)};
+  return Stamp{FileVersion::At(options_.ca_file), FileVersion::At(options_.cert_file),
+               FileVersion::At(options_.key_file)};
 }
 
 absl::StatusOr<std::shared_ptr<SSL_CTX>> RedisTlsContext::Build() const {

@@ -38,6 +38,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/base/file_version.h"
 
 typedef struct ssl_ctx_st SSL_CTX;  // OpenSSL
 typedef struct ssl_st SSL;
@@ -99,17 +100,8 @@ class RedisTlsContext {
   int64_t loads() const;
 
  private:
-  struct FileId {
-    uint64_t dev = 0, ino = 0;
-    int64_t size = -1, mtime_ns = 0, ctime_ns = 0;
-    bool operator==(const FileId& o) const {
-      return dev == o.dev && ino == o.ino && size == o.size && mtime_ns == o.mtime_ns &&
-             ctime_ns == o.ctime_ns;
-    }
-    bool operator!=(const FileId& o) const { return !(*this == o); }
-  };
   struct Stamp {
-    FileId ca, cert, key;
+    FileVersion ca, cert, key;
     bool operator==(const Stamp& o) const { return ca == o.ca && cert == o.cert && key == o.key; }
   };
   explicit RedisTlsContext(RedisTlsOptions options) : options_(std::move(options)) {}

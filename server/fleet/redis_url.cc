@@ -196,7 +196,7 @@ std::string RedisUrl::Redacted() const {
 absl::StatusOr<std::unique_ptr<RedisPasswordFile>> RedisPasswordFile::Open(std::string path) {
   if (path.empty()) return absl::InvalidArgumentError("Redis password file: the path is empty");
   std::unique_ptr<RedisPasswordFile> f(new RedisPasswordFile(std::move(path)));
-  FileId id;
+  FileVersion id;
   absl::StatusOr<std::string> pw = f->Read(&id);
   if (!pw.ok()) return pw.status();
   absl::MutexLock lock(&f->mu_);
@@ -205,7 +205,7 @@ absl::StatusOr<std::unique_ptr<RedisPasswordFile>> RedisPasswordFile::Open(std::
   return f;
 }
 
-absl::StatusOr<std::string> RedisPasswordFile::Read(FileId* id) const {
+absl::StatusOr<std::string> RedisPasswordFile::Read(FileVersion* id) const {
   const std::string what = absl::StrCat("Redis password file ", path_);
   const int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -242,27 +242,15 @@ absl::StatusOr<std::string> RedisPasswordFile::Read(FileId* id) const {
       return absl::FailedPreconditionError(absl::StrCat(what, ": contains control characters"));
     }
   }
-  id->dev = st.st_dev;
-  id->ino = st.st_ino;
-  id->size = st.st_size;
-  id->mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-  id->ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+  *id = FileVersion::Of(st);
   return std::string(pw);
 }
 
 std::string RedisPasswordFile::Get() {
   absl::MutexLock lock(&mu_);
-  struct stat st;
-  FileId now;
-  if (stat(path_.c_str(), &st) == 0) {
-    now.dev = st.st_dev;
-    now.ino = st.st_ino;
-    now.size = st.st_size;
-    now.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-    now.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
-    if (now == id_ && last_error_.ok()) return password_;
-  }
-  FileId id;
+  // Unchanged (a missing file never matches what was read): no read.
+  if (FileVersion::At(path_) == id_ && last_error_.ok()) return password_;
+  FileVersion id;
   absl::StatusOr<std::string> pw = Read(&id);
   if (pw.ok()) {
     password_ = *std::move(pw);

@@ -34,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "server/base/file_version.h"
 
 namespace videotask::fleet {
 
@@ -70,21 +71,13 @@ class RedisPasswordFile {
   const std::string& path() const { return path_; }
 
  private:
-  struct FileId {
-    uint64_t dev = 0, ino = 0;
-    int64_t size = -1, mtime_ns = 0, ctime_ns = 0;
-    bool operator==(const FileId& o) const {
-      return dev == o.dev && ino == o.ino && size == o.size && mtime_ns == o.mtime_ns &&
-             ctime_ns == o.ctime_ns;
-    }
-  };
   explicit RedisPasswordFile(std::string path) : path_(std::move(path)) {}
-  absl::StatusOr<std::string> Read(FileId* id) const;
+  absl::StatusOr<std::string> Read(FileVersion* id) const;
 
   const std::string path_;
   mutable absl::Mutex mu_;
   std::string password_ ABSL_GUARDED_BY(mu_);
-  FileId id_ ABSL_GUARDED_BY(mu_);
+  FileVersion id_ ABSL_GUARDED_BY(mu_);
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
 };
 

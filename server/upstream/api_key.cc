@@ -20,14 +20,11 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "server/base/file_version.h"
 #include "server/base/log.h"
 
 namespace videotask {
 namespace {
-
-int64_t ToNanos(const struct timespec& ts) {
-  return static_cast<int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
-}
 
 std::string ErrnoText(int err) {
   char buf[128];
@@ -38,30 +35,9 @@ std::string ErrnoText(int err) {
 
 void Wipe(std::string& s) { std::fill(s.begin(), s.end(), '\0'); }
 
-// What identifies one version of the key file.
-struct FileId {
-  uint64_t dev = 0, ino = 0;
-  int64_t size = -1;
-  int64_t mtime_ns = 0, ctime_ns = 0;
-  bool operator==(const FileId& o) const {
-    return dev == o.dev && ino == o.ino && size == o.size &&
-           mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns;
-  }
-};
-
-FileId IdOf(const struct stat& st) {
-  FileId id;
-  id.dev = st.st_dev;
-  id.ino = st.st_ino;
-  id.size = st.st_size;
-  id.mtime_ns = ToNanos(st.st_mtim);
-  id.ctime_ns = ToNanos(st.st_ctim);
-  return id;
-}
-
 // Reads and cleans the key file; sets *id to what was read. May block (a
 // FIFO without a writer, a hung mount): never call it on a request path.
-absl::StatusOr<std::string> ReadKeyFile(const std::string& path, FileId* id) {
+absl::StatusOr<std::string> ReadKeyFile(const std::string& path, FileVersion* id) {
   const std::string what = absl::StrCat("API key file ", path);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -103,7 +79,7 @@ absl::StatusOr<std::string> ReadKeyFile(const std::string& path, FileId* id) {
   }
   std::fill(buf, buf + sizeof buf, '\0');
   ::close(fd);
-  *id = IdOf(st);
+  *id = FileVersion::Of(st);
   absl::StatusOr<std::string> key = ApiKeySource::CleanKey(data, what);
   // Wipe the raw copy; the cleaned key is what we keep.
   Wipe(data);
@@ -132,7 +108,7 @@ struct ApiKeySource::State {
 
   // Serializes checks; held across the file system calls of one.
   absl::Mutex refresh_mu ABSL_ACQUIRED_BEFORE(mu);
-  FileId file_id ABSL_GUARDED_BY(refresh_mu);
+  FileVersion file_id ABSL_GUARDED_BY(refresh_mu);
   bool failure_reported ABSL_GUARDED_BY(refresh_mu) = false;
 
   void SetKey(std::string k) {
@@ -151,13 +127,13 @@ struct ApiKeySource::State {
       if (::stat(path.c_str(), &st) != 0) {
         failure = absl::FailedPreconditionError(absl::StrCat(
             "cannot stat API key file ", path, ": ", ErrnoText(errno)));
-      } else if (IdOf(st) == file_id) {
+      } else if (FileVersion::Of(st) == file_id) {
         // Unchanged: the key in memory is the file's, so any failure streak
         // (e.g. a mount that was briefly unreachable) is over.
         failure_reported = false;
         return;
       } else {
-        FileId read_id;
+        FileVersion read_id;
         absl::StatusOr<std::string> read = ReadKeyFile(path, &read_id);
         if (read.ok()) {
           SetKey(*std::move(read));
@@ -296,7 +272,7 @@ absl::StatusOr<std::unique_ptr<ApiKeySource>> ApiKeySource::FromFile(
                 {"action", "keeping the last good key"}});
     };
   }
-  FileId id;
+  FileVersion id;
   absl::StatusOr<std::string> key = ReadKeyFile(s.path, &id);
   if (!key.ok()) return key.status();
   s.SetKey(*std::move(key));
