@@ -381,6 +381,11 @@ std::deque<uint64_t> RedisClient::CloseLink(Conn& c) {
   return lost;
 }
 
+void RedisClient::Lost(Conn& c, absl::string_view why) {
+  Fail(c, absl::UnavailableError(
+              absl::StrCat("redis: connection to ", options_.url.Redacted(), " lost: ", why)));
+}
+
 void RedisClient::Fail(Conn& c, absl::Status why) {
   const bool was_ready = c.state == Conn::State::kReady;
   ++c.generation;
@@ -530,8 +535,7 @@ void RedisClient::HandleRead(Conn& c) {
       TlsSession::Want want;
       absl::StatusOr<size_t> r = c.tls->Read(buf, sizeof(buf), &want);
       if (!r.ok()) {
-        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection to ", options_.url.Redacted(),
-                                                    " lost: ", r.status().message())));
+        Lost(c, r.status().message());
         return;
       }
       c.read_wants_write = *r == 0 && want == TlsSession::Want::kWrite;
@@ -540,15 +544,13 @@ void RedisClient::HandleRead(Conn& c) {
     } else {
       const ssize_t r = read(c.fd, buf, sizeof(buf));
       if (r == 0) {
-        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection to ", options_.url.Redacted(),
-                                                    " lost: closed by the server")));
+        Lost(c, "closed by the server");
         return;
       }
       if (r < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection to ", options_.url.Redacted(),
-                                                    " lost: ", std::strerror(errno))));
+        Lost(c, std::strerror(errno));
         return;
       }
       n = static_cast<size_t>(r);
@@ -594,8 +596,7 @@ void RedisClient::HandleWrite(Conn& c) {
       // At most 16 KiB a call: a retried write then never passes fewer bytes.
       absl::StatusOr<size_t> w = c.tls->Write(p, std::min<size_t>(left, 16384), &want);
       if (!w.ok()) {
-        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection to ", options_.url.Redacted(),
-                                                    " lost: ", w.status().message())));
+        Lost(c, w.status().message());
         return;
       }
       c.write_wants_read = *w == 0 && want == TlsSession::Want::kRead;
@@ -606,8 +607,7 @@ void RedisClient::HandleWrite(Conn& c) {
       if (w < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-        Fail(c, absl::UnavailableError(absl::StrCat("redis: connection to ", options_.url.Redacted(),
-                                                    " lost: ", std::strerror(errno))));
+        Lost(c, std::strerror(errno));
         return;
       }
       c.out_pos += static_cast<size_t>(w);

@@ -81,6 +81,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/fleet/redis_tls.h"
@@ -207,6 +208,8 @@ class RedisClient {
   void SetReady(Conn& c);
   // Drops the connection (if any) and schedules a reconnect.
   void Fail(Conn& c, absl::Status why);
+  // Fail() with "redis: connection to URL lost: <why>" (UNAVAILABLE).
+  void Lost(Conn& c, absl::string_view why);
   void Complete(uint64_t id, absl::StatusOr<RedisReply> r);
   // A fault on the command connection while it is ready (see the header).
   void Faulted(RedisClientOptions::Fault kind, absl::Status why);
