@@ -1,11 +1,6 @@
 #include "server/fleet/redis_url.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
+#include <algorithm>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -207,43 +202,17 @@ absl::StatusOr<std::unique_ptr<RedisPasswordFile>> RedisPasswordFile::Open(std::
 
 absl::StatusOr<std::string> RedisPasswordFile::Read(FileVersion* id) const {
   const std::string what = absl::StrCat("Redis password file ", path_);
-  const int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return absl::FailedPreconditionError(absl::StrCat(what, ": ", std::strerror(errno)));
-  }
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
-    return absl::FailedPreconditionError(absl::StrCat(what, ": not a regular file"));
-  }
-  if (st.st_size > static_cast<off_t>(kMaxFileBytes)) {
-    close(fd);
-    return absl::FailedPreconditionError(absl::StrCat(what, ": larger than 64 KiB"));
-  }
-  std::string data(static_cast<size_t>(st.st_size) + 1, '\0');
-  size_t got = 0;
-  while (got < data.size()) {
-    const ssize_t n = read(fd, data.data() + got, data.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int err = errno;
-      close(fd);
-      return absl::FailedPreconditionError(absl::StrCat(what, ": ", std::strerror(err)));
-    }
-    if (n == 0) break;
-    got += static_cast<size_t>(n);
-  }
-  close(fd);
-  data.resize(got);
-  absl::string_view pw = absl::StripAsciiWhitespace(data);
+  absl::StatusOr<std::string> data = ReadSecretFile(path_, what, id);
+  if (!data.ok()) return data.status();
+  std::string pw(absl::StripAsciiWhitespace(*data));
+  std::fill(data->begin(), data->end(), '\0');
   if (pw.empty()) return absl::FailedPreconditionError(absl::StrCat(what, ": empty"));
   for (unsigned char c : pw) {
     if (c < 0x20 || c == 0x7f) {
       return absl::FailedPreconditionError(absl::StrCat(what, ": contains control characters"));
     }
   }
-  *id = FileVersion::Of(st);
-  return std::string(pw);
+  return pw;
 }
 
 std::string RedisPasswordFile::Get() {

@@ -35,6 +35,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "server/base/file_version.h"
+#include "server/base/secret_file.h"
 
 namespace videotask::fleet {
 
@@ -58,7 +59,7 @@ struct RedisUrl {
 class RedisPasswordFile {
  public:
   // Largest file read, so a wrong path cannot pull in a huge file.
-  static constexpr size_t kMaxFileBytes = 64 * 1024;
+  static constexpr size_t kMaxFileBytes = kMaxSecretFileBytes;
 
   // Reads `path` now: an error if it cannot be read or holds no password.
   static absl::StatusOr<std::unique_ptr<RedisPasswordFile>> Open(std::string path);

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "server/base/file_version.h"
+#include "server/base/secret_file.h"
 #include "server/base/log.h"
 
 namespace videotask {
@@ -39,50 +40,11 @@ void Wipe(std::string& s) { std::fill(s.begin(), s.end(), '\0'); }
 // FIFO without a writer, a hung mount): never call it on a request path.
 absl::StatusOr<std::string> ReadKeyFile(const std::string& path, FileVersion* id) {
   const std::string what = absl::StrCat("API key file ", path);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot open ", what, ": ", ErrnoText(errno)));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot stat ", what, ": ", ErrnoText(err)));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::FailedPreconditionError(
-        absl::StrCat(what, " is not a regular file"));
-  }
-  std::string data;
-  char buf[4096];
-  while (true) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      Wipe(data);
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot read ", what, ": ", ErrnoText(err)));
-    }
-    if (n == 0) break;
-    data.append(buf, static_cast<size_t>(n));
-    if (data.size() > ApiKeySource::kMaxFileBytes) {
-      ::close(fd);
-      Wipe(data);
-      return absl::FailedPreconditionError(absl::StrCat(
-          what, " is larger than ", ApiKeySource::kMaxFileBytes, " bytes"));
-    }
-  }
-  std::fill(buf, buf + sizeof buf, '\0');
-  ::close(fd);
-  *id = FileVersion::Of(st);
-  absl::StatusOr<std::string> key = ApiKeySource::CleanKey(data, what);
+  absl::StatusOr<std::string> data = ReadSecretFile(path, what, id);
+  if (!data.ok()) return data.status();
+  absl::StatusOr<std::string> key = ApiKeySource::CleanKey(*data, what);
   // Wipe the raw copy; the cleaned key is what we keep.
-  Wipe(data);
+  Wipe(*data);
   return key;
 }
 

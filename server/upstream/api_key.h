@@ -43,6 +43,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/base/secret_file.h"
 
 namespace videotask {
 
@@ -64,7 +65,7 @@ class ApiKeySource {
   using ErrorReporter = ApiKeyErrorReporter;
 
   // Largest key file read, to keep a wrong path from pulling in a huge file.
-  static constexpr size_t kMaxFileBytes = 64 * 1024;
+  static constexpr size_t kMaxFileBytes = kMaxSecretFileBytes;
   // How long the destructor waits for a checker thread that is inside a
   // file system call before leaving it behind.
   static constexpr absl::Duration kStopWait = absl::Milliseconds(250);

@@ -1,8 +1,6 @@
 #include "server/archive/s3/credentials.h"
 
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <optional>
@@ -17,13 +15,12 @@
 #include "absl/synchronization/mutex.h"
 #include "nlohmann/json.hpp"
 #include "server/archive/s3/http_call.h"
+#include "server/base/secret_file.h"
 
 extern char** environ;
 
 namespace videotask::s3 {
 namespace {
-
-constexpr size_t kMaxSecretFileBytes = 64 * 1024;
 
 // The EKS Pod Identity agent's and ECS's credential endpoints, reached over
 // plain http on the node's link-local addresses: the AWS SDKs allow exactly
@@ -40,31 +37,15 @@ std::string Env(const std::map<std::string, std::string>& env, const std::string
   return it == env.end() ? "" : it->second;
 }
 
-// A secret file's content without surrounding whitespace. The message names
-// the file and the error, never the content.
-absl::StatusOr<std::string> ReadSecretFile(const std::string& path, absl::string_view what) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot read the ", what, " file ", path, ": ", std::strerror(errno)));
-  }
-  std::string data(kMaxSecretFileBytes + 1, '\0');
-  const size_t n = std::fread(data.data(), 1, data.size(), f);
-  const bool failed = std::ferror(f) != 0;
-  std::fclose(f);
-  if (failed) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot read the ", what, " file ", path));
-  }
-  if (n > kMaxSecretFileBytes) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the ", what, " file ", path, " is larger than 64 KiB"));
-  }
-  data.resize(n);
-  std::string out(absl::StripAsciiWhitespace(data));
-  std::fill(data.begin(), data.end(), '\0');
-  if (out.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat("the ", what, " file ", path, " is empty"));
-  }
+// A secret file's content without surrounding whitespace (ReadSecretFile's
+// rules). The message names the file and the error, never the content.
+absl::StatusOr<std::string> SecretFromFile(const std::string& path, absl::string_view what) {
+  const std::string file = absl::StrCat("the ", what, " file ", path);
+  absl::StatusOr<std::string> data = ReadSecretFile(path, file);
+  if (!data.ok()) return data.status();
+  std::string out(absl::StripAsciiWhitespace(*data));
+  std::fill(data->begin(), data->end(), '\0');
+  if (out.empty()) return absl::FailedPreconditionError(absl::StrCat(file, " is empty"));
   return out;
 }
 
@@ -81,14 +62,14 @@ class StaticProvider : public CredentialsProvider {
   absl::StatusOr<AwsCredentials> Get() override {
     if (!files_) return env_;
     AwsCredentials c;
-    absl::StatusOr<std::string> id = ReadSecretFile(id_file_, "access key id");
+    absl::StatusOr<std::string> id = SecretFromFile(id_file_, "access key id");
     if (!id.ok()) return id.status();
-    absl::StatusOr<std::string> secret = ReadSecretFile(secret_file_, "secret access key");
+    absl::StatusOr<std::string> secret = SecretFromFile(secret_file_, "secret access key");
     if (!secret.ok()) return secret.status();
     c.access_key_id = *std::move(id);
     c.secret_access_key = *std::move(secret);
     if (!token_file_.empty()) {
-      absl::StatusOr<std::string> token = ReadSecretFile(token_file_, "session token");
+      absl::StatusOr<std::string> token = SecretFromFile(token_file_, "session token");
       if (!token.ok()) return token.status();
       c.session_token = *std::move(token);
     }
@@ -317,7 +298,7 @@ class WebIdentityIssuer : public Issuer {
 
  public:
   absl::StatusOr<AwsCredentials> Fetch(absl::Time* expiration) override {
-    absl::StatusOr<std::string> token = ReadSecretFile(token_file_, "web identity token");
+    absl::StatusOr<std::string> token = SecretFromFile(token_file_, "web identity token");
     if (!token.ok()) return token.status();
     const std::string body = absl::StrCat(
         "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=",
@@ -371,7 +352,7 @@ class ContainerIssuer : public Issuer {
   absl::StatusOr<AwsCredentials> Fetch(absl::Time* expiration) override {
     std::string token = token_;
     if (!token_file_.empty()) {
-      absl::StatusOr<std::string> t = ReadSecretFile(token_file_, "container authorization token");
+      absl::StatusOr<std::string> t = SecretFromFile(token_file_, "container authorization token");
       if (!t.ok()) return t.status();
       token = *std::move(t);
     }
