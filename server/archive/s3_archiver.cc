@@ -216,6 +216,13 @@ std::string ObjectContentType(absl::string_view from_host) {
                 : std::string("application/octet-stream");
 }
 
+// The archive_error of a job whose deadline passed while it was queued for
+// a worker: an upload slot once downloaded, else an S3 (check/download) one.
+std::string SlotWaitTimedOut(bool upload_slot) {
+  return absl::StrCat("the archive timeout (--archive_timeout) ran out while waiting for a free ",
+                      upload_slot ? "upload" : "S3", " slot");
+}
+
 }  // namespace
 
 absl::StatusOr<S3Location> ParseS3Url(const std::string& url) {
@@ -503,10 +510,7 @@ void S3Archiver::WorkerLoop(bool uploads) {
       expired = clock_->Monotonic() >= it->second->deadline;
     }
     if (expired) {
-      Finish(id, nullptr,
-             absl::StrCat("the archive timeout (--archive_timeout) ran out while waiting for a "
-                          "free ", uploads ? "upload" : "S3", " slot"),
-             "timeout");
+      Finish(id, nullptr, SlotWaitTimedOut(uploads), "timeout");
     } else if (uploads) {
       Upload(id);
     } else {
@@ -530,8 +534,7 @@ void S3Archiver::SweeperLoop() {
         }
         std::string error;
         if (job->queued) {
-          error = absl::StrCat("the archive timeout (--archive_timeout) ran out while waiting "
-                               "for a free ", job->downloaded ? "upload" : "S3", " slot");
+          error = SlotWaitTimedOut(/*upload_slot=*/job->downloaded);
         } else if (!job->last_error.empty()) {
           error = absl::StrCat("gave up after ", job->attempts,
                                " upload attempts (--archive_timeout): ", job->last_error);
